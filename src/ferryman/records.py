@@ -1,0 +1,172 @@
+"""Canonical records: what every connector maps its native entities to and from.
+
+Each record has a ``key`` (its id in the system it came from), ``updated_at`` (aware
+UTC), ``deleted``, typed fields, and ``extra`` for native fields no canonical field
+holds. A naive datetime cannot get in: it is refused; an aware non-UTC one is
+converted to UTC on the way in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Literal
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+
+from ferryman.timeutil import ensure_utc, format_utc
+
+__all__ = [
+    "RECORD_TYPES",
+    "Contact",
+    "Invoice",
+    "Organisation",
+    "Record",
+    "Reference",
+    "Ticket",
+    "UtcDateTime",
+    "fingerprint",
+    "record_type",
+]
+
+
+def _to_utc(value: datetime) -> datetime:
+    return ensure_utc(value)
+
+
+UtcDateTime = Annotated[
+    datetime,
+    AfterValidator(_to_utc),
+    PlainSerializer(format_utc, return_type=str, when_used="json"),
+]
+"""A datetime that is always aware UTC inside Ferryman and ISO 8601 ``Z`` when serialised."""
+
+Money = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")]
+"""Exact decimal money; serialised as a plain string so no float ever touches it."""
+
+
+class Record(BaseModel):
+    """Fields every canonical record has."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
+
+    kind: ClassVar[str] = "record"
+    #: Canonical fields left out of the fingerprint: identity, timing and native leftovers
+    #: differ between two systems holding the same content.
+    fingerprint_exclude: ClassVar[frozenset[str]] = frozenset({"key", "updated_at", "extra", "created_at"})
+
+    key: str = Field(min_length=1, description="The record's id in the system it was read from")
+    updated_at: UtcDateTime = Field(description="Last modification, aware UTC")
+    deleted: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="Native fields with no canonical home")
+
+    def content(self) -> dict[str, Any]:
+        """The JSON-ready content that two systems must agree on (see :func:`fingerprint`)."""
+        return self.model_dump(mode="json", exclude=set(self.fingerprint_exclude))
+
+
+class Ticket(Record):
+    """A helpdesk ticket or CRM case."""
+
+    kind: ClassVar[str] = "ticket"
+
+    subject: str | None = None
+    description: str | None = None
+    status: Literal["open", "pending", "closed"] | None = None
+    priority: str | None = None
+    type: str | None = None
+    requester_email: str | None = None
+    requester_name: str | None = None
+    requester_key: str | None = None
+    assignee: str | None = None
+    organisation_key: str | None = None
+    created_at: UtcDateTime | None = None
+    closed_at: UtcDateTime | None = None
+
+
+class Contact(Record):
+    """A person: a customer, user or client contact."""
+
+    kind: ClassVar[str] = "contact"
+
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    title: str | None = None
+    phone: str | None = None
+    mobile: str | None = None
+    organisation: str | None = None
+    organisation_key: str | None = None
+    street: str | None = None
+    city: str | None = None
+    postcode: str | None = None
+    country: str | None = None
+    created_at: UtcDateTime | None = None
+
+
+class Organisation(Record):
+    """A company, client or org that contacts belong to."""
+
+    kind: ClassVar[str] = "organisation"
+
+    name: str | None = None
+    website: str | None = None
+    phone: str | None = None
+    street: str | None = None
+    city: str | None = None
+    postcode: str | None = None
+    country: str | None = None
+    created_at: UtcDateTime | None = None
+
+
+class Invoice(Record):
+    """A bill to a customer; money is exact :class:`~decimal.Decimal`."""
+
+    kind: ClassVar[str] = "invoice"
+
+    number: str | None = None
+    customer_key: str | None = None
+    customer_name: str | None = None
+    amount: Money | None = None
+    balance_due: Money | None = None
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    status: Literal["draft", "open", "partial", "paid", "closed", "void"] | None = None
+    subject: str | None = None
+    notes: str | None = None
+    issued_on: date | None = None
+    due_on: date | None = None
+    created_at: UtcDateTime | None = None
+
+
+class Reference(Record):
+    """Reference data a connector exposes as-is (services, operators, ...): a name plus ``extra``."""
+
+    kind: ClassVar[str] = "reference"
+
+    name: str | None = None
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.kind: cls for cls in (Ticket, Contact, Organisation, Invoice, Reference)
+}
+
+
+def record_type(kind: str) -> type[Record]:
+    """The record class for a kind name (``ticket``, ``contact``...)."""
+    try:
+        return RECORD_TYPES[kind]
+    except KeyError:
+        raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(sorted(RECORD_TYPES))}") from None
+
+
+def fingerprint(record: Record | dict[str, Any]) -> str:
+    """A stable digest of a record's content (not its key, timing or ``extra``).
+
+    Two systems holding the same content produce the same fingerprint, which is what
+    lets the engine skip unchanged records and recognise its own writes coming back.
+    """
+    content = record.content() if isinstance(record, Record) else record
+    blob = orjson.dumps(content, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
