@@ -151,9 +151,7 @@ class Connector:
     def stream(self, name: str) -> StreamInfo:
         streams = self.streams()
         if name not in streams:
-            raise NotSupportedError(
-                f"has no stream {name!r} (streams: {', '.join(sorted(streams))})", system=self.name
-            )
+            raise NotSupportedError(f"has no stream {name!r} (streams: {', '.join(sorted(streams))})", system=self.name)
         return streams[name]
 
     # -- lifecycle -----------------------------------------------------------------

@@ -86,7 +86,9 @@ class MalformedResponseError(RetriableError):
 class DeferredError(ConnectorError):
     """The system asked us to come back later than the deferral threshold."""
 
-    def __init__(self, message: str, *, not_before: datetime, system: str | None = None, host: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, not_before: datetime, system: str | None = None, host: str | None = None
+    ) -> None:
         super().__init__(message, system=system)
         self.not_before = not_before
         self.host = host
@@ -95,7 +97,9 @@ class DeferredError(ConnectorError):
 class RecordRejected(ConnectorError):
     """One record was refused; it goes to the dead-letter table and the run goes on."""
 
-    def __init__(self, message: str, *, system: str | None = None, status: int | None = None, ref: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, system: str | None = None, status: int | None = None, ref: str | None = None
+    ) -> None:
         super().__init__(message, system=system, status=status)
         self.ref = ref
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
@@ -47,6 +47,12 @@ Money = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type
 """Exact decimal money; serialised as a plain string so no float ever touches it."""
 
 
+def _holds(annotation: Any, wanted: type) -> bool:
+    if annotation is wanted:
+        return True
+    return any(_holds(arg, wanted) for arg in get_args(annotation) if not isinstance(arg, str | int | float))
+
+
 class Record(BaseModel):
     """Fields every canonical record has."""
 
@@ -61,6 +67,15 @@ class Record(BaseModel):
     updated_at: UtcDateTime = Field(description="Last modification, aware UTC")
     deleted: bool = False
     extra: dict[str, Any] = Field(default_factory=dict, description="Native fields with no canonical home")
+
+    @classmethod
+    def datetime_fields(cls) -> frozenset[str]:
+        """Names of the fields holding datetimes (connectors convert these at the boundary)."""
+        cached = cls.__dict__.get("_datetime_fields")
+        if cached is None:
+            cached = frozenset(n for n, f in cls.model_fields.items() if _holds(f.annotation, datetime))
+            cls._datetime_fields = cached  # type: ignore[attr-defined]
+        return cached  # type: ignore[no-any-return]
 
     def content(self) -> dict[str, Any]:
         """The JSON-ready content that two systems must agree on (see :func:`fingerprint`)."""
@@ -148,9 +163,7 @@ class Reference(Record):
     name: str | None = None
 
 
-RECORD_TYPES: dict[str, type[Record]] = {
-    cls.kind: cls for cls in (Ticket, Contact, Organisation, Invoice, Reference)
-}
+RECORD_TYPES: dict[str, type[Record]] = {cls.kind: cls for cls in (Ticket, Contact, Organisation, Invoice, Reference)}
 
 
 def record_type(kind: str) -> type[Record]:

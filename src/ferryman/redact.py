@@ -18,10 +18,30 @@ MASK = "***"
 
 SECRET_NAMES = frozenset(
     {
-        "key", "apikey", "api_key", "api-key", "appkey", "app_key", "token", "access_token",
-        "refresh_token", "secret", "client_secret", "password", "passwd", "pwd", "auth",
-        "authorization", "proxy-authorization", "x-api-key", "cerb-auth", "cookie", "set-cookie",
-        "signature", "sig", "webhook-signature",
+        "key",
+        "apikey",
+        "api_key",
+        "api-key",
+        "appkey",
+        "app_key",
+        "token",
+        "access_token",
+        "refresh_token",
+        "secret",
+        "client_secret",
+        "password",
+        "passwd",
+        "pwd",
+        "auth",
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "cerb-auth",
+        "cookie",
+        "set-cookie",
+        "signature",
+        "sig",
+        "webhook-signature",
     }
 )
 
@@ -98,8 +118,10 @@ def redact_obj(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
-        return {k: (MASK if isinstance(k, str) and k.lower() in SECRET_NAMES and v else redact_obj(v))
-                for k, v in value.items()}
+        return {
+            k: (MASK if isinstance(k, str) and k.lower() in SECRET_NAMES and v else redact_obj(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return type(value)(redact_obj(v) for v in value)
     return value

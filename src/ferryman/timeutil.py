@@ -74,7 +74,7 @@ def parse_datetime(text: str, *, assume_tz: tzinfo | str | None = None, fmt: str
     if not raw:
         raise ValueError("empty timestamp")
     if fmt is not None:
-        parsed = datetime.strptime(raw, fmt)  # noqa: DTZ007 - timezone applied below
+        parsed = datetime.strptime(raw, fmt)
     else:
         candidate = _ISO_Z.sub("+00:00", raw)
         if " " in candidate and "T" not in candidate:

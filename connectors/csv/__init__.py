@@ -1,0 +1,509 @@
+"""CSV files, both directions.
+
+**Reading** (a source): one file per stream. Rows are read whole, filtered to those at
+or after the cursor by their ``updated_at`` column, and yielded in ``(updated_at, key)``
+order. A row that cannot become a record (missing columns, a bad date, invalid UTF-8,
+a naive timestamp with no ``timezone`` configured) is rejected with its line number and
+the reason; every other row is delivered.
+
+**Writing** (a target): one row per record key, timestamps as UTC ``Z``. The target
+file is never torn, even on ``kill -9``: a run writes to ``NAME.csv.partial`` (a copy
+of the published file plus appended rows), whose byte offset is committed in the same
+state transaction as the cursor; a restart truncates the partial back to the committed
+offset, and the end of a run publishes it with an atomic rename. Updated keys are
+noted in ``NAME.csv.partial-updates`` so publishing keeps only each key's latest row.
+
+Columns written: ``key, updated_at, deleted``, the record type's fields, then ``extra``
+(JSON). ``columns`` maps canonical fields to other header names, in both directions.
+
+Options::
+
+    exports:
+      connector: csv
+      directory: ./var/exports          # created if missing
+      files: {tickets: tickets.csv}     # default <stream>.csv
+      streams: {tickets: ticket}        # stream name -> record kind; default: tickets, contacts,
+                                        # organisations, invoices
+      columns: {tickets: {subject: Title}}
+      timezone: Europe/Berlin           # for input timestamps without an offset (default: reject them)
+      delimiter: ","
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+from pydantic import Field, ValidationError, field_validator
+
+from ferryman.connector import Capability, Connector, ConnectorOptions, Cursor, Page, Reject, StreamInfo
+from ferryman.errors import FatalError, ValidationFailed
+from ferryman.records import Record, record_type
+from ferryman.timeutil import format_utc, parse_datetime
+
+csv.field_size_limit(16 * 1024 * 1024)
+
+DEFAULT_STREAMS = {"tickets": "ticket", "contacts": "contact", "organisations": "organisation", "invoices": "invoice"}
+FIXED = ("key", "updated_at", "deleted")
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f", ""}
+
+
+class CsvOptions(ConnectorOptions):
+    directory: Path
+    files: dict[str, str] = Field(default_factory=dict)
+    streams: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STREAMS))
+    columns: dict[str, dict[str, str]] = Field(default_factory=dict)
+    timezone: str | None = None
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+
+    @field_validator("streams")
+    @classmethod
+    def _kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        for kind in value.values():
+            record_type(kind)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo
+
+            try:
+                ZoneInfo(value)
+            except Exception:
+                raise ValueError(f"unknown timezone {value!r} (use an IANA name like Europe/Berlin)") from None
+        return value
+
+
+ALL = frozenset(Capability)
+
+
+@dataclass
+class _Sink:
+    path: Path
+    seed: bool  # start the partial from the published file (state knows it)
+    fh: io.BufferedWriter | None = None
+    updates_fh: io.BufferedWriter | None = None
+    buffer: list[bytes] = field(default_factory=list)
+    updates: list[bytes] = field(default_factory=list)
+    base_offset: int = 0
+    has_updates: bool = False
+    published_pending: bool = False
+
+    @property
+    def partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
+    @property
+    def updates_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial-updates")
+
+
+class CsvConnector(Connector):
+    """CSV files in a directory, one per stream."""
+
+    kind = "csv"
+    Options = CsvOptions
+    summary = "CSV files, read incrementally by updated_at and written crash-safely"
+    transactional_writes: ClassVar[bool] = True
+
+    options: CsvOptions
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self._sinks: dict[str, _Sink] = {}
+
+    @classmethod
+    def describe(cls) -> Mapping[str, StreamInfo]:
+        return {
+            name: StreamInfo(name, record_type(kind), ALL, natural_key="key") for name, kind in DEFAULT_STREAMS.items()
+        }
+
+    def streams(self) -> Mapping[str, StreamInfo]:
+        return {
+            name: StreamInfo(name, record_type(kind), ALL, natural_key="key")
+            for name, kind in self.options.streams.items()
+        }
+
+    def path(self, stream: str) -> Path:
+        return Path(self.options.directory) / self.options.files.get(stream, f"{stream}.csv")
+
+    async def check(self) -> None:
+        directory = Path(self.options.directory)
+        if directory.exists() and not directory.is_dir():
+            raise FatalError(f"{directory} is not a directory", system=self.name)
+        if directory.exists() and not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+            raise FatalError(f"{directory} is not readable and writable by this user", system=self.name)
+
+    # -- columns ------------------------------------------------------------------------
+    def _fields(self, stream: str) -> list[str]:
+        rtype = self.stream(stream).record_type
+        return [*FIXED, *(f for f in rtype.model_fields if f not in (*FIXED, "extra")), "extra"]
+
+    def _header_for(self, stream: str) -> dict[str, str]:
+        """canonical field -> column header."""
+        renames = self.options.columns.get(stream, {})
+        return {f: renames.get(f, f) for f in self._fields(stream)}
+
+    # -- reading ------------------------------------------------------------------------
+    def _rows(self, stream: str, path: Path | None = None) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
+        """(line number, row, problem) for each data row of the stream's file."""
+        path = path or self.path(stream)
+        try:
+            raw = path.open("rb")
+        except FileNotFoundError:
+            raise FatalError(f"{path}: file not found", system=self.name) from None
+        with raw, io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="") as text:
+            reader = csv.reader(text, delimiter=self.options.delimiter)
+            try:
+                header = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise FatalError(f"{path}: line 1: unreadable header: {exc}", system=self.name) from None
+            if header and header[0].startswith("\ufeff"):
+                header[0] = header[0][1:]
+            wanted = self._header_for(stream)
+            for required in ("key", "updated_at"):
+                if wanted[required] not in header:
+                    raise FatalError(f"{path}: line 1: missing column {wanted[required]!r}", system=self.name)
+            line = 1
+            while True:
+                start = line + 1
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    line = reader.line_num
+                    yield start, None, f"unparseable CSV: {exc}"
+                    continue
+                line = reader.line_num
+                if not cells:
+                    continue
+                if any(_bad_utf8(c) for c in cells):
+                    bad = [h for h, c in zip(header, cells, strict=False) if _bad_utf8(c)]
+                    clean = {h: c for h, c in zip(header, cells, strict=False) if not _bad_utf8(c)}
+                    yield start, clean, f"invalid UTF-8 in column {', '.join(bad) or '?'}"
+                    continue
+                if len(cells) != len(header):
+                    yield (
+                        start,
+                        dict(zip(header, cells, strict=False)),
+                        f"expected {len(header)} columns, found {len(cells)}",
+                    )
+                    continue
+                yield start, dict(zip(header, cells, strict=True)), None
+
+    def _to_record(self, stream: str, row: dict[str, str]) -> Record:
+        rtype = self.stream(stream).record_type
+        header = self._header_for(stream)
+        used = set(header.values())
+        data: dict[str, Any] = {}
+        for fname, column in header.items():
+            if column not in row or fname == "extra":
+                continue
+            value = row[column]
+            if value == "":
+                value = None
+            data[fname] = value
+        extra: dict[str, Any] = {}
+        if row.get(header["extra"]):
+            try:
+                loaded = orjson.loads(row[header["extra"]])
+            except orjson.JSONDecodeError:
+                raise ValidationFailed("extra: not valid JSON") from None
+            if not isinstance(loaded, dict):
+                raise ValidationFailed("extra: must be a JSON object")
+            extra.update(loaded)
+        for column, value in row.items():
+            if column not in used and value != "":
+                extra[column] = value
+        data["extra"] = extra
+        deleted = (data.get("deleted") or "").strip().lower()
+        if deleted not in _TRUE | _FALSE:
+            raise ValidationFailed(f"deleted: {data['deleted']!r} is not true/false")
+        data["deleted"] = deleted in _TRUE
+        for fname in rtype.datetime_fields():
+            value = data.get(fname)
+            if isinstance(value, str):
+                try:
+                    data[fname] = parse_datetime(value, assume_tz=self.options.timezone)
+                except ValueError as exc:
+                    raise ValidationFailed(f"{fname}: {exc}") from None
+        if not data.get("key"):
+            raise ValidationFailed("key: empty")
+        try:
+            return rtype.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ValidationFailed(f"{loc}: {err['msg']}") from None
+
+    async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
+        self.stream(stream)
+        records: list[Record] = []
+        rejects: list[Reject] = []
+        for line, row, problem in self._rows(stream):
+            key = (row or {}).get(self._header_for(stream)["key"]) or None
+            if problem is not None:
+                rejects.append(Reject(f"line {line}", problem, raw=row, key=key))
+                continue
+            assert row is not None
+            try:
+                record = self._to_record(stream, row)
+            except ValidationFailed as exc:
+                rejects.append(Reject(f"line {line}", str(exc), raw=row, key=key))
+                continue
+            if since is None or (record.updated_at, record.key) >= (since.updated_at, since.key):
+                records.append(record)
+        records.sort(key=lambda r: (r.updated_at, r.key))
+        if not records:
+            if rejects:
+                yield Page([], rejects)
+            return
+        for start in range(0, len(records), page_size):
+            yield Page(records[start : start + page_size], rejects if start == 0 else [])
+
+    def _lookup(self, stream: str, key: str, path: Path | None = None) -> Record | None:
+        """The row for ``key`` (the last one, if a key repeats), or None."""
+        header = self._header_for(stream)
+        target = path or self.path(stream)
+        if not target.exists():
+            return None
+        found: tuple[int, dict[str, str] | None, str | None] | None = None
+        for line, row, problem in self._rows(stream, target):
+            if row is not None and row.get(header["key"]) == key:
+                found = (line, row, problem)
+        if found is None:
+            return None
+        line, row, problem = found
+        if problem is not None or row is None:
+            raise ValidationFailed(f"line {line}: {problem}")
+        try:
+            return self._to_record(stream, row)
+        except ValidationFailed as exc:
+            raise ValidationFailed(f"line {line}: {exc}") from None
+
+    async def get(self, stream: str, key: str) -> Record | None:
+        return self._lookup(stream, key)
+
+    async def find(self, stream: str, record: Record) -> Record | None:
+        sink = self._sinks.get(stream)
+        if sink is not None and sink.fh is not None:
+            self._flush(sink)
+            return self._lookup(stream, record.key, sink.partial)
+        return self._lookup(stream, record.key)
+
+    # -- writing ------------------------------------------------------------------------
+    def _sink(self, stream: str) -> _Sink:
+        sink = self._sinks.get(stream)
+        if sink is None:
+            sink = _Sink(self.path(stream), seed=True)
+            self._sinks[stream] = sink
+        return sink
+
+    def _encode(self, stream: str, record: Record) -> bytes:
+        buf = io.StringIO()
+        writer = csv.writer(buf, delimiter=self.options.delimiter, lineterminator="\n")
+        row: list[str] = []
+        for fname in self._fields(stream):
+            row.append(_cell(getattr(record, fname)))
+        writer.writerow(row)
+        return buf.getvalue().encode("utf-8")
+
+    async def restore(self, stream: str, checkpoint: dict[str, Any] | None) -> None:
+        old = self._sinks.pop(stream, None)
+        if old is not None:
+            _close(old)
+        sink = _Sink(self.path(stream), seed=checkpoint is not None)
+        self._sinks[stream] = sink
+        if checkpoint and checkpoint.get("state") == "open":
+            if sink.partial.exists():
+                _truncate(sink.partial, int(checkpoint["offset"]))
+                _truncate(sink.updates_path, int(checkpoint.get("updates_offset", 0)))
+                sink.fh = sink.partial.open("ab")
+                sink.updates_fh = sink.updates_path.open("ab")
+                sink.base_offset = int(checkpoint.get("base_offset", 0))
+                sink.has_updates = bool(checkpoint.get("has_updates"))
+                return
+            # The partial was renamed into place after the last commit: it is published.
+            sink.published_pending = True
+        for stale in (sink.partial, sink.updates_path):
+            stale.unlink(missing_ok=True)
+
+    def _open_partial(self, stream: str, sink: _Sink) -> None:
+        sink.path.parent.mkdir(parents=True, exist_ok=True)
+        if sink.seed and sink.path.exists():
+            shutil.copyfile(sink.path, sink.partial)
+        else:
+            header = self._header_for(stream)
+            buf = io.StringIO()
+            csv.writer(buf, delimiter=self.options.delimiter, lineterminator="\n").writerow(
+                [header[f] for f in self._fields(stream)]
+            )
+            sink.partial.write_bytes(buf.getvalue().encode("utf-8"))
+        sink.base_offset = sink.partial.stat().st_size
+        sink.updates_path.write_bytes(b"")
+        sink.fh = sink.partial.open("ab")
+        sink.updates_fh = sink.updates_path.open("ab")
+
+    def _write(self, stream: str, record: Record, *, update: bool) -> Record:
+        sink = self._sink(stream)
+        sink.buffer.append(self._encode(stream, record))
+        if update:
+            sink.updates.append(orjson.dumps(record.key) + b"\n")
+        return record
+
+    async def create(self, stream: str, record: Record) -> Record:
+        return self._write(stream, record, update=False)
+
+    async def update(self, stream: str, key: str, record: Record) -> Record:
+        return self._write(stream, record.model_copy(update={"key": key}), update=True)
+
+    async def delete(self, stream: str, key: str) -> None:
+        # one row per key: a deleted record keeps its row, marked deleted
+        rtype = self.stream(stream).record_type
+        from ferryman.timeutil import utcnow
+
+        self._write(stream, rtype(key=key, updated_at=utcnow(), deleted=True), update=True)
+
+    def _flush(self, sink: _Sink) -> None:
+        if not sink.buffer and sink.fh is not None:
+            return
+        if sink.fh is None:
+            self._open_partial(self._stream_of(sink), sink)
+        assert sink.fh is not None and sink.updates_fh is not None
+        if sink.buffer:
+            sink.fh.write(b"".join(sink.buffer))
+            sink.buffer.clear()
+        if sink.updates:
+            sink.updates_fh.write(b"".join(sink.updates))
+            sink.updates.clear()
+            sink.has_updates = True
+            sink.updates_fh.flush()
+            os.fsync(sink.updates_fh.fileno())
+        sink.fh.flush()
+        os.fsync(sink.fh.fileno())
+
+    def _stream_of(self, sink: _Sink) -> str:
+        return next(s for s, v in self._sinks.items() if v is sink)
+
+    async def checkpoint(self, stream: str) -> dict[str, Any] | None:
+        sink = self._sink(stream)
+        if not sink.buffer and sink.fh is None:
+            return {"state": "published"} if sink.published_pending or sink.seed else None
+        self._flush(sink)
+        assert sink.fh is not None and sink.updates_fh is not None
+        return {
+            "state": "open",
+            "offset": sink.fh.tell(),
+            "updates_offset": sink.updates_fh.tell(),
+            "base_offset": sink.base_offset,
+            "has_updates": sink.has_updates,
+        }
+
+    async def finish(self, stream: str) -> dict[str, Any] | None:
+        sink = self._sinks.get(stream)
+        if sink is None:
+            return None
+        if sink.fh is None:
+            if sink.buffer:
+                self._flush(sink)
+            else:
+                return {"state": "published"} if sink.published_pending else None
+        self._flush(sink)
+        assert sink.fh is not None
+        _close(sink)
+        if sink.has_updates:
+            self._compact(stream, sink)
+        os.replace(sink.partial, sink.path)
+        _fsync_dir(sink.path.parent)
+        sink.updates_path.unlink(missing_ok=True)
+        self._sinks[stream] = _Sink(sink.path, seed=True)
+        return {"state": "published"}
+
+    def _compact(self, stream: str, sink: _Sink) -> None:
+        """Keep only each updated key's last row; rows of other keys are untouched."""
+        updated = {orjson.loads(line) for line in sink.updates_path.read_bytes().splitlines() if line.strip()}
+        key_column = self._header_for(stream)["key"]
+        last: dict[str, int] = {}
+        with sink.partial.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh, delimiter=self.options.delimiter)
+            for index, row in enumerate(reader):
+                if row.get(key_column) in updated:
+                    last[row[key_column]] = index
+        tmp = sink.path.with_name(sink.path.name + ".compact")
+        with sink.partial.open(encoding="utf-8", newline="") as src, tmp.open("w", encoding="utf-8", newline="") as dst:
+            reader2 = csv.reader(src, delimiter=self.options.delimiter)
+            writer = csv.writer(dst, delimiter=self.options.delimiter, lineterminator="\n")
+            header = next(reader2)
+            writer.writerow(header)
+            position = header.index(key_column)
+            for index, cells in enumerate(reader2):
+                key = cells[position] if position < len(cells) else None
+                if key in updated and last.get(key) != index:
+                    continue
+                writer.writerow(cells)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, sink.partial)
+
+    async def close(self) -> None:
+        for sink in self._sinks.values():
+            _close(sink)
+
+
+def _close(sink: _Sink) -> None:
+    for fh in (sink.fh, sink.updates_fh):
+        if fh is not None and not fh.closed:
+            fh.close()
+
+
+def _truncate(path: Path, size: int) -> None:
+    if not path.exists():
+        path.write_bytes(b"")
+        return
+    with path.open("r+b") as fh:
+        fh.truncate(size)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _bad_utf8(cell: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in cell)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return format_utc(value)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode() if value else ""
+    return str(value)

@@ -1,0 +1,455 @@
+"""Configuration: one YAML file, environment overrides, secret references.
+
+Order of precedence: YAML file < ``FERRYMAN_SECTION__KEY__...`` environment variables.
+Only variables with a ``__`` in their name are overrides, so a secret kept in
+``FERRYMAN_HELPDESK_KEY`` and referenced as ``${FERRYMAN_HELPDESK_KEY}`` is never
+mistaken for one. Map keys are matched case-insensitively with ``-`` and ``_`` equal
+(``FERRYMAN_PIPELINES__TICKETS_TO_CSV__PAGE_SIZE`` reaches ``pipelines.tickets-to-csv``).
+
+Secrets are references, never literals: ``${ENV_NAME}``, ``${credential:NAME}`` (a file
+in ``$CREDENTIALS_DIRECTORY``, as systemd's ``LoadCredential=`` provides) or
+``${file:/path}``. A field typed :data:`Secret` given a literal is a config error.
+
+Every problem raises :class:`~ferryman.errors.ConfigError` naming the file, the key
+path and what is wrong; the CLI turns that into exit status 78.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ferryman.errors import ConfigError
+from ferryman.redact import register_secret
+from ferryman.timeutil import parse_duration
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ConflictPolicy",
+    "FerrymanConfig",
+    "PipelineConfig",
+    "Secret",
+    "SystemConfig",
+    "load_config",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/ferryman/ferryman.yaml"
+ENV_PREFIX = "FERRYMAN_"
+
+Secret = SecretStr
+"""Type of config fields that hold secrets: only references may fill them."""
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+ConflictPolicy = Literal["source_wins", "target_wins", "newest_wins", "manual"]
+
+_REF = re.compile(r"\$\{(?:(?P<kind>credential|file|env):)?(?P<name>[^}]+)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class StateConfig(_Model):
+    """Where cursors, links, intents, runs and dead letters live."""
+
+    url: str | None = Field(
+        default=None,
+        description="sqlite:///path or postgresql://...; default $STATE_DIRECTORY/ferryman.db or ./var/ferryman.db",
+    )
+
+    def resolved_url(self) -> str:
+        if self.url:
+            return self.url
+        base = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "./var"
+        return f"sqlite:///{Path(base) / 'ferryman.db'}"
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ControlConfig(_Model):
+    """The daemon's local control API."""
+
+    listen: str = Field(default="127.0.0.1:8765", description="HOST:PORT on loopback, or unix:/path")
+    token: Secret | None = None
+
+
+class ScheduleConfig(_Model):
+    every: Duration | None = None
+    cron: str | None = None
+    jitter: Duration = timedelta(0)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleConfig:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'every' (e.g. 5m) or 'cron' (e.g. '*/5 * * * *')")
+        if self.every is not None and self.every.total_seconds() < 1:
+            raise ValueError("'every' must be at least 1s")
+        return self
+
+
+class DeletesConfig(_Model):
+    """Deletes are opt-in per pipeline."""
+
+    enabled: bool = False
+    action: Literal["delete", "unlink"] = "delete"
+    max_share: float = Field(default=0.1, ge=0.0, le=1.0, description="halt if a run would delete more")
+
+
+class LoopBreakerConfig(_Model):
+    max_writes: int = Field(default=5, ge=1)
+    window: Duration = timedelta(minutes=10)
+
+
+class PipelineConfig(_Model):
+    """``from: system.stream`` to one or more ``system.stream`` targets."""
+
+    source: str = Field(alias="from")
+    to: list[str]
+    direction: Literal["one_way", "both"] = "one_way"
+    schedule: ScheduleConfig | None = None
+    page_size: int = Field(default=500, ge=1, le=100_000)
+    overlap: Duration = timedelta(minutes=2)
+    conflict: ConflictPolicy = "source_wins"
+    conflict_fields: dict[str, ConflictPolicy] = Field(default_factory=dict)
+    deletes: DeletesConfig = Field(default_factory=DeletesConfig)
+    mapping: dict[str, Any] = Field(default_factory=dict)
+    match_on: list[str] | None = None
+    loop_breaker: LoopBreakerConfig = Field(default_factory=LoopBreakerConfig)
+    allow_emails: bool = Field(default=False, description="let target apps email customers about our writes")
+    enabled: bool = True
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("source")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        return _check_ref(value)
+
+    @field_validator("to")
+    @classmethod
+    def _refs(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one target 'system.stream'")
+        return [_check_ref(v) for v in value]
+
+    @model_validator(mode="after")
+    def _two_way(self) -> PipelineConfig:
+        if self.direction == "both" and len(self.to) != 1:
+            raise ValueError("a two-way pipeline ('direction: both') has exactly one 'to'")
+        return self
+
+    def source_ref(self) -> tuple[str, str]:
+        system, stream = self.source.split(".", 1)
+        return system, stream
+
+    def target_refs(self) -> list[tuple[str, str]]:
+        return [tuple(t.split(".", 1)) for t in self.to]  # type: ignore[misc]
+
+
+def _check_ref(value: str) -> str:
+    parts = value.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"{value!r} is not 'system.stream'")
+    return value
+
+
+class SystemConfig(_Model):
+    """One configured app or endpoint; the rest of its keys belong to its connector."""
+
+    model_config = ConfigDict(extra="allow")
+    connector: str
+
+
+class FerrymanConfig(_Model):
+    """The whole configuration file."""
+
+    version: Literal[1] = 1
+    instance: str | None = Field(default=None, description="this instance's name; default the host name")
+    state: StateConfig = Field(default_factory=StateConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    systems: dict[str, SystemConfig] = Field(default_factory=dict)
+    pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+
+    # Filled by load_config: each system's options validated by its connector's model.
+    _options: dict[str, Any] = {}
+    _file: str | None = None
+
+    @property
+    def file(self) -> str | None:
+        return self._file
+
+    def system_options(self, name: str) -> Any:
+        return self._options[name]
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            known = ", ".join(sorted(self.pipelines)) or "none configured"
+            raise ConfigError(f"no pipeline named {name!r} (pipelines: {known})", file=self._file) from None
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+) -> FerrymanConfig:
+    """Read, override, resolve and validate the configuration; raise ConfigError on any problem."""
+    env = os.environ if environ is None else environ
+    file = str(path or env.get("FERRYMAN_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found (use --config PATH or FERRYMAN_CONFIG)", file=file) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=file) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML: {problem}", file=file, path=where) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("the top level must be a mapping of sections (state, systems, pipelines...)", file=file)
+
+    _apply_env_overrides(raw, env)
+    referenced: set[tuple[str, ...]] = set()
+    resolved = _resolve_refs(raw, (), env, referenced, file)
+
+    try:
+        config = FerrymanConfig.model_validate(resolved)
+    except ValidationError as exc:
+        raise _config_error(exc, file, ()) from None
+    config._file = file
+
+    _check_names(config, file)
+    options: dict[str, Any] = {}
+    for name, system in config.systems.items():
+        options[name] = _validate_system(name, system, file, referenced)
+    config._options = options
+    _check_secret_literals(config, (), file, referenced)
+    _check_pipelines(config, file)
+    return config
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for var, value in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        path = [p for p in var[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            continue
+        node: Any = raw
+        for i, part in enumerate(path):
+            if not isinstance(node, dict):
+                break
+            key = _match_key(node, part)
+            if i == len(path) - 1:
+                node[key] = yaml.safe_load(value) if value.strip() else ""
+            else:
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                node = node[key]
+
+
+def _match_key(node: dict[str, Any], part: str) -> str:
+    wanted = part.lower().replace("-", "_")
+    for existing in node:
+        if isinstance(existing, str) and existing.lower().replace("-", "_") == wanted:
+            return existing
+    return part.lower()
+
+
+def _resolve_refs(
+    value: Any, path: tuple[str, ...], env: Mapping[str, str], referenced: set[tuple[str, ...]], file: str
+) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, (*path, str(k)), env, referenced, file) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(v, (*path, str(i)), env, referenced, file) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        kind = match["kind"] or "env"
+        name = match["name"].strip()
+        where = ".".join(path)
+        if kind == "env":
+            if name not in env:
+                raise ConfigError(f"refers to environment variable {name}, which is not set", file=file, path=where)
+            secret = env[name]
+        elif kind == "credential":
+            directory = env.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError(
+                    f"refers to credential {name!r} but $CREDENTIALS_DIRECTORY is not set "
+                    "(systemd sets it for units with LoadCredential=)",
+                    file=file,
+                    path=where,
+                )
+            secret = _read_secret_file(Path(directory) / name, file, where)
+        else:
+            secret = _read_secret_file(Path(name), file, where)
+        register_secret(secret)
+        return secret
+
+    referenced.add(path)
+    return _REF.sub(replace, value)
+
+
+def _read_secret_file(path: Path, file: str, where: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}", file=file, path=where) from None
+
+
+def _config_error(exc: ValidationError, file: str, prefix: tuple[str, ...]) -> ConfigError:
+    first = exc.errors()[0]
+    loc = [*prefix, *(str(p) for p in first["loc"])]
+    # pydantic reports the alias 'from' as written; keep the user's spelling
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see config/ferryman.example.yaml)"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(msg, file=file, path=".".join(loc) or None)
+
+
+def _check_names(config: FerrymanConfig, file: str) -> None:
+    for section in ("systems", "pipelines"):
+        for name in getattr(config, section):
+            if not _NAME.match(name):
+                raise ConfigError(
+                    "names may use letters, digits, '-' and '_' only", file=file, path=f"{section}.{name}"
+                )
+
+
+def _validate_system(name: str, system: SystemConfig, file: str, referenced: set[tuple[str, ...]]) -> Any:
+    from ferryman import plugins
+
+    try:
+        cls = plugins.connector_class(system.connector)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0]), file=file, path=f"systems.{name}.connector") from None
+    extra = dict(system.model_extra or {})
+    try:
+        options = cls.Options.model_validate(extra)
+    except ValidationError as exc:
+        raise _config_error(exc, file, ("systems", name)) from None
+    _check_secret_literals(options, ("systems", name), file, referenced)
+    return options
+
+
+def _check_secret_literals(
+    model: BaseModel, path: tuple[str, ...], file: str, referenced: set[tuple[str, ...]]
+) -> None:
+    """A Secret field must have come from a reference (or an environment override)."""
+    for field_name, value in model:
+        where = (*path, field_name)
+        if isinstance(value, SecretStr):
+            register_secret(value.get_secret_value())
+            if not any(where[: len(r)] == r for r in referenced) and not _from_env(where):
+                raise ConfigError(
+                    "secrets must be references, not literals: use ${ENV_NAME} or ${credential:NAME}",
+                    file=file,
+                    path=".".join(where),
+                )
+        elif isinstance(value, BaseModel) and value is not model:
+            _check_secret_literals(value, where, file, referenced)
+
+
+def _from_env(where: tuple[str, ...]) -> bool:
+    wanted = ENV_PREFIX + "__".join(p.upper().replace("-", "_") for p in where)
+    return any(k.upper().replace("-", "_") == wanted for k in os.environ)
+
+
+def _check_pipelines(config: FerrymanConfig, file: str) -> None:
+    from ferryman.connector import Capability
+
+    written_by: dict[str, str] = {}
+    for name, pipeline in config.pipelines.items():
+        refs = [("from", pipeline.source)] + [(f"to.{i}", t) for i, t in enumerate(pipeline.to)]
+        for key, ref in refs:
+            system, stream = ref.split(".", 1)
+            where = f"pipelines.{name}.{key}"
+            if system not in config.systems:
+                known = ", ".join(sorted(config.systems)) or "none"
+                raise ConfigError(f"unknown system {system!r} (systems: {known})", file=file, path=where)
+            streams = _streams_of(config, system)
+            if streams is not None and stream not in streams:
+                raise ConfigError(
+                    f"system {system!r} has no stream {stream!r} (streams: {', '.join(sorted(streams))})",
+                    file=file,
+                    path=where,
+                )
+            if streams is not None:
+                info = streams[stream]
+                needed = Capability.READ if key == "from" else Capability.CREATE
+                if not info.can(needed):
+                    raise ConfigError(
+                        f"{ref} cannot be {'read' if key == 'from' else 'written'} by connector "
+                        f"{config.systems[system].connector!r}",
+                        file=file,
+                        path=where,
+                    )
+            if key != "from":
+                if ref in written_by and written_by[ref] != name and pipeline.direction == "one_way":
+                    raise ConfigError(
+                        f"{ref} is already the target of pipeline {written_by[ref]!r}; one writer per target",
+                        file=file,
+                        path=where,
+                    )
+                written_by[ref] = name
+        if pipeline.direction == "both":
+            for ref in (pipeline.source, pipeline.to[0]):
+                streams = _streams_of(config, ref.split(".", 1)[0])
+                info = streams.get(ref.split(".", 1)[1]) if streams else None
+                if info is not None and not (info.can(Capability.READ) and info.can(Capability.CREATE)):
+                    raise ConfigError(
+                        f"{ref} must be readable and writable for a two-way pipeline",
+                        file=file,
+                        path=f"pipelines.{name}.direction",
+                    )
+
+
+def _streams_of(config: FerrymanConfig, system: str) -> dict[str, Any] | None:
+    from ferryman import plugins
+    from ferryman.connector import SystemContext
+
+    cls = plugins.connector_class(config.systems[system].connector)
+    try:
+        return dict(cls(SystemContext(system, config.system_options(system))).streams())
+    except NotImplementedError:
+        return None

@@ -1,0 +1,608 @@
+"""The engine: one run of a pipeline, under the delivery contract of DESIGN.md.
+
+Per page: read from the source in cursor order, map, plan each target (skip, create,
+update, delete), write (creates behind intents), then commit cursor + links + sink
+checkpoints + dead letters in one state transaction. A crash anywhere leaves either
+the previous commit (the page is re-read and fingerprints skip what already arrived)
+or pending intents that are reconciled against the target before anything is created
+again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import structlog
+
+from ferryman import metrics
+from ferryman.config import FerrymanConfig, PipelineConfig
+from ferryman.connector import Capability, Connector, Cursor, StreamInfo, SystemContext
+from ferryman.errors import (
+    ConfigError,
+    DeferredError,
+    FatalError,
+    FerrymanError,
+    RecordRejected,
+    RetriableError,
+    ValidationFailed,
+)
+from ferryman.mapping import FieldMapping
+from ferryman.planning import plan_one_way
+from ferryman.records import Record, fingerprint
+from ferryman.redact import redact
+from ferryman.state import Link, NewDeadLetter, PageCommit, StateStore
+from ferryman.timeutil import format_utc, utcnow
+
+log = structlog.get_logger("ferryman.engine")
+
+LEASE_TTL = timedelta(seconds=60)
+
+__all__ = ["Engine", "RunResult"]
+
+
+@dataclass(slots=True)
+class RunResult:
+    pipeline: str
+    outcome: str  # ok | failed | deferred | halted | busy | stopped | dry-run
+    run_id: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    message: str | None = None
+    not_before: datetime | None = None
+    plan: list[str] = field(default_factory=list)
+    cursor: Cursor | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("ok", "dry-run")
+
+    def summary(self) -> str:
+        c = self.counts
+        parts = [f"{k} {c.get(k, 0)}" for k in ("read", "created", "updated", "deleted", "skipped", "dead_lettered")]
+        text = f"{self.pipeline}: {self.outcome} ({', '.join(parts)}) in {self.seconds:.1f}s"
+        if self.message:
+            text += f": {self.message}"
+        return text
+
+
+def _counts() -> dict[str, int]:
+    return dict.fromkeys(("read", "created", "updated", "deleted", "skipped", "dead_lettered"), 0)
+
+
+class _Target:
+    """One target of a run: its connector, stream, mapping and link pair."""
+
+    def __init__(self, ref: str, connector: Connector, stream: str, info: StreamInfo, mapping: FieldMapping) -> None:
+        self.ref = ref
+        self.connector = connector
+        self.stream = stream
+        self.info = info
+        self.mapping = mapping
+        self.transactional = bool(getattr(connector, "transactional_writes", False))
+        self.blocked: frozenset[str] = frozenset()
+
+
+class Engine:
+    """Runs pipelines. One per process; connectors are opened once and shared by runs."""
+
+    def __init__(self, config: FerrymanConfig, store: StateStore, *, services: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.services = services if services is not None else {}
+        self.services.setdefault("state", store)
+        self._systems: dict[str, Connector] = {}
+        self._open_lock = asyncio.Lock()
+
+    # -- systems ----------------------------------------------------------------------
+    async def system(self, name: str) -> Connector:
+        async with self._open_lock:
+            connector = self._systems.get(name)
+            if connector is None:
+                from ferryman import plugins
+
+                system = self.config.systems[name]
+                cls = plugins.connector_class(system.connector)
+                connector = cls(SystemContext(name, self.config.system_options(name), self.config.file, self.services))
+                await connector.open()
+                self._systems[name] = connector
+            return connector
+
+    async def aclose(self) -> None:
+        systems, self._systems = self._systems, {}
+        for connector in systems.values():
+            try:
+                await connector.close()
+            except Exception as exc:  # closing must not mask the run's own outcome
+                log.warning("system.close_failed", system=connector.name, error=redact(str(exc)))
+
+    async def _targets(self, pipeline: PipelineConfig, where: str) -> tuple[Connector, StreamInfo, list[_Target]]:
+        src_system, src_stream = pipeline.source_ref()
+        source = await self.system(src_system)
+        src_info = source.stream(src_stream)
+        targets = []
+        for i, (system, stream) in enumerate(pipeline.target_refs()):
+            connector = await self.system(system)
+            info = connector.stream(stream)
+            mapping = FieldMapping(pipeline.mapping, src_info.record_type, info.record_type, where=f"{where}.mapping")
+            targets.append(_Target(f"{system}.{stream}", connector, stream, info, mapping))
+            _ = i
+        return source, src_info, targets
+
+    # -- a run ------------------------------------------------------------------------
+    async def run(
+        self,
+        name: str,
+        *,
+        full: bool = False,
+        dry_run: bool = False,
+        trigger: str = "manual",
+        stop: asyncio.Event | None = None,
+        progress: Callable[[int, dict[str, int]], None] | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        """Run pipeline ``name`` once. Never raises for run failures: see the result's outcome."""
+        pipeline = self.config.pipeline(name)
+        started = time.monotonic()
+        result = RunResult(name, "ok", counts=_counts())
+        if pipeline.direction == "both":
+            result.outcome = "failed"
+            result.message = "two-way pipelines (direction: both) are not available in this version"
+            return result
+        bound = log.bind(pipeline=name)
+
+        if not dry_run and not self.store.acquire_lease(name, LEASE_TTL):
+            holder = self.store.lease_holder(name)
+            result.outcome = "busy"
+            result.message = f"already running on {holder[0] if holder else 'another instance'}"
+            return result
+        try:
+            try:
+                source, src_info, targets = await self._targets(pipeline, f"pipelines.{name}")
+            except ConfigError:
+                raise
+            except FerrymanError as exc:
+                result.outcome, result.message = "failed", redact(str(exc))
+                return result
+            hosts = list(dict.fromkeys(source.hosts() + [h for t in targets for h in t.connector.hosts()]))
+            deferred = self.store.not_before(hosts)
+            if deferred is not None:
+                result.outcome = "deferred"
+                result.not_before = deferred[1]
+                result.message = f"{deferred[0]} asked us to wait until {format_utc(deferred[1])}"
+                if not dry_run:
+                    run_id = self.store.start_run(name, trigger)
+                    self.store.finish_run(run_id, "deferred", result.message, deferred[1])
+                    result.run_id = run_id
+                return result
+            if not dry_run:
+                self.store.close_stale_runs(name)
+                result.run_id = self.store.start_run(name, trigger)
+            bound.info("run.started", trigger=trigger, full=full, dry_run=dry_run, run_id=result.run_id)
+            try:
+                await self._run_pages(
+                    name, pipeline, source, src_info, targets, result, full, dry_run, stop, progress, echo
+                )
+            except DeferredError as exc:
+                result.outcome, result.not_before = "deferred", exc.not_before
+                result.message = redact(str(exc))
+                if exc.host:
+                    self.store.set_not_before(exc.host, exc.not_before, result.message)
+            except (FatalError, RetriableError) as exc:
+                result.outcome, result.message = "failed", redact(str(exc))
+            except ConfigError as exc:
+                result.outcome, result.message = "failed", redact(str(exc))
+            result.seconds = time.monotonic() - started
+            if result.run_id is not None:
+                self.store.finish_run(result.run_id, result.outcome, result.message, result.not_before)
+            metrics.inc("ferryman_runs_total", pipeline=name, outcome=result.outcome)
+            metrics.inc("ferryman_run_duration_seconds_sum", result.seconds, pipeline=name)
+            cursor = self.store.get_cursor(name)
+            result.cursor = cursor
+            if cursor is not None:
+                metrics.set_gauge(
+                    "ferryman_cursor_lag_seconds", (utcnow() - cursor.updated_at).total_seconds(), pipeline=name
+                )
+            if dry_run and result.outcome == "ok":
+                result.outcome = "dry-run"
+            event = bound.info if result.outcome in ("ok", "dry-run", "stopped") else bound.warning
+            event(
+                "run.finished",
+                outcome=result.outcome,
+                seconds=round(result.seconds, 3),
+                message=result.message,
+                **result.counts,
+            )
+            return result
+        finally:
+            if not dry_run:
+                self.store.release_lease(name)
+
+    async def _run_pages(
+        self,
+        name: str,
+        pipeline: PipelineConfig,
+        source: Connector,
+        src_info: StreamInfo,
+        targets: list[_Target],
+        result: RunResult,
+        full: bool,
+        dry_run: bool,
+        stop: asyncio.Event | None,
+        progress: Callable[[int, dict[str, int]], None] | None,
+        echo: Callable[[str], None] | None,
+    ) -> None:
+        src_ref = pipeline.source
+        if not dry_run:
+            for target in targets:
+                await self._reconcile_intents(name, src_ref, target)
+                await target.connector.restore(target.stream, self.store.get_checkpoint(name, target.ref))
+        cursor = None if full else self.store.get_cursor(name)
+        since = Cursor(cursor.updated_at - pipeline.overlap, "") if cursor else None
+        best = cursor
+        halted: str | None = None
+        last_lease = time.monotonic()
+        try:
+            async for page in source.read(src_info.name, since, pipeline.page_size):
+                commit = PageCommit(name, run_id=result.run_id)
+                page_counts = _counts()
+                page_counts["read"] = len(page.records)
+                for reject in page.rejects:
+                    commit.dead_letters.append(
+                        NewDeadLetter(
+                            src_ref,
+                            None,
+                            reject.ref,
+                            reject.reason,
+                            src_key=reject.key,
+                            kind="invalid",
+                            payload=reject.raw,
+                        )
+                    )
+                    page_counts["dead_lettered"] += 1
+                    bound_reason = redact(reject.reason)
+                    log.warning("record.dead_lettered", pipeline=name, ref=reject.ref, reason=bound_reason)
+                if page.rejects and echo and dry_run:
+                    for reject in page.rejects:
+                        echo(f"dead-letter {src_ref} {reject.ref}: {reject.reason}")
+                for target in targets:
+                    halted = await self._deliver(
+                        name, pipeline, src_ref, target, page.records, commit, page_counts, dry_run, echo
+                    )
+                    if halted:
+                        break
+                if halted:
+                    result.outcome = "halted"
+                    result.message = halted
+                    log.error("run.halted", pipeline=name, reason=halted)
+                    self._commit(commit, page_counts, result, dry_run)
+                    break
+                if page.records:
+                    page_max = max(Cursor.of(r) for r in page.records)
+                    if best is None or page_max > best:
+                        best = page_max
+                if src_info.ordered and best is not None:
+                    commit.cursor = best
+                commit.resolved_refs = [r.key for r in page.records]
+                for target in targets:
+                    if target.transactional and not dry_run:
+                        commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
+                self._commit(commit, page_counts, result, dry_run)
+                if progress:
+                    progress(len(page.records), result.counts)
+                if not dry_run and time.monotonic() - last_lease > LEASE_TTL.total_seconds() / 3:
+                    self.store.acquire_lease(name, LEASE_TTL)
+                    last_lease = time.monotonic()
+                if stop is not None and stop.is_set():
+                    result.outcome = "stopped"
+                    result.message = "stopped after committing the page in hand"
+                    break
+            else:
+                if not src_info.ordered and best is not None and not dry_run:
+                    # an unordered source only moves its cursor after a complete pass
+                    self.store.commit_page(PageCommit(name, cursor=best))
+        finally:
+            if not dry_run:
+                for target in targets:
+                    if target.transactional:
+                        data = await target.connector.finish(target.stream)
+                        if data is not None:
+                            self.store.set_checkpoint(name, target.ref, data)
+
+    def _commit(self, commit: PageCommit, page_counts: dict[str, int], result: RunResult, dry_run: bool) -> None:
+        for key, value in page_counts.items():
+            result.counts[key] = result.counts.get(key, 0) + value
+        pipeline = commit.pipeline
+        metrics.inc("ferryman_records_read_total", page_counts["read"], pipeline=pipeline)
+        metrics.inc("ferryman_records_skipped_total", page_counts["skipped"], pipeline=pipeline)
+        metrics.inc("ferryman_records_dead_lettered_total", page_counts["dead_lettered"], pipeline=pipeline)
+        for op in ("created", "updated", "deleted"):
+            if page_counts[op]:
+                metrics.inc("ferryman_records_written_total", page_counts[op], pipeline=pipeline, op=op)
+        if dry_run:
+            return
+        commit.counts = {k: v for k, v in page_counts.items() if not k.startswith("_")}
+        self.store.commit_page(commit)
+
+    # -- delivery to one target ---------------------------------------------------------
+    async def _deliver(
+        self,
+        name: str,
+        pipeline: PipelineConfig,
+        src_ref: str,
+        target: _Target,
+        records: list[Record],
+        commit: PageCommit,
+        counts: dict[str, int],
+        dry_run: bool,
+        echo: Callable[[str], None] | None,
+        *,
+        force: bool = False,
+    ) -> str | None:
+        """Plan and write one page to one target; returns why the run must halt, if it must."""
+        items: list[tuple[Record, str]] = []
+        for record in records:
+            try:
+                mapped = target.mapping.apply(record)
+            except ValidationFailed as exc:
+                commit.dead_letters.append(
+                    NewDeadLetter(
+                        src_ref,
+                        target.ref,
+                        record.key,
+                        f"mapping: {exc}",
+                        src_key=record.key,
+                        kind="invalid",
+                        payload=record.model_dump(mode="json"),
+                    )
+                )
+                counts["dead_lettered"] += 1
+                continue
+            items.append((mapped, fingerprint(mapped)))
+        links = self.store.links_for(src_ref, target.ref, [r.key for r, _ in items])
+        if force:
+            links = {
+                k: Link(v.src_key, v.dst_key, None, v.dst_fp, v.write_count, v.window_start) for k, v in links.items()
+            }
+        actions = plan_one_way(
+            items,
+            links,
+            deletes_enabled=pipeline.deletes.enabled,
+            delete_action=pipeline.deletes.action,
+            blocked=target.blocked,
+        )
+        deletes = [a for a in actions if a.op in ("delete", "unlink")]
+        if deletes:
+            total = max(self.store.count_links(src_ref, target.ref), 1)
+            already = counts.get("_deletes_in_run", 0)
+            share = (already + len(deletes)) / total
+            if share > pipeline.deletes.max_share:
+                return (
+                    f"halted before deleting: {already + len(deletes)} of {total} linked records in {target.ref} "
+                    f"({share:.0%}) would be deleted, over deletes.max_share {pipeline.deletes.max_share:.0%}"
+                )
+        if dry_run:
+            for action in actions:
+                counts[_counted(action.op)] += 1
+                if echo and action.op != "skip":
+                    echo(
+                        f"{action.op:<7} {target.ref} <- {src_ref}#{action.src_key}"
+                        + (f" (as {action.dst_key})" if action.dst_key else "")
+                    )
+            return None
+
+        connector, stream = target.connector, target.stream
+        new_links: list[Link] = []
+        unlinks: list[str] = []
+        creates = [a for a in actions if a.op == "create"]
+        intent_ids: dict[str, int] = {}
+        if creates and not target.transactional:
+            ids = self.store.record_intents(
+                name,
+                target.ref,
+                [(a.src_key, a.fingerprint or "", a.record.model_dump_json() if a.record else "{}") for a in creates],
+            )
+            intent_ids = {a.src_key: i for a, i in zip(creates, ids, strict=True)}
+        try:
+            for action in actions:
+                if action.op == "skip":
+                    counts["skipped"] += 1
+                    continue
+                assert action.record is not None or action.op in ("delete", "unlink")
+                try:
+                    if action.op == "create":
+                        assert action.record is not None
+                        stored = await connector.create(stream, action.record)
+                        new_links.append(Link(action.src_key, stored.key, action.fingerprint, fingerprint(stored)))
+                        counts["created"] += 1
+                    elif action.op == "update":
+                        assert action.record is not None and action.dst_key is not None
+                        stored = await connector.update(stream, action.dst_key, action.record)
+                        new_links.append(Link(action.src_key, stored.key, action.fingerprint, fingerprint(stored)))
+                        counts["updated"] += 1
+                    elif action.op == "delete":
+                        assert action.dst_key is not None
+                        await connector.delete(stream, action.dst_key)
+                        unlinks.append(action.src_key)
+                        counts["deleted"] += 1
+                        counts["_deletes_in_run"] = counts.get("_deletes_in_run", 0) + 1
+                    elif action.op == "unlink":
+                        unlinks.append(action.src_key)
+                        counts["_deletes_in_run"] = counts.get("_deletes_in_run", 0) + 1
+                except RecordRejected as exc:
+                    reason = redact(str(exc))
+                    commit.dead_letters.append(
+                        NewDeadLetter(
+                            src_ref,
+                            target.ref,
+                            action.src_key,
+                            reason,
+                            src_key=action.src_key,
+                            kind="rejected",
+                            payload=action.record.model_dump(mode="json") if action.record else None,
+                        )
+                    )
+                    counts["dead_lettered"] += 1
+                    log.warning(
+                        "record.dead_lettered", pipeline=name, target=target.ref, key=action.src_key, reason=reason
+                    )
+                if action.src_key in intent_ids:
+                    commit.resolved_intents.append(intent_ids.pop(action.src_key))
+        finally:
+            commit.links.setdefault((src_ref, target.ref), []).extend(new_links)
+            if unlinks:
+                commit.unlinks.setdefault((src_ref, target.ref), []).extend(unlinks)
+            if intent_ids and not target.transactional:
+                # a failure cut the page short: keep what was confirmed, the cursor stays put
+                partial = PageCommit(
+                    name, links={(src_ref, target.ref): new_links}, resolved_intents=list(commit.resolved_intents)
+                )
+                if unlinks:
+                    partial.unlinks = {(src_ref, target.ref): unlinks}
+                self.store.commit_page(partial)
+                commit.links.pop((src_ref, target.ref), None)
+                commit.unlinks.pop((src_ref, target.ref), None)
+                commit.resolved_intents.clear()
+        return None
+
+    async def _reconcile_intents(self, name: str, src_ref: str, target: _Target) -> None:
+        """Creates that were started but never confirmed: look them up before creating again."""
+        pending = self.store.intents(name, target.ref)
+        blocked = set()
+        for intent in pending:
+            if intent["state"] == "unresolved":
+                blocked.add(intent["src_key"])
+                continue
+            record = target.info.record_type.model_validate_json(intent["payload"])
+            if not target.info.can(Capability.FIND):
+                self.store.mark_intent_unresolved(intent["id"])
+                self.store.add_dead_letters(
+                    name,
+                    [
+                        NewDeadLetter(
+                            src_ref,
+                            target.ref,
+                            intent["src_key"],
+                            f"a create in {target.ref} was interrupted and {target.ref} cannot look records up: "
+                            "check the target, then `ferryman dlq replay` to create it or `ferryman dlq drop`",
+                            src_key=intent["src_key"],
+                            kind="unresolved",
+                            payload=orjson.loads(intent["payload"]),
+                        )
+                    ],
+                )
+                blocked.add(intent["src_key"])
+                continue
+            found = await target.connector.find(target.stream, record)
+            link = Link(intent["src_key"], found.key, intent["fingerprint"], fingerprint(found)) if found else None
+            self.store.resolve_intent(intent["id"], src=src_ref, dst=target.ref, link=link)
+            log.info(
+                "intent.reconciled", pipeline=name, target=target.ref, key=intent["src_key"], found=found is not None
+            )
+        target.blocked = frozenset(blocked)
+
+    # -- dead-letter replay -------------------------------------------------------------
+    async def replay(self, ids: list[int]) -> list[tuple[int, str, str]]:
+        """Deliver dead letters again; returns (id, outcome, message) for each."""
+        results: list[tuple[int, str, str]] = []
+        letters = self.store.dead_letters(status="open", ids=ids)
+        by_pipeline: dict[str, list[Any]] = {}
+        for letter in letters:
+            by_pipeline.setdefault(letter.pipeline, []).append(letter)
+        for name, group in by_pipeline.items():
+            if name not in self.config.pipelines:
+                results += [(x.id, "skipped", f"pipeline {name!r} is no longer configured") for x in group]
+                continue
+            if not self.store.acquire_lease(name, LEASE_TTL):
+                results += [(x.id, "busy", "the pipeline is running; try again when it is done") for x in group]
+                continue
+            try:
+                results += await self._replay_pipeline(name, group)
+            finally:
+                self.store.release_lease(name)
+        return results
+
+    async def _replay_pipeline(self, name: str, letters: list[Any]) -> list[tuple[int, str, str]]:
+        pipeline = self.config.pipeline(name)
+        source, src_info, targets = await self._targets(pipeline, f"pipelines.{name}")
+        out: list[tuple[int, str, str]] = []
+        for target in targets:
+            await target.connector.restore(target.stream, self.store.get_checkpoint(name, target.ref))
+        try:
+            for letter in letters:
+                chosen = [t for t in targets if letter.dst in (None, t.ref)]
+                record: Record | None = None
+                try:
+                    if letter.src_key and src_info.can(Capability.READ):
+                        try:
+                            record = await source.get(src_info.name, letter.src_key)
+                        except NotImplementedError:
+                            record = None
+                        except FerrymanError as exc:
+                            if isinstance(exc, RecordRejected):
+                                raise
+                            record = None
+                    if record is None and letter.dst is not None and letter.payload:
+                        record = (
+                            src_info.record_type.model_validate(letter.payload) if letter.kind != "unresolved" else None
+                        )
+                        if record is None:
+                            record = chosen[0].info.record_type.model_validate(letter.payload)
+                except (RecordRejected, ValueError) as exc:
+                    self.store.set_dead_letter_status([letter.id], "open", f"still invalid: {exc}")
+                    out.append((letter.id, "invalid", redact(str(exc))))
+                    continue
+                if record is None:
+                    out.append(
+                        (
+                            letter.id,
+                            "missing",
+                            f"{letter.ref} is no longer in {letter.src}; `ferryman dlq drop {letter.id}`",
+                        )
+                    )
+                    continue
+                commit = PageCommit(name)
+                counts = _counts()
+                for target in chosen:
+                    if letter.kind == "unresolved":
+                        self.store.resolve_intent_by_key(name, target.ref, letter.src_key)
+                        target.blocked = target.blocked - {letter.src_key}
+                    await self._deliver(
+                        name,
+                        pipeline,
+                        pipeline.source,
+                        target,
+                        [record],
+                        commit,
+                        counts,
+                        False,
+                        None,
+                        force=letter.kind != "invalid",
+                    )
+                    if target.transactional:
+                        commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
+                failed = [d for d in commit.dead_letters]
+                commit.dead_letters = []
+                self.store.commit_page(commit)
+                if failed:
+                    self.store.set_dead_letter_status([letter.id], "open", failed[0].reason)
+                    out.append((letter.id, "rejected", failed[0].reason))
+                else:
+                    self.store.set_dead_letter_status([letter.id], "resolved")
+                    out.append((letter.id, "delivered", f"created {counts['created']}, updated {counts['updated']}"))
+        finally:
+            for target in targets:
+                if target.transactional:
+                    data = await target.connector.finish(target.stream)
+                    if data is not None:
+                        self.store.set_checkpoint(name, target.ref, data)
+        return out
+
+
+def _counted(op: str) -> str:
+    return {"create": "created", "update": "updated", "delete": "deleted", "unlink": "deleted", "skip": "skipped"}[op]

@@ -1,0 +1,58 @@
+"""Planning: what to do with each record for one target. Pure, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ferryman.records import Record
+from ferryman.state import Link
+
+Op = Literal["create", "update", "delete", "unlink", "skip"]
+
+
+@dataclass(slots=True)
+class Action:
+    op: Op
+    src_key: str
+    record: Record | None  # the mapped record to write
+    fingerprint: str | None
+    dst_key: str | None = None
+    reason: str = ""
+
+
+def plan_one_way(
+    items: list[tuple[Record, str]],
+    links: dict[str, Link],
+    *,
+    deletes_enabled: bool,
+    delete_action: Literal["delete", "unlink"] = "delete",
+    blocked: frozenset[str] = frozenset(),
+) -> list[Action]:
+    """Plan one target's writes for a page of (mapped record, fingerprint) pairs.
+
+    - a link whose source fingerprint equals the record's: skip (re-read, nothing changed)
+    - deleted at the source: delete or unlink when deletes are enabled and a link exists
+    - linked: update; unlinked: create (unless an unresolved create intent blocks it)
+    """
+    actions: list[Action] = []
+    for record, fp in items:
+        link = links.get(record.key)
+        if record.deleted:
+            if link is None:
+                actions.append(Action("skip", record.key, None, fp, reason="deleted at source, never linked"))
+            elif not deletes_enabled:
+                actions.append(Action("skip", record.key, None, fp, link.dst_key, "deletes are not enabled"))
+            else:
+                actions.append(Action(delete_action, record.key, record, fp, link.dst_key))
+            continue
+        if link is not None:
+            if link.src_fp == fp:
+                actions.append(Action("skip", record.key, None, fp, link.dst_key, "unchanged"))
+            else:
+                actions.append(Action("update", record.key, record, fp, link.dst_key))
+        elif record.key in blocked:
+            actions.append(Action("skip", record.key, None, fp, reason="an earlier create is unconfirmed (see dlq)"))
+        else:
+            actions.append(Action("create", record.key, record, fp))
+    return actions

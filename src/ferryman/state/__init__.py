@@ -1,0 +1,676 @@
+"""The state store: cursors, links, intents, runs, dead letters, checkpoints, leases.
+
+SQLite by default, PostgreSQL for several instances. Everything a page changes is
+committed in ONE transaction (:meth:`StateStore.commit_page`), which is what makes the
+delivery contract hold across crashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ferryman.connector import Cursor
+from ferryman.errors import StateError
+from ferryman.redact import redact
+from ferryman.state import migrations
+from ferryman.state.models import (
+    CheckpointRow,
+    CursorRow,
+    DeadLetterRow,
+    HostRow,
+    IntentRow,
+    LeaseRow,
+    LinkRow,
+    RunRow,
+    SchemaVersion,
+)
+from ferryman.timeutil import utcnow
+
+__all__ = ["DeadLetter", "Link", "PageCommit", "StateStore", "default_instance_name"]
+
+T_CURSORS = CursorRow.__table__  # type: ignore[attr-defined]
+T_LINKS = LinkRow.__table__  # type: ignore[attr-defined]
+T_INTENTS = IntentRow.__table__  # type: ignore[attr-defined]
+T_RUNS = RunRow.__table__  # type: ignore[attr-defined]
+T_DLQ = DeadLetterRow.__table__  # type: ignore[attr-defined]
+T_CHECKPOINTS = CheckpointRow.__table__  # type: ignore[attr-defined]
+T_HOSTS = HostRow.__table__  # type: ignore[attr-defined]
+T_LEASES = LeaseRow.__table__  # type: ignore[attr-defined]
+T_SCHEMA = SchemaVersion.__table__  # type: ignore[attr-defined]
+
+
+def default_instance_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(slots=True)
+class Link:
+    src_key: str
+    dst_key: str
+    src_fp: str | None
+    dst_fp: str | None
+    write_count: int = 0
+    window_start: datetime | None = None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    id: int
+    pipeline: str
+    src: str
+    dst: str | None
+    ref: str
+    src_key: str | None
+    reason: str
+    kind: str
+    payload: Any
+    status: str
+    attempts: int
+    created_at: datetime
+    last_seen_at: datetime
+
+
+@dataclass(slots=True)
+class NewDeadLetter:
+    src: str
+    dst: str | None
+    ref: str
+    reason: str
+    src_key: str | None = None
+    kind: str = "rejected"
+    payload: Any = None
+
+
+@dataclass(slots=True)
+class PageCommit:
+    """Everything one page changed, committed together."""
+
+    pipeline: str
+    side: str = "forward"
+    cursor: Cursor | None = None  # None: the cursor does not move
+    links: dict[tuple[str, str], list[Link]] = field(default_factory=dict)  # (src, dst) -> links to upsert
+    unlinks: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (src, dst) -> src keys
+    checkpoints: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # dst -> data
+    resolved_intents: list[int] = field(default_factory=list)
+    dead_letters: list[NewDeadLetter] = field(default_factory=list)
+    resolved_refs: list[str] = field(default_factory=list)  # src keys whose open source rejects are fixed
+    run_id: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class StateStore:
+    """Access to the state database. Thread-compatible; one instance per process."""
+
+    def __init__(self, url: str, *, instance: str | None = None) -> None:
+        self.url = url
+        self.instance = instance or default_instance_name()
+        self.engine: Engine = _make_engine(url)
+        self.dialect = self.engine.dialect.name
+
+    # -- schema ---------------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str, *, instance: str | None = None, migrate: bool = True) -> StateStore:
+        store = cls(url, instance=instance)
+        if migrate:
+            store.migrate()
+        else:
+            store.check_version()
+        return store
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("ferryman_schema"):
+                return 0
+            row = conn.execute(sa.select(T_SCHEMA.c.version)).first()
+            return int(row[0]) if row else 0
+
+    def check_version(self) -> None:
+        version = self.schema_version()
+        if version > migrations.LATEST:
+            raise StateError(
+                f"state database schema v{version} is newer than this Ferryman (v{migrations.LATEST}); "
+                "upgrade Ferryman or point it at another database"
+            )
+        if version < migrations.LATEST:
+            raise StateError(f"state database schema v{version} needs migrating to v{migrations.LATEST}")
+
+    def migrate(self) -> int:
+        """Bring the schema to the latest version; returns the number of steps applied."""
+        from alembic.migration import MigrationContext
+        from alembic.operations import Operations
+
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # several instances may start at once: one migrates, the others wait
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7407041)"))
+            if not sa.inspect(conn).has_table("ferryman_schema"):
+                T_SCHEMA.create(conn)
+                conn.execute(sa.insert(T_SCHEMA).values(id=1, version=0))
+            version = int(conn.execute(sa.select(T_SCHEMA.c.version)).scalar_one())
+            if version > migrations.LATEST:
+                raise StateError(f"state database schema v{version} is newer than this Ferryman (v{migrations.LATEST})")
+            ops = Operations(MigrationContext.configure(conn, opts={"render_as_batch": True}))
+            applied = 0
+            for number in range(version + 1, migrations.LATEST + 1):
+                migrations.STEPS[number - 1](ops)
+                conn.execute(sa.update(T_SCHEMA).values(version=number))
+                applied += 1
+            return applied
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- cursors --------------------------------------------------------------------
+    def get_cursor(self, pipeline: str, side: str = "forward") -> Cursor | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(T_CURSORS.c.updated_at, T_CURSORS.c.key).where(
+                    T_CURSORS.c.pipeline == pipeline, T_CURSORS.c.side == side
+                )
+            ).first()
+        return Cursor(row[0], row[1]) if row else None
+
+    def _set_cursor(self, conn: Connection, pipeline: str, side: str, cursor: Cursor) -> None:
+        values = {"updated_at": cursor.updated_at, "key": cursor.key, "committed_at": utcnow()}
+        result = conn.execute(
+            sa.update(T_CURSORS).where(T_CURSORS.c.pipeline == pipeline, T_CURSORS.c.side == side).values(**values)
+        )
+        if result.rowcount == 0:
+            conn.execute(sa.insert(T_CURSORS).values(pipeline=pipeline, side=side, **values))
+
+    # -- links ----------------------------------------------------------------------
+    def links_for(self, src: str, dst: str, src_keys: Sequence[str]) -> dict[str, Link]:
+        found: dict[str, Link] = {}
+        if not src_keys:
+            return found
+        cols = (
+            T_LINKS.c.src_key,
+            T_LINKS.c.dst_key,
+            T_LINKS.c.src_fp,
+            T_LINKS.c.dst_fp,
+            T_LINKS.c.write_count,
+            T_LINKS.c.window_start,
+        )
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(dict.fromkeys(src_keys)), 500):
+                rows = conn.execute(
+                    sa.select(*cols).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst, T_LINKS.c.src_key.in_(chunk))
+                )
+                for row in rows:
+                    found[row[0]] = Link(*row)
+        return found
+
+    def links_by_dst(self, src: str, dst: str, dst_keys: Sequence[str]) -> dict[str, Link]:
+        found: dict[str, Link] = {}
+        cols = (
+            T_LINKS.c.src_key,
+            T_LINKS.c.dst_key,
+            T_LINKS.c.src_fp,
+            T_LINKS.c.dst_fp,
+            T_LINKS.c.write_count,
+            T_LINKS.c.window_start,
+        )
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(dict.fromkeys(dst_keys)), 500):
+                rows = conn.execute(
+                    sa.select(*cols).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst, T_LINKS.c.dst_key.in_(chunk))
+                )
+                for row in rows:
+                    found[row[1]] = Link(*row)
+        return found
+
+    def count_links(self, src: str, dst: str) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(T_LINKS).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst)
+                ).scalar_one()
+            )
+
+    def _upsert_links(self, conn: Connection, src: str, dst: str, links: list[Link]) -> None:
+        if not links:
+            return
+        now = utcnow()
+        rows = [
+            {
+                "src": src,
+                "dst": dst,
+                "src_key": link.src_key,
+                "dst_key": link.dst_key,
+                "src_fp": link.src_fp,
+                "dst_fp": link.dst_fp,
+                "written_at": now,
+                "write_count": link.write_count,
+                "window_start": link.window_start,
+            }
+            for link in links
+        ]
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(T_LINKS)
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(T_LINKS)  # type: ignore[assignment]
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["src", "dst", "src_key"],
+            set_={
+                "dst_key": stmt.excluded.dst_key,
+                "src_fp": stmt.excluded.src_fp,
+                "dst_fp": stmt.excluded.dst_fp,
+                "written_at": stmt.excluded.written_at,
+                "write_count": stmt.excluded.write_count,
+                "window_start": stmt.excluded.window_start,
+            },
+        )
+        for chunk in _chunks(rows, 1000):
+            conn.execute(stmt, chunk)
+
+    # -- intents --------------------------------------------------------------------
+    def record_intents(self, pipeline: str, dst: str, items: Iterable[tuple[str, str, str]]) -> list[int]:
+        """Durably note creates about to happen: (src_key, fingerprint, payload JSON)."""
+        ids: list[int] = []
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for src_key, fp, payload in items:
+                result = conn.execute(
+                    sa.insert(T_INTENTS).values(
+                        pipeline=pipeline,
+                        dst=dst,
+                        src_key=src_key,
+                        fingerprint=fp,
+                        payload=payload,
+                        state="pending",
+                        created_at=now,
+                    )
+                )
+                ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
+        return ids
+
+    def intents(self, pipeline: str, dst: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(T_INTENTS).where(T_INTENTS.c.pipeline == pipeline).order_by(T_INTENTS.c.id)
+        if dst is not None:
+            query = query.where(T_INTENTS.c.dst == dst)
+        if state is not None:
+            query = query.where(T_INTENTS.c.state == state)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def resolve_intent(
+        self, intent_id: int, *, src: str | None = None, dst: str | None = None, link: Link | None = None
+    ) -> None:
+        with self.engine.begin() as conn:
+            if link is not None and src and dst:
+                self._upsert_links(conn, src, dst, [link])
+            conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.id == intent_id))
+
+    def resolve_intent_by_key(self, pipeline: str, dst: str, src_key: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.delete(T_INTENTS).where(
+                    T_INTENTS.c.pipeline == pipeline, T_INTENTS.c.dst == dst, T_INTENTS.c.src_key == src_key
+                )
+            )
+
+    def mark_intent_unresolved(self, intent_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(T_INTENTS).where(T_INTENTS.c.id == intent_id).values(state="unresolved"))
+
+    # -- the page transaction ---------------------------------------------------------
+    def commit_page(self, commit: PageCommit) -> None:
+        """Cursor, links, sink checkpoints, intents and dead letters: all or nothing."""
+        with self.engine.begin() as conn:
+            for (src, dst), links in commit.links.items():
+                self._upsert_links(conn, src, dst, links)
+            for (src, dst), keys in commit.unlinks.items():
+                for chunk in _chunks(keys, 500):
+                    conn.execute(
+                        sa.delete(T_LINKS).where(
+                            T_LINKS.c.src == src, T_LINKS.c.dst == dst, T_LINKS.c.src_key.in_(chunk)
+                        )
+                    )
+            for dst, data in commit.checkpoints.items():
+                self._set_checkpoint(conn, commit.pipeline, dst, data)
+            if commit.resolved_intents:
+                for chunk in _chunks(commit.resolved_intents, 500):
+                    conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.id.in_(chunk)))
+            for letter in commit.dead_letters:
+                self._add_dead_letter(conn, commit.pipeline, letter)
+            if commit.resolved_refs:
+                for chunk in _chunks(commit.resolved_refs, 500):
+                    conn.execute(
+                        sa.update(T_DLQ)
+                        .where(
+                            T_DLQ.c.pipeline == commit.pipeline,
+                            T_DLQ.c.status == "open",
+                            T_DLQ.c.dst.is_(None),
+                            T_DLQ.c.src_key.in_(chunk),
+                        )
+                        .values(status="resolved", last_seen_at=utcnow())
+                    )
+            if commit.cursor is not None:
+                self._set_cursor(conn, commit.pipeline, commit.side, commit.cursor)
+            if commit.run_id is not None and commit.counts:
+                conn.execute(
+                    sa.update(T_RUNS)
+                    .where(T_RUNS.c.id == commit.run_id)
+                    .values({k: getattr(T_RUNS.c, k) + v for k, v in commit.counts.items() if v})
+                )
+
+    # -- checkpoints -------------------------------------------------------------------
+    def get_checkpoint(self, pipeline: str, dst: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(T_CHECKPOINTS.c.data).where(T_CHECKPOINTS.c.pipeline == pipeline, T_CHECKPOINTS.c.dst == dst)
+            ).first()
+        return json.loads(row[0]) if row else None
+
+    def set_checkpoint(self, pipeline: str, dst: str, data: dict[str, Any] | None) -> None:
+        with self.engine.begin() as conn:
+            self._set_checkpoint(conn, pipeline, dst, data)
+
+    def _set_checkpoint(self, conn: Connection, pipeline: str, dst: str, data: dict[str, Any] | None) -> None:
+        where = (T_CHECKPOINTS.c.pipeline == pipeline, T_CHECKPOINTS.c.dst == dst)
+        if data is None:
+            conn.execute(sa.delete(T_CHECKPOINTS).where(*where))
+            return
+        blob = json.dumps(data, sort_keys=True)
+        if conn.execute(sa.update(T_CHECKPOINTS).where(*where).values(data=blob)).rowcount == 0:
+            conn.execute(sa.insert(T_CHECKPOINTS).values(pipeline=pipeline, dst=dst, data=blob))
+
+    # -- dead letters -----------------------------------------------------------------
+    def _add_dead_letter(self, conn: Connection, pipeline: str, letter: NewDeadLetter) -> None:
+        now = utcnow()
+        payload = None if letter.payload is None else json.dumps(letter.payload, default=str, sort_keys=True)
+        reason = redact(letter.reason)
+        dst_clause = T_DLQ.c.dst.is_(None) if letter.dst is None else T_DLQ.c.dst == letter.dst
+        existing = conn.execute(
+            sa.select(T_DLQ.c.id).where(
+                T_DLQ.c.pipeline == pipeline,
+                T_DLQ.c.status == "open",
+                T_DLQ.c.ref == letter.ref,
+                T_DLQ.c.src == letter.src,
+                dst_clause,
+            )
+        ).first()
+        if existing:
+            conn.execute(
+                sa.update(T_DLQ)
+                .where(T_DLQ.c.id == existing[0])
+                .values(
+                    reason=reason, payload=payload, kind=letter.kind, last_seen_at=now, attempts=T_DLQ.c.attempts + 1
+                )
+            )
+        else:
+            conn.execute(
+                sa.insert(T_DLQ).values(
+                    pipeline=pipeline,
+                    src=letter.src,
+                    dst=letter.dst,
+                    ref=letter.ref,
+                    src_key=letter.src_key,
+                    reason=reason,
+                    kind=letter.kind,
+                    payload=payload,
+                    status="open",
+                    attempts=1,
+                    created_at=now,
+                    last_seen_at=now,
+                )
+            )
+
+    def add_dead_letters(self, pipeline: str, letters: Iterable[NewDeadLetter]) -> None:
+        with self.engine.begin() as conn:
+            for letter in letters:
+                self._add_dead_letter(conn, pipeline, letter)
+
+    def dead_letters(
+        self, pipeline: str | None = None, status: str | None = "open", ids: Sequence[int] | None = None
+    ) -> list[DeadLetter]:
+        query = sa.select(T_DLQ).order_by(T_DLQ.c.id)
+        if pipeline:
+            query = query.where(T_DLQ.c.pipeline == pipeline)
+        if status:
+            query = query.where(T_DLQ.c.status == status)
+        if ids:
+            query = query.where(T_DLQ.c.id.in_(list(ids)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            DeadLetter(
+                id=r["id"],
+                pipeline=r["pipeline"],
+                src=r["src"],
+                dst=r["dst"],
+                ref=r["ref"],
+                src_key=r["src_key"],
+                reason=r["reason"],
+                kind=r["kind"],
+                payload=json.loads(r["payload"]) if r["payload"] else None,
+                status=r["status"],
+                attempts=r["attempts"],
+                created_at=r["created_at"],
+                last_seen_at=r["last_seen_at"],
+            )
+            for r in rows
+        ]
+
+    def set_dead_letter_status(self, ids: Sequence[int], status: str, reason: str | None = None) -> int:
+        values: dict[str, Any] = {"status": status, "last_seen_at": utcnow()}
+        if reason is not None:
+            values["reason"] = redact(reason)
+        with self.engine.begin() as conn:
+            return int(conn.execute(sa.update(T_DLQ).where(T_DLQ.c.id.in_(list(ids))).values(**values)).rowcount)
+
+    def count_dead_letters(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(T_DLQ.c.pipeline, sa.func.count()).where(T_DLQ.c.status == "open").group_by(T_DLQ.c.pipeline)
+            )
+            return {r[0]: int(r[1]) for r in rows}
+
+    # -- runs -------------------------------------------------------------------------
+    def start_run(self, pipeline: str, trigger: str = "manual") -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.insert(T_RUNS).values(
+                    pipeline=pipeline,
+                    instance=self.instance,
+                    trigger=trigger,
+                    started_at=utcnow(),
+                    outcome="running",
+                    read=0,
+                    created=0,
+                    updated=0,
+                    deleted=0,
+                    skipped=0,
+                    dead_lettered=0,
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def finish_run(
+        self, run_id: int, outcome: str, message: str | None = None, not_before: datetime | None = None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(T_RUNS)
+                .where(T_RUNS.c.id == run_id)
+                .values(
+                    outcome=outcome,
+                    ended_at=utcnow(),
+                    message=redact(message) if message else None,
+                    not_before=not_before,
+                )
+            )
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(T_RUNS).where(T_RUNS.c.id == run_id)).mappings().first()
+        return dict(row) if row else None
+
+    def last_runs(self) -> dict[str, dict[str, Any]]:
+        """The latest run of each pipeline."""
+        latest = (
+            sa.select(T_RUNS.c.pipeline, sa.func.max(T_RUNS.c.id).label("id")).group_by(T_RUNS.c.pipeline).subquery()
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(T_RUNS).join(latest, T_RUNS.c.id == latest.c.id)).mappings().all()
+        return {r["pipeline"]: dict(r) for r in rows}
+
+    def runs(self, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query = sa.select(T_RUNS).order_by(T_RUNS.c.id.desc()).limit(limit)
+        if pipeline:
+            query = query.where(T_RUNS.c.pipeline == pipeline)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def close_stale_runs(self, pipeline: str) -> int:
+        """Runs left 'running' by a process that died: mark them as crashed."""
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    sa.update(T_RUNS)
+                    .where(T_RUNS.c.pipeline == pipeline, T_RUNS.c.outcome == "running")
+                    .values(outcome="crashed", ended_at=utcnow(), message="the process running it stopped unexpectedly")
+                ).rowcount
+            )
+
+    # -- hosts ------------------------------------------------------------------------
+    def set_not_before(self, host: str, not_before: datetime, reason: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            where = T_HOSTS.c.host == host
+            values = {"not_before": not_before, "reason": redact(reason) if reason else None}
+            if conn.execute(sa.update(T_HOSTS).where(where).values(**values)).rowcount == 0:
+                conn.execute(sa.insert(T_HOSTS).values(host=host, **values))
+
+    def not_before(self, hosts: Sequence[str]) -> tuple[str, datetime] | None:
+        """The latest future deferral among ``hosts``, if any."""
+        if not hosts:
+            return None
+        now = utcnow()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(T_HOSTS.c.host, T_HOSTS.c.not_before)
+                .where(T_HOSTS.c.host.in_(list(hosts)), T_HOSTS.c.not_before > now)
+                .order_by(T_HOSTS.c.not_before.desc())
+            ).first()
+        return (row[0], row[1]) if row else None
+
+    def deferrals(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(T_HOSTS).where(T_HOSTS.c.not_before > utcnow())).mappings()]
+
+    # -- leases -----------------------------------------------------------------------
+    def acquire_lease(self, pipeline: str, ttl: timedelta, holder: str | None = None) -> bool:
+        """Take or renew the pipeline's lease; False when another holder's lease is live."""
+        holder = holder or self.instance
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE is set by the engine's begin hook
+            row = conn.execute(
+                sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at)
+                .where(T_LEASES.c.pipeline == pipeline)
+                .with_for_update()
+            ).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            sa.insert(T_LEASES).values(
+                                pipeline=pipeline, holder=holder, acquired_at=now, expires_at=now + ttl
+                            )
+                        )
+                except sa.exc.IntegrityError:
+                    return False
+                return True
+            if row[0] != holder and row[1] > now:
+                return False
+            values: dict[str, Any] = {"holder": holder, "expires_at": now + ttl}
+            if row[0] != holder:
+                values["acquired_at"] = now
+            conn.execute(sa.update(T_LEASES).where(T_LEASES.c.pipeline == pipeline).values(**values))
+            return True
+
+    def release_lease(self, pipeline: str, holder: str | None = None) -> None:
+        holder = holder or self.instance
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(T_LEASES).where(T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == holder))
+
+    def lease_holder(self, pipeline: str) -> tuple[str, datetime] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at).where(
+                    T_LEASES.c.pipeline == pipeline, T_LEASES.c.expires_at > utcnow()
+                )
+            ).first()
+        return (row[0], row[1]) if row else None
+
+    # -- reset ------------------------------------------------------------------------
+    def reset_pipeline(self, pipeline: str, link_pairs: Sequence[tuple[str, str]]) -> None:
+        """Forget where a pipeline was: cursor, checkpoints, intents and its links."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(T_CURSORS).where(T_CURSORS.c.pipeline == pipeline))
+            conn.execute(sa.delete(T_CHECKPOINTS).where(T_CHECKPOINTS.c.pipeline == pipeline))
+            conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.pipeline == pipeline))
+            for src, dst in link_pairs:
+                conn.execute(sa.delete(T_LINKS).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst))
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy issue BEGIN itself (pysqlite's implicit BEGIN is deferred and
+            # breaks lease atomicity); WAL so the CLI can read while the daemon writes.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql"):
+        try:
+            return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        except ModuleNotFoundError:
+            raise StateError("PostgreSQL state needs psycopg: pip install 'ferryman[postgres]'") from None
+    raise StateError(f"unsupported state URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")

@@ -1,0 +1,115 @@
+"""Versioned schema migrations, applied in order inside a transaction.
+
+Each step is a function over alembic's :class:`~alembic.operations.Operations`, which
+writes portable DDL for SQLite (batch mode) and PostgreSQL. Add a step at the end of
+:data:`STEPS`; never edit a released one. ``tests/state/test_migrations.py`` checks that
+the migrated schema equals :mod:`ferryman.state.models`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from alembic.operations import Operations
+
+from ferryman.state.models import UtcDateTime
+
+
+def _v1_initial(op: Operations) -> None:
+    op.create_table(
+        "cursors",
+        sa.Column("pipeline", sa.String(200), primary_key=True),
+        sa.Column("side", sa.String(20), primary_key=True),
+        sa.Column("updated_at", UtcDateTime(), nullable=False),
+        sa.Column("key", sa.String(500), nullable=False),
+        sa.Column("committed_at", UtcDateTime(), nullable=False),
+    )
+    op.create_table(
+        "links",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("src", sa.String(200), nullable=False),
+        sa.Column("dst", sa.String(200), nullable=False),
+        sa.Column("src_key", sa.String(500), nullable=False),
+        sa.Column("dst_key", sa.String(500), nullable=False),
+        sa.Column("src_fp", sa.String(64), nullable=True),
+        sa.Column("dst_fp", sa.String(64), nullable=True),
+        sa.Column("written_at", UtcDateTime(), nullable=False),
+        sa.Column("write_count", sa.Integer, nullable=False),
+        sa.Column("window_start", UtcDateTime(), nullable=True),
+        sa.UniqueConstraint("src", "dst", "src_key", name="uq_links_src"),
+    )
+    op.create_index("ix_links_dst", "links", ["dst", "src", "dst_key"])
+    op.create_table(
+        "intents",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("pipeline", sa.String(200), nullable=False),
+        sa.Column("dst", sa.String(200), nullable=False),
+        sa.Column("src_key", sa.String(500), nullable=False),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("payload", sa.String, nullable=False),
+        sa.Column("state", sa.String(20), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+    )
+    op.create_index("ix_intents_pipeline", "intents", ["pipeline"])
+    op.create_table(
+        "runs",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("pipeline", sa.String(200), nullable=False),
+        sa.Column("instance", sa.String(200), nullable=False),
+        sa.Column("trigger", sa.String(40), nullable=False),
+        sa.Column("started_at", UtcDateTime(), nullable=False),
+        sa.Column("ended_at", UtcDateTime(), nullable=True),
+        sa.Column("outcome", sa.String(20), nullable=False),
+        sa.Column("read", sa.Integer, nullable=False),
+        sa.Column("created", sa.Integer, nullable=False),
+        sa.Column("updated", sa.Integer, nullable=False),
+        sa.Column("deleted", sa.Integer, nullable=False),
+        sa.Column("skipped", sa.Integer, nullable=False),
+        sa.Column("dead_lettered", sa.Integer, nullable=False),
+        sa.Column("message", sa.String, nullable=True),
+        sa.Column("not_before", UtcDateTime(), nullable=True),
+    )
+    op.create_index("ix_runs_pipeline_started", "runs", ["pipeline", "started_at"])
+    op.create_table(
+        "dead_letters",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("pipeline", sa.String(200), nullable=False),
+        sa.Column("src", sa.String(200), nullable=False),
+        sa.Column("dst", sa.String(200), nullable=True),
+        sa.Column("ref", sa.String(500), nullable=False),
+        sa.Column("src_key", sa.String(500), nullable=True),
+        sa.Column("reason", sa.String, nullable=False),
+        sa.Column("kind", sa.String(40), nullable=False),
+        sa.Column("payload", sa.String, nullable=True),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("last_seen_at", UtcDateTime(), nullable=False),
+    )
+    op.create_index("ix_dead_letters_open", "dead_letters", ["pipeline", "status", "ref"])
+    op.create_table(
+        "checkpoints",
+        sa.Column("pipeline", sa.String(200), primary_key=True),
+        sa.Column("dst", sa.String(200), primary_key=True),
+        sa.Column("data", sa.String, nullable=False),
+    )
+    op.create_table(
+        "hosts",
+        sa.Column("host", sa.String(300), primary_key=True),
+        sa.Column("not_before", UtcDateTime(), nullable=False),
+        sa.Column("reason", sa.String, nullable=True),
+    )
+    op.create_table(
+        "leases",
+        sa.Column("pipeline", sa.String(200), primary_key=True),
+        sa.Column("holder", sa.String(300), nullable=False),
+        sa.Column("acquired_at", UtcDateTime(), nullable=False),
+        sa.Column("expires_at", UtcDateTime(), nullable=False),
+    )
+
+
+#: Step N brings the schema from version N-1 to N.
+STEPS: list[Callable[[Operations], None]] = [_v1_initial]
+
+LATEST = len(STEPS)

@@ -1,0 +1,154 @@
+"""State tables. The migrations in :mod:`ferryman.state.migrations` create exactly these;
+a test compares the migrated schema with this metadata on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from ferryman.timeutil import UTC, ensure_utc
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out; ``timestamptz`` on PostgreSQL, naive UTC text on SQLite."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = ensure_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(nullable: bool = False, index: bool = False) -> Any:
+    return Field(default=None, sa_column=sa.Column(UtcDateTime(), nullable=nullable, index=index))
+
+
+class SchemaVersion(SQLModel, table=True):
+    __tablename__ = "ferryman_schema"
+    id: int = Field(default=1, primary_key=True)
+    version: int
+
+
+class CursorRow(SQLModel, table=True):
+    """Per pipeline (and side, for two-way): the (updated_at, key) delivered up to."""
+
+    __tablename__ = "cursors"
+    pipeline: str = Field(primary_key=True, max_length=200)
+    side: str = Field(default="forward", primary_key=True, max_length=20)
+    updated_at: datetime = _ts()
+    key: str = Field(max_length=500)
+    committed_at: datetime = _ts()
+
+
+class LinkRow(SQLModel, table=True):
+    """Source key <-> target key for one pair of system streams, with fingerprints."""
+
+    __tablename__ = "links"
+    __table_args__ = (
+        sa.UniqueConstraint("src", "dst", "src_key", name="uq_links_src"),
+        sa.Index("ix_links_dst", "dst", "src", "dst_key"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    src: str = Field(max_length=200)  # "system.stream"
+    dst: str = Field(max_length=200)
+    src_key: str = Field(max_length=500)
+    dst_key: str = Field(max_length=500)
+    src_fp: str | None = Field(default=None, max_length=64)  # content last read from src
+    dst_fp: str | None = Field(default=None, max_length=64)  # content last written to / read from dst
+    written_at: datetime = _ts()
+    write_count: int = 0
+    window_start: datetime | None = _ts(nullable=True)
+
+
+class IntentRow(SQLModel, table=True):
+    """A create that was started but not yet confirmed; reconciled on restart."""
+
+    __tablename__ = "intents"
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline: str = Field(max_length=200, index=True)
+    dst: str = Field(max_length=200)
+    src_key: str = Field(max_length=500)
+    fingerprint: str = Field(max_length=64)
+    payload: str  # the canonical record as JSON
+    state: str = Field(default="pending", max_length=20)  # pending | unresolved
+    created_at: datetime = _ts()
+
+
+class RunRow(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (sa.Index("ix_runs_pipeline_started", "pipeline", "started_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline: str = Field(max_length=200)
+    instance: str = Field(max_length=200)
+    trigger: str = Field(default="manual", max_length=40)
+    started_at: datetime = _ts()
+    ended_at: datetime | None = _ts(nullable=True)
+    outcome: str = Field(default="running", max_length=20)
+    read: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    message: str | None = None
+    not_before: datetime | None = _ts(nullable=True)
+
+
+class DeadLetterRow(SQLModel, table=True):
+    """A record that could not be delivered, with the reason; replayable."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (sa.Index("ix_dead_letters_open", "pipeline", "status", "ref"),)
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline: str = Field(max_length=200)
+    src: str = Field(max_length=200)
+    dst: str | None = Field(default=None, max_length=200)  # None: the source could not read it
+    ref: str = Field(max_length=500)  # source key, or "line 17"
+    src_key: str | None = Field(default=None, max_length=500)
+    reason: str
+    kind: str = Field(default="rejected", max_length=40)  # rejected | invalid | conflict | loop | unresolved
+    payload: str | None = None  # JSON
+    status: str = Field(default="open", max_length=20)  # open | resolved | dropped
+    attempts: int = 1
+    created_at: datetime = _ts()
+    last_seen_at: datetime = _ts()
+
+
+class CheckpointRow(SQLModel, table=True):
+    """A batching sink's durable position, committed with the cursor."""
+
+    __tablename__ = "checkpoints"
+    pipeline: str = Field(primary_key=True, max_length=200)
+    dst: str = Field(primary_key=True, max_length=200)
+    data: str  # JSON
+
+
+class HostRow(SQLModel, table=True):
+    """A host that asked us to wait: no run touching it starts before ``not_before``."""
+
+    __tablename__ = "hosts"
+    host: str = Field(primary_key=True, max_length=300)
+    not_before: datetime = _ts()
+    reason: str | None = None
+
+
+class LeaseRow(SQLModel, table=True):
+    """Who runs a pipeline right now; a lease expires unless renewed."""
+
+    __tablename__ = "leases"
+    pipeline: str = Field(primary_key=True, max_length=200)
+    holder: str = Field(max_length=300)
+    acquired_at: datetime = _ts()
+    expires_at: datetime = _ts()
