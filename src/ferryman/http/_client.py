@@ -1,0 +1,501 @@
+"""The one HTTP client every API connector uses: polite, retrying, and secret-tight."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from ferryman import __version__
+from ferryman.errors import AuthError, DeferredError, FatalError, FerrymanError, RecordRejected, RetriableError
+from ferryman.http._clock import Clock
+from ferryman.http._options import HttpOptions
+from ferryman.http._registry import HttpRegistry
+from ferryman.http._urls import host_key, insecure_url_problem
+from ferryman.http.codecs import dumps_json, excerpt, form_encode, loads_json
+from ferryman.http.retry_after import parse_ratelimit_headers, parse_retry_after
+from ferryman.redact import SECRET_NAMES, redact, redact_url, register_secret
+from ferryman.timeutil import format_utc
+
+__all__ = ["IDEMPOTENT_METHODS", "HttpClient", "ResponseHook"]
+
+log = structlog.get_logger("ferryman.http")
+
+#: Methods retried after a failure the server may have half-processed (RFC 9110 §9.2.2).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+ResponseHook = Callable[[httpx.Response], Awaitable[None] | None]
+"""Called with every response before its status is mapped; raise to turn it into an error."""
+
+Decoder = Callable[[httpx.Response], Any]
+
+# Failures that happen before a single byte of the request left: safe to retry for any
+# method, a POST included, because the server cannot have acted on it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Our own mistakes: retrying cannot help.
+_LOCAL = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
+def decode_json_or_none(response: httpx.Response) -> Any:
+    """The JSON body, or ``None`` for an empty body (204, an empty 200)."""
+    return loads_json(response) if response.content.strip() else None
+
+
+@dataclass(slots=True)
+class _Call:
+    """What the retry policy needs to know about one logical request."""
+
+    method: str
+    url: str  # redacted, for messages and logs
+    idempotent: bool
+    max_attempts: int
+    attempt: int = 0
+    # The server certainly did not act on the last attempt (429, 503 + Retry-After,
+    # connection never opened): a retry is safe even for a POST.
+    unprocessed: bool = False
+
+    def retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, RetriableError) and (self.idempotent or self.unprocessed)
+
+    def suffix(self) -> str:
+        """How this failure ends, for the error message."""
+        if not (self.idempotent or self.unprocessed):
+            return f"; not retried ({self.method} is not idempotent)"
+        if self.attempt >= self.max_attempts:
+            return f"; gave up after {self.attempt} attempt{'s' if self.attempt > 1 else ''}"
+        return ""
+
+
+class HttpClient:
+    """One per system: an :class:`httpx.AsyncClient` with politeness and error mapping.
+
+    Every request waits on the rate budget shared through ``registry`` (per host and
+    credential), honours a host's deferral, retries what is safe to retry with
+    full-jitter exponential backoff, obeys ``Retry-After`` and ``RateLimit`` headers,
+    and turns failures into :mod:`ferryman.errors` classes whose messages never hold a
+    secret::
+
+        async with HttpClient("helpdesk", options, registry=registry,
+                              auth=ApiKeyQuery("key", key)) as http:
+            response = await http.request("GET", "/api/Tickets", params={"page": 1})
+
+    ``auth`` is any :class:`httpx.Auth`; give it a ``fingerprint`` attribute (as the
+    classes in :mod:`ferryman.http.auth` have) so clients with the same credential share
+    one budget. ``clock`` replaces wall-clock time and sleeping (tests); ``transport``
+    replaces the network (``httpx.MockTransport``, an ASGI app).
+    """
+
+    def __init__(
+        self,
+        system: str,
+        options: HttpOptions,
+        *,
+        registry: HttpRegistry,
+        auth: httpx.Auth | None = None,
+        headers: Mapping[str, str] | None = None,
+        response_hook: ResponseHook | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        problem = insecure_url_problem(options.base_url, options.allow_insecure_http)
+        if problem:
+            raise FatalError(problem, system=system)
+        self.system = system
+        self.options = options
+        self.registry = registry
+        self.host = host_key(options.base_url)
+        """The host key deferrals are stored under; what ``Connector.hosts()`` returns."""
+        self._hook = response_hook
+        self._clock = clock or Clock()
+        self.limiter = registry.limiter(self.host, getattr(auth, "fingerprint", None), options.rate_limit)
+        all_headers = {"User-Agent": f"ferryman/{__version__}", **options.headers, **(headers or {})}
+        for name, value in all_headers.items():
+            if name.lower() in SECRET_NAMES:
+                register_secret(value)
+        self._backoff = wait_random_exponential(multiplier=options.backoff_base, max=options.backoff_cap)
+        self._client = httpx.AsyncClient(
+            base_url=options.base_url,
+            auth=auth,
+            headers=all_headers,
+            timeout=httpx.Timeout(
+                connect=options.connect_timeout,
+                read=options.read_timeout,
+                write=options.read_timeout,
+                pool=options.read_timeout,
+            ),
+            limits=httpx.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=30),
+            follow_redirects=False,
+            verify=options.verify_tls,
+            transport=transport,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- requests ----------------------------------------------------------------------
+    async def request(
+        self,
+        method: str,
+        url_or_path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Mapping[str, Any] | str | bytes | None = None,
+        content: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        allow_status: Collection[int] = (),
+    ) -> httpx.Response:
+        """Send one request and return its response, or raise a :mod:`ferryman.errors` class.
+
+        ``url_or_path`` is relative to ``base_url`` (``"/tickets"`` → ``base_url + /tickets``)
+        or absolute on the same host (a next-page URL). ``json`` is sent with orjson
+        (Decimal exact, datetimes ``Z``); a mapping in ``data`` is form-encoded with
+        nested brackets; ``content`` is sent as is.
+
+        ``idempotent`` overrides the method's default (GET, HEAD, PUT, DELETE, OPTIONS:
+        yes; POST, PATCH: no); only idempotent requests are retried after a 5xx or a
+        broken connection. A status in ``allow_status`` is returned instead of raised.
+
+        Raises :class:`AuthError` (401/403), :class:`RecordRejected` (other 4xx),
+        :class:`RetriableError` (5xx, 429, network, after retries),
+        :class:`DeferredError` (asked to wait longer than ``defer_after``) and
+        :class:`FatalError` (refused URL, TLS verification).
+        """
+        response, _ = await self._send(
+            method, url_or_path, params, json, data, content, headers, idempotent, allow_status, None
+        )
+        return response
+
+    async def request_decoded(
+        self,
+        method: str,
+        url_or_path: str,
+        *,
+        decode: Decoder | None = None,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Mapping[str, Any] | str | bytes | None = None,
+        content: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        allow_status: Collection[int] = (),
+    ) -> tuple[httpx.Response, Any]:
+        """Like :meth:`request`, also decoding a 2xx body: ``(response, body)``.
+
+        ``decode`` defaults to JSON (``None`` for an empty body); pass e.g.
+        ``lambda r: typed_xml_to_python(parse_xml(r))`` for XML. Decoding happens inside
+        the retry loop, so a :class:`MalformedResponseError` is retried like a 5xx (for
+        idempotent requests). The body of a non-2xx response in ``allow_status`` is
+        ``None``.
+        """
+        return await self._send(
+            method,
+            url_or_path,
+            params,
+            json,
+            data,
+            content,
+            headers,
+            idempotent,
+            allow_status,
+            decode or decode_json_or_none,
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url_or_path: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Mapping[str, Any] | str | bytes | None,
+        content: bytes | str | None,
+        headers: Mapping[str, str] | None,
+        idempotent: bool | None,
+        allow_status: Collection[int],
+        decode: Decoder | None,
+    ) -> tuple[httpx.Response, Any]:
+        method = method.upper()
+        extra_headers = dict(headers or {})
+        if json is not None:
+            content = dumps_json(json)
+            extra_headers.setdefault("Content-Type", "application/json")
+        elif isinstance(data, Mapping):
+            content = form_encode(data)
+            extra_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        elif data is not None:
+            content = data
+        body = content.encode() if isinstance(content, str) else content
+
+        def build() -> httpx.Request:
+            return self._build(method, url_or_path, params, body, extra_headers)
+
+        first = build()  # refuse a bad URL before waiting on anything
+        call = _Call(
+            method=method,
+            url=redact_url(str(first.url)),
+            idempotent=method in IDEMPOTENT_METHODS if idempotent is None else idempotent,
+            max_attempts=self.options.max_retries + 1,
+        )
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(call.max_attempts),
+            wait=self._retry_wait,
+            retry=retry_if_exception(call.retryable),
+            sleep=self._clock.sleep,
+            before_sleep=lambda state: self._before_retry(call, state),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                call.attempt = attempt.retry_state.attempt_number
+                call.unprocessed = False
+                return await self._attempt(call, build, allow_status, decode)
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    def _build(
+        self,
+        method: str,
+        url_or_path: str,
+        params: Mapping[str, Any] | None,
+        content: bytes | None,
+        headers: Mapping[str, str],
+    ) -> httpx.Request:
+        try:
+            request = self._client.build_request(
+                method, url_or_path, params=dict(params) if params else None, content=content, headers=headers
+            )
+        except httpx.InvalidURL:
+            error = FatalError(f"invalid URL {redact_url(url_or_path)!r}", system=self.system)
+        else:
+            problem = insecure_url_problem(request.url, self.options.allow_insecure_http)
+            if problem is None and host_key(request.url) != self.host:
+                problem = (
+                    f"refusing to send {self.system}'s credentials to {host_key(request.url)} "
+                    f"(the system's host is {self.host}): {method} {redact_url(str(request.url))}"
+                )
+            if problem is None:
+                return request
+            error = FatalError(problem, system=self.system)
+        raise error  # outside the except block: no chained httpx error holding the raw URL
+
+    # -- one attempt -------------------------------------------------------------------
+    async def _attempt(
+        self,
+        call: _Call,
+        build: Callable[[], httpx.Request],
+        allow_status: Collection[int],
+        decode: Decoder | None,
+    ) -> tuple[httpx.Response, Any]:
+        await self._wait_for_turn()
+        request = build()
+        try:
+            response = await self._client.send(request)
+        except httpx.TransportError as exc:
+            call.url = redact_url(str(request.url))  # as sent: auth may have added a query key
+            error: FerrymanError = self._transport_error(call, request, exc)
+        else:
+            call.url = redact_url(str(request.url))
+            return await self._handle(call, response, allow_status, decode)
+        self.registry.metrics.count_response(self.system, "error")
+        raise error  # raised outside ``except``: the httpx error (and its URL) is not chained
+
+    async def _wait_for_turn(self) -> None:
+        """Wait out a host deferral, then take a slot from the rate budget."""
+        now = self._clock.now()
+        not_before = await self.registry.not_before(self.host)
+        if not_before is not None and not_before > now:
+            await self._pause((not_before - now).total_seconds(), not_before, "host deferred")
+        wait = await self.limiter.acquire(self._clock.now())
+        if wait > 0:
+            self.registry.metrics.add_wait(self.system, wait)
+            await self._clock.sleep(wait)
+        # A 429 seen by another pipeline while we slept blocks us too.
+        while (block := await self.limiter.not_before()) is not None and block > (now := self._clock.now()):
+            await self._pause((block - now).total_seconds(), block, "rate budget blocked")
+
+    async def _pause(self, seconds: float, until: datetime, reason: str) -> None:
+        if seconds > self.options.defer_after:
+            raise await self._defer(until, seconds, None)
+        log.info("http.rate_limited", system=self.system, host=self.host, wait=round(seconds, 3), reason=reason)
+        self.registry.metrics.add_wait(self.system, seconds)
+        await self._clock.sleep(seconds)
+
+    def _transport_error(self, call: _Call, request: httpx.Request, exc: httpx.TransportError) -> FerrymanError:
+        detail = redact(str(exc).replace(str(request.url), call.url)) or "no detail"
+        what = f"{type(exc).__name__}: {detail}"
+        if isinstance(exc, _LOCAL):
+            return FatalError(f"cannot send {call.method} {call.url} ({what})", system=self.system)
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(exc, httpx.ConnectError) and isinstance(cause, ssl.SSLCertVerificationError):
+            return FatalError(f"TLS certificate verification failed for {call.url} ({detail})", system=self.system)
+        call.unprocessed = isinstance(exc, _NOT_SENT)
+        kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
+        return RetriableError(f"{kind} for {call.method} {call.url} ({what}){call.suffix()}", system=self.system)
+
+    async def _handle(
+        self, call: _Call, response: httpx.Response, allow_status: Collection[int], decode: Decoder | None
+    ) -> tuple[httpx.Response, Any]:
+        status = response.status_code
+        now = self._clock.now()
+        self.registry.metrics.count_response(self.system, status)
+        log.debug("http.response", system=self.system, method=call.method, url=call.url, status=status)
+        await self._apply_rate_hints(response, now)
+        if self._hook is not None:
+            result = self._hook(response)
+            if inspect.isawaitable(result):
+                await result
+        if status < 400 or status in allow_status:
+            body = decode(response) if decode is not None and response.is_success else None
+            return response, body
+        retry_after = self._retry_after(response, now) if status in (429, 503) else None
+        where = f"for {call.method} {call.url}"
+        if status == 429 or (status == 503 and retry_after is not None):
+            log.info("http.rate_limited", system=self.system, host=self.host, status=status, retry_after=retry_after)
+            if retry_after is not None:
+                until = now + timedelta(seconds=retry_after)
+                if retry_after > self.options.defer_after:
+                    raise await self._defer(until, retry_after, status)
+                await self.limiter.block_until(until)
+            call.unprocessed = True  # refused before processing: safe to retry any method
+            raise RetriableError(
+                f"HTTP {status} {response.reason_phrase} {where}{call.suffix()}",
+                system=self.system,
+                status=status,
+                retry_after=retry_after,
+            )
+        if status in (401, 403):
+            what = "authentication failed" if status == 401 else "access denied"
+            raise AuthError(f"{what} (HTTP {status}) {where}; check the system's credentials", system=self.system,
+                            status=status)  # fmt: skip
+        text = excerpt(response.content)
+        if status < 500:
+            raise RecordRejected(f"HTTP {status} {where}: {text}", system=self.system, status=status)
+        raise RetriableError(
+            f"HTTP {status} {where}: {text}{call.suffix()}", system=self.system, status=status, retry_after=retry_after
+        )
+
+    def _retry_after(self, response: httpx.Response, now: datetime) -> float | None:
+        value = response.headers.get("retry-after")
+        if value is None:
+            return None
+        seconds = parse_retry_after(value, now)
+        if seconds is None:
+            log.warning(
+                "http.retry_after_invalid",
+                system=self.system,
+                host=self.host,
+                status=response.status_code,
+                value=redact(value[:80]),
+            )
+        return seconds
+
+    async def _apply_rate_hints(self, response: httpx.Response, now: datetime) -> None:
+        """Slow down before a 429 when ``RateLimit``/``X-RateLimit-*`` say the quota is nearly spent."""
+        hint = parse_ratelimit_headers(response.headers, now)
+        if hint is None:
+            return
+        pause = hint.pause()
+        if pause <= 0:
+            return
+        until = now + timedelta(seconds=pause)
+        if pause > self.options.defer_after:
+            await self._defer(until, pause, response.status_code)
+            return
+        log.info(
+            "http.slow_down",
+            system=self.system,
+            host=self.host,
+            remaining=hint.remaining,
+            limit=hint.limit,
+            reset=hint.reset,
+            wait=round(pause, 3),
+        )
+        await self.limiter.block_until(until)
+
+    async def _defer(self, until: datetime, wait: float, status: int | None) -> DeferredError:
+        """Store the host's ``not_before`` and build the error that ends the run as deferred."""
+        await self.registry.defer(self.host, until)
+        self.registry.metrics.count_deferral(self.system)
+        log.warning(
+            "http.deferred",
+            system=self.system,
+            host=self.host,
+            status=status,
+            wait=round(wait, 3),
+            not_before=format_utc(until),
+        )
+        return DeferredError(
+            f"{self.host} asked us to wait {wait:.0f}s, longer than defer_after ({self.options.defer_after:g}s); "
+            f"deferred until {format_utc(until)}",
+            not_before=until,
+            system=self.system,
+            host=self.host,
+        )
+
+    # -- retry policy ------------------------------------------------------------------
+    def _retry_wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int | float):
+            return float(retry_after)  # never earlier than the server said; no jitter needed
+        return float(self._backoff(state))
+
+    def _before_retry(self, call: _Call, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.upcoming_sleep
+        self.registry.metrics.count_retry(self.system)
+        if getattr(exc, "retry_after", None) is not None:
+            self.registry.metrics.add_wait(self.system, wait)
+        log.info(
+            "http.retry",
+            system=self.system,
+            host=self.host,
+            method=call.method,
+            url=call.url,
+            attempt=call.attempt,
+            status=getattr(exc, "status", None),
+            error=type(exc).__name__ if exc else None,
+            wait=round(wait, 3),
+        )
+
+
+class _RedactHttpxLog(logging.Filter):
+    """httpx logs every request URL at INFO; keys in query strings must not reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(str(arg)) if isinstance(arg, httpx.URL) else redact(arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def _install_httpx_log_filter() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactHttpxLog) for f in logger.filters):
+        logger.addFilter(_RedactHttpxLog())
+
+
+_install_httpx_log_filter()

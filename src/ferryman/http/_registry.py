@@ -1,0 +1,186 @@
+"""Process-wide HTTP state: rate budgets, host deferrals and counters.
+
+One :class:`HttpRegistry` per process is shared by every pipeline, so two pipelines that
+read the same system with the same credential draw on one budget. Storage sits behind
+the small :class:`RateBudget` protocol: :class:`InMemoryRateBudget` serves one process; a
+database-backed budget can share the same budgets between several processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from ferryman.http._options import RateLimitOptions
+
+__all__ = ["HttpMetrics", "HttpRegistry", "InMemoryRateBudget", "RateBudget", "RateLimiter"]
+
+
+@runtime_checkable
+class RateBudget(Protocol):
+    """Where send slots and ``not_before`` blocks are kept, per key.
+
+    Implementations must make :meth:`acquire` atomic per key: two callers never get the
+    same slot, even from two processes.
+    """
+
+    async def acquire(self, key: str, limit: RateLimitOptions | None, now: datetime) -> float:
+        """Reserve the next send slot for ``key``; return the seconds from ``now`` until it.
+
+        The slot respects ``limit`` (``None``: no rate) and any :meth:`block_until` on the
+        key. The caller sleeps the returned time and then sends; it does not call again.
+        """
+        ...
+
+    async def block_until(self, key: str, when: datetime) -> None:
+        """No slot for ``key`` before ``when``. A later block wins over an earlier one."""
+        ...
+
+    async def not_before(self, key: str) -> datetime | None:
+        """The block set on ``key``, if any (it may lie in the past)."""
+        ...
+
+
+class InMemoryRateBudget:
+    """A :class:`RateBudget` for one process: GCRA (a virtual-scheduling token bucket).
+
+    Each key keeps a *theoretical arrival time* (TAT); a request is scheduled at
+    ``max(now, TAT, block)`` and moves TAT one interval (``per / requests``) past that.
+    With a burst of one this spaces requests evenly, so no window of ``per`` seconds ever
+    holds more than ``requests`` sends and R requests take ``R / rate``: the pace a server
+    with a sliding or fixed window accepts without a single 429.
+
+    ``slack`` stretches the interval a little (1% by default) so that network jitter
+    between our send and the server's arrival stamp cannot make the server count one
+    request too many in its window.
+    """
+
+    def __init__(self, *, slack: float = 0.01) -> None:
+        self._slack = slack
+        self._tat: dict[str, float] = {}
+        self._blocked: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    async def acquire(self, key: str, limit: RateLimitOptions | None, now: datetime) -> float:
+        t = now.timestamp()
+        with self._lock:
+            start = t
+            blocked = self._blocked.get(key)
+            if blocked is not None:
+                start = max(start, blocked.timestamp())
+            if limit is not None:
+                start = max(start, self._tat.get(key, start))
+                self._tat[key] = start + limit.interval * (1 + self._slack)
+            return start - t
+
+    async def block_until(self, key: str, when: datetime) -> None:
+        with self._lock:
+            current = self._blocked.get(key)
+            if current is None or when > current:
+                self._blocked[key] = when
+
+    async def not_before(self, key: str) -> datetime | None:
+        return self._blocked.get(key)
+
+
+class RateLimiter:
+    """A handle on one key of a :class:`RateBudget`: what :class:`HttpClient` waits on."""
+
+    def __init__(self, budget: RateBudget, key: str, limit: RateLimitOptions | None) -> None:
+        self.budget = budget
+        self.key = key
+        self.limit = limit
+
+    async def acquire(self, now: datetime) -> float:
+        """Reserve a slot; the seconds to wait before sending."""
+        return await self.budget.acquire(self.key, self.limit, now)
+
+    async def block_until(self, when: datetime) -> None:
+        """Hold every client sharing this budget back until ``when``."""
+        await self.budget.block_until(self.key, when)
+
+    async def not_before(self) -> datetime | None:
+        """The block on this budget, if any."""
+        return await self.budget.not_before(self.key)
+
+
+class HttpMetrics:
+    """Counters for the metrics endpoint. Thread-safe; read them with :meth:`snapshot`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: Counter[tuple[str, str]] = Counter()
+        self._rate_limited: Counter[str] = Counter()
+        self._wait_seconds: defaultdict[str, float] = defaultdict(float)
+        self._retries: Counter[str] = Counter()
+        self._deferrals: Counter[str] = Counter()
+
+    def count_response(self, system: str, status: int | str) -> None:
+        """One response (or ``"error"`` for a transport failure) from ``system``."""
+        with self._lock:
+            self._requests[(system, str(status))] += 1
+            if status == 429:
+                self._rate_limited[system] += 1
+
+    def add_wait(self, system: str, seconds: float) -> None:
+        """Seconds spent waiting on a rate budget, Retry-After or RateLimit headers."""
+        if seconds > 0:
+            with self._lock:
+                self._wait_seconds[system] += seconds
+
+    def count_retry(self, system: str) -> None:
+        with self._lock:
+            self._retries[system] += 1
+
+    def count_deferral(self, system: str) -> None:
+        with self._lock:
+            self._deferrals[system] += 1
+
+    def snapshot(self) -> dict[str, dict[Any, float]]:
+        """A copy of every counter::
+
+        {"requests": {(system, status): n}, "rate_limited": {system: n_429},
+         "rate_limit_wait_seconds": {system: s}, "retries": {system: n},
+         "deferrals": {system: n}}
+        """
+        with self._lock:
+            return {
+                "requests": dict(self._requests),
+                "rate_limited": dict(self._rate_limited),
+                "rate_limit_wait_seconds": dict(self._wait_seconds),
+                "retries": dict(self._retries),
+                "deferrals": dict(self._deferrals),
+            }
+
+
+class HttpRegistry:
+    """One per process: rate limiters per (host, credential), host deferrals, counters.
+
+    Build it once at start-up and hand it to every :class:`HttpClient`. On restart the
+    engine re-applies deferrals it persisted with :meth:`defer`.
+    """
+
+    def __init__(self, budget: RateBudget | None = None) -> None:
+        self.budget: RateBudget = budget if budget is not None else InMemoryRateBudget()
+        self.metrics = HttpMetrics()
+
+    def limiter(self, host: str, credential: str | None, limit: RateLimitOptions | None) -> RateLimiter:
+        """The limiter for ``host`` used with ``credential`` (a fingerprint, never the secret).
+
+        Two clients asking with the same host and credential share one budget.
+        """
+        return RateLimiter(self.budget, f"rate:{host}|{credential or '-'}", limit)
+
+    async def not_before(self, host: str) -> datetime | None:
+        """When ``host`` may be contacted again after a deferral, if it was deferred."""
+        return await self.budget.not_before(f"host:{host}")
+
+    async def defer(self, host: str, until: datetime) -> None:
+        """Let nothing talk to ``host`` before ``until`` (aware; stored in UTC)."""
+        await self.budget.block_until(f"host:{host}", until.astimezone(UTC))
+
+    def snapshot(self) -> dict[str, dict[Any, float]]:
+        """The counters; see :meth:`HttpMetrics.snapshot`."""
+        return self.metrics.snapshot()
