@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
 import respx
 
-from ferryman.http import Clock, HttpOptions, HttpRegistry
-from ferryman.redact import clear_secrets
+from ferryman.http import HttpOptions, HttpRegistry
 
-BASE = "https://api.example.com/api"
-START = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-
-
-class FakeClock(Clock):
-    """Time that only moves when someone sleeps; every sleep is recorded."""
-
-    def __init__(self, start: datetime = START) -> None:
-        self.current = start
-        self.sleeps: list[float] = []
-
-    def now(self) -> datetime:
-        return self.current
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self.sleeps.append(seconds)
-            self.current += timedelta(seconds=seconds)
-        await asyncio.sleep(0)
-
-    def elapsed(self) -> float:
-        return (self.current - START).total_seconds()
+from .support import BASE, FakeClock
 
 
 @pytest.fixture
@@ -53,11 +29,6 @@ def options() -> HttpOptions:
 
 @pytest.fixture
 def api() -> Iterator[respx.MockRouter]:
+    """The API at ``BASE``, mocked; routes are relative to it."""
     with respx.mock(base_url=BASE, assert_all_called=False) as router:
         yield router
-
-
-@pytest.fixture(autouse=True)
-def _forget_secrets() -> Iterator[None]:
-    yield
-    clear_secrets()

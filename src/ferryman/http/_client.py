@@ -384,8 +384,9 @@ class HttpClient:
             )
         if status in (401, 403):
             what = "authentication failed" if status == 401 else "access denied"
-            raise AuthError(f"{what} (HTTP {status}) {where}; check the system's credentials", system=self.system,
-                            status=status)  # fmt: skip
+            raise AuthError(
+                f"{what} (HTTP {status}) {where}; check the system's credentials", system=self.system, status=status
+            )
         text = excerpt(response.content)
         if status < 500:
             raise RecordRejected(f"HTTP {status} {where}: {text}", system=self.system, status=status)

@@ -9,9 +9,9 @@ database-backed budget can share the same budgets between several processes.
 from __future__ import annotations
 
 import threading
-from collections import Counter, defaultdict
+from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ferryman.http._options import RateLimitOptions
 
@@ -106,53 +106,65 @@ class RateLimiter:
         return await self.budget.not_before(self.key)
 
 
+Labels = tuple[tuple[str, str], ...]
+
+
 class HttpMetrics:
-    """Counters for the metrics endpoint. Thread-safe; read them with :meth:`snapshot`."""
+    """Counters for the metrics endpoint. Thread-safe; read them with :meth:`snapshot`.
+
+    The snapshot has the shape :func:`ferryman.metrics.render` takes as ``extra``: metric
+    name → {sorted label pairs → value}.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._requests: Counter[tuple[str, str]] = Counter()
-        self._rate_limited: Counter[str] = Counter()
-        self._wait_seconds: defaultdict[str, float] = defaultdict(float)
-        self._retries: Counter[str] = Counter()
-        self._deferrals: Counter[str] = Counter()
+        self._series: dict[str, defaultdict[Labels, float]] = {
+            name: defaultdict(float)
+            for name in (
+                "ferryman_http_requests_total",
+                "ferryman_http_rate_limited_total",
+                "ferryman_http_rate_limit_wait_seconds_total",
+                "ferryman_http_retries_total",
+                "ferryman_http_deferrals_total",
+            )
+        }
+
+    def _add(self, name: str, value: float, **labels: str) -> None:
+        with self._lock:
+            self._series[name][tuple(sorted(labels.items()))] += value
 
     def count_response(self, system: str, status: int | str) -> None:
         """One response (or ``"error"`` for a transport failure) from ``system``."""
-        with self._lock:
-            self._requests[(system, str(status))] += 1
-            if status == 429:
-                self._rate_limited[system] += 1
+        self._add("ferryman_http_requests_total", 1, system=system, status=str(status))
+        if status == 429:
+            self._add("ferryman_http_rate_limited_total", 1, system=system)
 
     def add_wait(self, system: str, seconds: float) -> None:
-        """Seconds spent waiting on a rate budget, Retry-After or RateLimit headers."""
+        """Seconds spent waiting on a rate budget, Retry-After, RateLimit headers or a deferral."""
         if seconds > 0:
-            with self._lock:
-                self._wait_seconds[system] += seconds
+            self._add("ferryman_http_rate_limit_wait_seconds_total", seconds, system=system)
 
     def count_retry(self, system: str) -> None:
-        with self._lock:
-            self._retries[system] += 1
+        self._add("ferryman_http_retries_total", 1, system=system)
 
     def count_deferral(self, system: str) -> None:
-        with self._lock:
-            self._deferrals[system] += 1
+        self._add("ferryman_http_deferrals_total", 1, system=system)
 
-    def snapshot(self) -> dict[str, dict[Any, float]]:
-        """A copy of every counter::
+    def snapshot(self) -> dict[str, dict[Labels, float]]:
+        """A copy of every counter, e.g.::
 
-        {"requests": {(system, status): n}, "rate_limited": {system: n_429},
-         "rate_limit_wait_seconds": {system: s}, "retries": {system: n},
-         "deferrals": {system: n}}
+        {"ferryman_http_requests_total": {(("status", "200"), ("system", "helpdesk")): 3.0},
+         "ferryman_http_rate_limited_total": {(("system", "helpdesk"),): 1.0},   # 429s
+         "ferryman_http_rate_limit_wait_seconds_total": {...}, "ferryman_http_retries_total": {...},
+         "ferryman_http_deferrals_total": {...}}
         """
         with self._lock:
-            return {
-                "requests": dict(self._requests),
-                "rate_limited": dict(self._rate_limited),
-                "rate_limit_wait_seconds": dict(self._wait_seconds),
-                "retries": dict(self._retries),
-                "deferrals": dict(self._deferrals),
-            }
+            return {name: dict(series) for name, series in self._series.items()}
+
+    def value(self, name: str, **labels: str) -> float:
+        """One series' value (0 when never counted): ``value("ferryman_http_retries_total", system="crm")``."""
+        with self._lock:
+            return self._series[name].get(tuple(sorted(labels.items())), 0.0)
 
 
 class HttpRegistry:
@@ -181,6 +193,6 @@ class HttpRegistry:
         """Let nothing talk to ``host`` before ``until`` (aware; stored in UTC)."""
         await self.budget.block_until(f"host:{host}", until.astimezone(UTC))
 
-    def snapshot(self) -> dict[str, dict[Any, float]]:
+    def snapshot(self) -> dict[str, dict[Labels, float]]:
         """The counters; see :meth:`HttpMetrics.snapshot`."""
         return self.metrics.snapshot()

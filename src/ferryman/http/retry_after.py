@@ -62,8 +62,9 @@ def parse_http_date(value: str, now: datetime) -> datetime | None:
             year -= 100
     try:
         # A leap second (":60") is allowed in HTTP-dates; datetime cannot hold it.
-        return datetime(year, month, int(match["d"]), int(match["H"]), int(match["M"]),
-                        min(int(match["S"]), 59), tzinfo=UTC)  # fmt: skip
+        return datetime(
+            year, month, int(match["d"]), int(match["H"]), int(match["M"]), min(int(match["S"]), 59), tzinfo=UTC
+        )
     except ValueError:
         return None
 
@@ -222,8 +223,9 @@ def _structured_hints(ratelimit: str, policy_header: str | None) -> list[RateLim
         limit = _int(fields.get("limit"))
         if limit is None and policies:
             limit = _int(policies[0].value)
-        return [RateLimitHint(limit, _int(fields.get("remaining")), _float(fields.get("reset")), window,
-                              None, "RateLimit")]  # fmt: skip
+        return [
+            RateLimitHint(limit, _int(fields.get("remaining")), _float(fields.get("reset")), window, None, "RateLimit")
+        ]
     # draft 07+: ``RateLimit: "default";r=0;t=10`` + ``RateLimit-Policy: "default";q=100;w=60``
     by_name = {p.value: p for p in policies if p.key is None}
     hints = []
