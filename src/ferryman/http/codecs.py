@@ -19,6 +19,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterable, Mapping
 from datetime import date, datetime
+from datetime import time as dt_time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote_plus
@@ -89,12 +90,16 @@ def loads_json(source: httpx.Response | bytes | str) -> Any:
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return format(value, "f")
+    if isinstance(value, datetime):
+        return format_utc(value)  # refuses a naive datetime rather than guessing its zone
+    if isinstance(value, date | dt_time):
+        return value.isoformat()
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def dumps_json(value: Any) -> bytes:
-    """JSON bytes: datetimes as ISO 8601 with ``Z``, ``Decimal`` as an exact plain string."""
-    return orjson.dumps(value, default=_json_default, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC)
+    """JSON bytes: datetimes converted to UTC as ISO 8601 with ``Z``, ``Decimal`` as an exact string."""
+    return orjson.dumps(value, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
 
 
 # -- forms -----------------------------------------------------------------------------
