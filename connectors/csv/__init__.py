@@ -214,10 +214,7 @@ class CsvConnector(Connector):
         for fname, column in header.items():
             if column not in row or fname == "extra":
                 continue
-            value = row[column]
-            if value == "":
-                value = None
-            data[fname] = value
+            data[fname] = row[column] if row[column] != "" else None
         extra: dict[str, Any] = {}
         if row.get(header["extra"]):
             try:
@@ -236,10 +233,10 @@ class CsvConnector(Connector):
             raise ValidationFailed(f"deleted: {data['deleted']!r} is not true/false")
         data["deleted"] = deleted in _TRUE
         for fname in rtype.datetime_fields():
-            value = data.get(fname)
-            if isinstance(value, str):
+            text = data.get(fname)
+            if isinstance(text, str):
                 try:
-                    data[fname] = parse_datetime(value, assume_tz=self.options.timezone)
+                    data[fname] = parse_datetime(text, assume_tz=self.options.timezone)
                 except ValueError as exc:
                     raise ValidationFailed(f"{fname}: {exc}") from None
         if not data.get("key"):
@@ -255,12 +252,15 @@ class CsvConnector(Connector):
         self.stream(stream)
         records: list[Record] = []
         rejects: list[Reject] = []
+        updated_column = self._header_for(stream)["updated_at"]
         for line, row, problem in self._rows(stream):
             key = (row or {}).get(self._header_for(stream)["key"]) or None
             if problem is not None:
                 rejects.append(Reject(f"line {line}", problem, raw=row, key=key))
                 continue
             assert row is not None
+            if since is not None and self._before(row, since, updated_column):
+                continue  # validated (or dead-lettered) when it was first read
             try:
                 record = self._to_record(stream, row)
             except ValidationFailed as exc:
@@ -275,6 +275,13 @@ class CsvConnector(Connector):
             return
         for start in range(0, len(records), page_size):
             yield Page(records[start : start + page_size], rejects if start == 0 else [])
+
+    def _before(self, row: dict[str, str], since: Cursor, column: str) -> bool:
+        """True when the row is certainly older than ``since`` (cheap: one timestamp parse)."""
+        try:
+            return parse_datetime(row[column], assume_tz=self.options.timezone) < since.updated_at
+        except (ValueError, KeyError):
+            return False
 
     def _lookup(self, stream: str, key: str, path: Path | None = None) -> Record | None:
         """The row for ``key`` (the last one, if a key repeats), or None."""
@@ -452,7 +459,7 @@ class CsvConnector(Connector):
             writer.writerow(header)
             position = header.index(key_column)
             for index, cells in enumerate(reader2):
-                key = cells[position] if position < len(cells) else None
+                key = cells[position] if position < len(cells) else ""
                 if key in updated and last.get(key) != index:
                     continue
                 writer.writerow(cells)

@@ -243,7 +243,7 @@ class Engine:
                 await self._reconcile_intents(name, src_ref, target)
                 await target.connector.restore(target.stream, self.store.get_checkpoint(name, target.ref))
         cursor = None if full else self.store.get_cursor(name)
-        since = Cursor(cursor.updated_at - pipeline.overlap, "") if cursor else None
+        since = _since(cursor, pipeline.overlap)
         best = cursor
         halted: str | None = None
         last_lease = time.monotonic()
@@ -602,6 +602,16 @@ class Engine:
                     if data is not None:
                         self.store.set_checkpoint(name, target.ref, data)
         return out
+
+
+def _since(cursor: Cursor | None, overlap: timedelta) -> Cursor | None:
+    """Where to read from: the compound cursor itself, or ``overlap`` earlier so that rows a
+    source committed late (with an older ``updated_at``) are not missed."""
+    if cursor is None:
+        return None
+    if not overlap:
+        return cursor
+    return Cursor(cursor.updated_at - overlap, "")
 
 
 def _counted(op: str) -> str:

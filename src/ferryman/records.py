@@ -75,7 +75,7 @@ class Record(BaseModel):
         if cached is None:
             cached = frozenset(n for n, f in cls.model_fields.items() if _holds(f.annotation, datetime))
             cls._datetime_fields = cached  # type: ignore[attr-defined]
-        return cached  # type: ignore[no-any-return]
+        return cached
 
     def content(self) -> dict[str, Any]:
         """The JSON-ready content that two systems must agree on (see :func:`fingerprint`)."""

@@ -51,7 +51,37 @@ T_SCHEMA = SchemaVersion.__table__  # type: ignore[attr-defined]
 
 
 def default_instance_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return socket.gethostname()
+
+
+def _start_token(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' where /proc is unavailable);
+    with the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """True only when the holder is certainly a process of this host that no longer runs."""
+    parts = holder.split("|")
+    if len(parts) != 4 or parts[1] != socket.gethostname():
+        return False
+    try:
+        pid = int(parts[2])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return bool(parts[3]) and _start_token(pid) != parts[3]
+
+
+def describe_holder(holder: str) -> str:
+    parts = holder.split("|")
+    return f"{parts[0]} (pid {parts[2]})" if len(parts) == 4 else holder
 
 
 @dataclass(slots=True)
@@ -115,6 +145,10 @@ class StateStore:
     def __init__(self, url: str, *, instance: str | None = None) -> None:
         self.url = url
         self.instance = instance or default_instance_name()
+        pid = os.getpid()
+        #: who holds leases: instance name, host, pid and process start, so a restart on the
+        #: same host can tell that a lease's holder died (kill -9) and take over at once
+        self.holder = f"{self.instance}|{socket.gethostname()}|{pid}|{_start_token(pid)}"
         self.engine: Engine = _make_engine(url)
         self.dialect = self.engine.dialect.name
 
@@ -581,7 +615,7 @@ class StateStore:
     # -- leases -----------------------------------------------------------------------
     def acquire_lease(self, pipeline: str, ttl: timedelta, holder: str | None = None) -> bool:
         """Take or renew the pipeline's lease; False when another holder's lease is live."""
-        holder = holder or self.instance
+        holder = holder or self.holder
         now = utcnow()
         with self.engine.begin() as conn:
             if self.dialect == "sqlite":
@@ -602,7 +636,7 @@ class StateStore:
                 except sa.exc.IntegrityError:
                     return False
                 return True
-            if row[0] != holder and row[1] > now:
+            if row[0] != holder and row[1] > now and not _holder_is_dead(row[0]):
                 return False
             values: dict[str, Any] = {"holder": holder, "expires_at": now + ttl}
             if row[0] != holder:
@@ -611,7 +645,7 @@ class StateStore:
             return True
 
     def release_lease(self, pipeline: str, holder: str | None = None) -> None:
-        holder = holder or self.instance
+        holder = holder or self.holder
         with self.engine.begin() as conn:
             conn.execute(sa.delete(T_LEASES).where(T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == holder))
 
@@ -622,7 +656,9 @@ class StateStore:
                     T_LEASES.c.pipeline == pipeline, T_LEASES.c.expires_at > utcnow()
                 )
             ).first()
-        return (row[0], row[1]) if row else None
+        if row is None or _holder_is_dead(row[0]):
+            return None
+        return (describe_holder(row[0]), row[1])
 
     # -- reset ------------------------------------------------------------------------
     def reset_pipeline(self, pipeline: str, link_pairs: Sequence[tuple[str, str]]) -> None:

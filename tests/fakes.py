@@ -1,0 +1,124 @@
+"""A fake connector for engine tests: records in memory, compound-cursor paging, and
+hooks to fail on purpose. Registered under the name ``memory`` by :func:`register`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from ferryman import plugins
+from ferryman.config import Secret
+from ferryman.connector import Capability, Connector, ConnectorOptions, Cursor, Page, StreamInfo
+from ferryman.errors import AuthError, RecordRejected
+from ferryman.records import Contact, Record, Ticket
+from ferryman.timeutil import utcnow
+
+STORES: dict[str, dict[str, dict[str, Record]]] = {}
+CALLS: dict[str, list[tuple[str, str, str]]] = {}
+
+
+class MemoryOptions(ConnectorOptions):
+    store: str
+    api_key: Secret | None = None
+    fail_auth: bool = False
+    reject_subjects: list[str] = Field(default_factory=list)
+    ordered: bool = True
+
+
+class MemoryConnector(Connector):
+    kind = "memory"
+    Options = MemoryOptions
+    summary = "in-memory test connector"
+    options: MemoryOptions
+    _caps: ClassVar[frozenset[Capability]] = frozenset(Capability)
+
+    def streams(self) -> Mapping[str, StreamInfo]:
+        return {
+            "tickets": StreamInfo("tickets", Ticket, self._caps, natural_key="subject", ordered=self.options.ordered),
+            "contacts": StreamInfo("contacts", Contact, self._caps, natural_key="email", ordered=self.options.ordered),
+        }
+
+    @classmethod
+    def describe(cls) -> Mapping[str, StreamInfo]:
+        return {"tickets": StreamInfo("tickets", Ticket, cls._caps)}
+
+    @property
+    def data(self) -> dict[str, dict[str, Record]]:
+        return STORES.setdefault(self.options.store, {})
+
+    def _log(self, op: str, stream: str, key: str) -> None:
+        CALLS.setdefault(self.options.store, []).append((op, stream, key))
+
+    def _check_auth(self) -> None:
+        if self.options.fail_auth:
+            key = self.options.api_key.get_secret_value() if self.options.api_key else ""
+            # a careless upstream error that embeds the key: redaction must catch it
+            raise AuthError(
+                f"authentication failed (HTTP 401) for https://app.example/api?key={key}", system=self.name, status=401
+            )
+
+    async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
+        self._check_auth()
+        rows = sorted(self.data.get(stream, {}).values(), key=lambda r: (r.updated_at, r.key))
+        if since is not None:
+            rows = [
+                r
+                for r in rows
+                if (r.updated_at, r.key) > (since.updated_at, since.key)
+                or (r.updated_at, r.key) == (since.updated_at, since.key)
+            ]
+        if not self.options.ordered:
+            rows.reverse()
+        for start in range(0, len(rows), page_size):
+            self._log("read", stream, str(start))
+            yield Page(rows[start : start + page_size])
+
+    async def get(self, stream: str, key: str) -> Record | None:
+        return self.data.get(stream, {}).get(key)
+
+    async def find(self, stream: str, record: Record) -> Record | None:
+        field = self.stream(stream).natural_key or "key"
+        for existing in self.data.get(stream, {}).values():
+            if getattr(existing, field) == getattr(record, field):
+                return existing
+        return None
+
+    async def create(self, stream: str, record: Record) -> Record:
+        self._check_auth()
+        if getattr(record, "subject", None) in self.options.reject_subjects:
+            raise RecordRejected("subject refused by the app (HTTP 422)", system=self.name, status=422)
+        table = self.data.setdefault(stream, {})
+        key = f"{self.options.store}-{len(table) + 1}"
+        stored = record.model_copy(update={"key": key, "updated_at": utcnow(), "extra": {}})
+        table[key] = stored
+        self._log("create", stream, key)
+        return stored
+
+    async def update(self, stream: str, key: str, record: Record) -> Record:
+        stored = record.model_copy(update={"key": key, "updated_at": utcnow(), "extra": {}})
+        self.data.setdefault(stream, {})[key] = stored
+        self._log("update", stream, key)
+        return stored
+
+    async def delete(self, stream: str, key: str) -> None:
+        self.data.setdefault(stream, {}).pop(key, None)
+        self._log("delete", stream, key)
+
+
+def register() -> None:
+    plugins.connectors()["memory"] = plugins.Plugin("memory", None, MemoryConnector)  # type: ignore[arg-type]
+
+
+def reset() -> None:
+    STORES.clear()
+    CALLS.clear()
+
+
+def put(store: str, stream: str, record: Record) -> None:
+    STORES.setdefault(store, {}).setdefault(stream, {})[record.key] = record
+
+
+def options(**extra: Any) -> dict[str, Any]:
+    return {"connector": "memory", **extra}

@@ -1,0 +1,74 @@
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from pydantic import ValidationError
+
+from ferryman.records import Contact, Invoice, Ticket, fingerprint
+from ferryman.timeutil import format_utc, parse_datetime, parse_duration
+
+
+def test_naive_datetime_is_refused() -> None:
+    with pytest.raises(ValidationError, match="naive datetime"):
+        Ticket(key="1", updated_at=datetime(2026, 1, 1, 12, 0))
+
+
+def test_non_utc_datetime_is_converted_to_utc() -> None:
+    berlin = timezone(timedelta(hours=1))
+    t = Ticket(key="1", updated_at=datetime(2026, 1, 1, 13, 0, tzinfo=berlin))
+    assert t.updated_at == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert t.updated_at.utcoffset() == timedelta(0)
+    assert t.model_dump(mode="json")["updated_at"] == "2026-01-01T12:00:00Z"
+
+
+def test_iso_strings_with_offsets_become_utc() -> None:
+    t = Ticket.model_validate({"key": "1", "updated_at": "2026-03-01T08:00:00-05:00"})
+    assert format_utc(t.updated_at) == "2026-03-01T13:00:00Z"
+
+
+def test_money_is_exact_decimal_and_serialises_as_string() -> None:
+    inv = Invoice(key="9", updated_at=datetime.now(UTC), amount=Decimal("0.10") + Decimal("0.20"), currency="USD")
+    assert inv.amount == Decimal("0.30")
+    assert inv.model_dump(mode="json")["amount"] == "0.30"
+
+
+def test_fingerprint_ignores_identity_and_timing_but_not_content() -> None:
+    now = datetime.now(UTC)
+    a = Contact(key="a", updated_at=now, email="x@example.com", extra={"native": 1})
+    b = Contact(key="b", updated_at=now + timedelta(days=1), email="x@example.com")
+    c = Contact(key="a", updated_at=now, email="y@example.com")
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint(c)
+
+
+def test_unknown_fields_are_refused() -> None:
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        Ticket.model_validate({"key": "1", "updated_at": "2026-01-01T00:00:00Z", "colour": "red"})
+
+
+@pytest.mark.parametrize(
+    ("text", "tz", "expected"),
+    [
+        ("2026-01-02T03:04:05Z", None, "2026-01-02T03:04:05Z"),
+        ("2026-01-02 03:04:05", "Europe/Berlin", "2026-01-02T02:04:05Z"),
+        ("1700000000", None, "2023-11-14T22:13:20Z"),
+        ("2026-07-01T12:00:00+02:00", None, "2026-07-01T10:00:00Z"),
+    ],
+)
+def test_parse_datetime(text: str, tz: str | None, expected: str) -> None:
+    assert format_utc(parse_datetime(text, assume_tz=tz)) == expected
+
+
+def test_parse_datetime_refuses_naive_without_timezone() -> None:
+    with pytest.raises(ValueError, match="no timezone"):
+        parse_datetime("2026-01-02 03:04:05")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("2m", 120), ("1h30m", 5400), ("500ms", 0.5), (15, 15)])
+def test_parse_duration(text: str | int, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+def test_parse_duration_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("5 parsecs")
