@@ -192,6 +192,10 @@ async def test_long_retry_after_defers_and_stores_not_before(api, options, regis
             await http.request("GET", "/tickets")
         assert caught.value.not_before == START + timedelta(seconds=120)
         assert caught.value.host == "api.example.com"
+        assert str(caught.value) == (
+            "helpdesk: api.example.com deferred until 2024-05-01T12:02:00Z "
+            "(HTTP 429 with Retry-After 120s; longer than defer_after=60s)"
+        )
         assert await registry.not_before("api.example.com") == START + timedelta(seconds=120)
         assert route.call_count == 1 and clock.sleeps == []
         assert any(e["event"] == "http.deferred" and e["not_before"] == "2024-05-01T12:02:00Z" for e in logs)
@@ -368,8 +372,11 @@ async def test_malformed_body_after_retries_is_a_malformed_response_error(api, r
     options = HttpOptions(base_url=BASE, max_retries=1)
     api.get("/tickets").mock(return_value=httpx.Response(200, text="<html>proxy error</html>"))
     async with client(options, registry, clock) as http:
-        with pytest.raises(MalformedResponseError, match=r"not valid JSON.*proxy error"):
+        with pytest.raises(MalformedResponseError) as caught:
             await http.request_decoded("GET", "/tickets")
+    message = str(caught.value)
+    assert message.startswith("helpdesk: GET https://api.example.com/api/tickets: response is not valid JSON")
+    assert "proxy error" in message and message.endswith("gave up after 2 attempts")
 
 
 # -- request bodies ----------------------------------------------------------------------

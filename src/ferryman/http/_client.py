@@ -16,7 +16,15 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from ferryman import __version__
-from ferryman.errors import AuthError, DeferredError, FatalError, FerrymanError, RecordRejected, RetriableError
+from ferryman.errors import (
+    AuthError,
+    DeferredError,
+    FatalError,
+    FerrymanError,
+    MalformedResponseError,
+    RecordRejected,
+    RetriableError,
+)
 from ferryman.http._clock import Clock
 from ferryman.http._options import HttpOptions
 from ferryman.http._registry import HttpRegistry
@@ -334,7 +342,7 @@ class HttpClient:
 
     async def _pause(self, seconds: float, until: datetime, reason: str) -> None:
         if seconds > self.options.defer_after:
-            raise await self._defer(until, seconds, None)
+            raise await self._defer(until, seconds, None, f"{reason}, {seconds:.0f}s from now")
         log.info("http.rate_limited", system=self.system, host=self.host, wait=round(seconds, 3), reason=reason)
         self.registry.metrics.add_wait(self.system, seconds)
         await self._clock.sleep(seconds)
@@ -364,8 +372,13 @@ class HttpClient:
             if inspect.isawaitable(result):
                 await result
         if status < 400 or status in allow_status:
-            body = decode(response) if decode is not None and response.is_success else None
-            return response, body
+            if decode is None or not response.is_success:
+                return response, None
+            try:
+                return response, decode(response)
+            except MalformedResponseError as exc:
+                malformed = MalformedResponseError(f"{exc}{call.suffix()}", system=self.system, status=status)
+            raise malformed  # outside ``except``: one clean error, named after the system
         retry_after = self._retry_after(response, now) if status in (429, 503) else None
         where = f"for {call.method} {call.url}"
         if status == 429 or (status == 503 and retry_after is not None):
@@ -373,7 +386,9 @@ class HttpClient:
             if retry_after is not None:
                 until = now + timedelta(seconds=retry_after)
                 if retry_after > self.options.defer_after:
-                    raise await self._defer(until, retry_after, status)
+                    raise await self._defer(
+                        until, retry_after, status, f"HTTP {status} with Retry-After {retry_after:g}s"
+                    )
                 await self.limiter.block_until(until)
             call.unprocessed = True  # refused before processing: safe to retry any method
             raise RetriableError(
@@ -419,7 +434,12 @@ class HttpClient:
             return
         until = now + timedelta(seconds=pause)
         if pause > self.options.defer_after:
-            await self._defer(until, pause, response.status_code)
+            await self._defer(
+                until,
+                pause,
+                response.status_code,
+                f"{hint.source} says {hint.remaining} left, reset in {hint.reset:g}s",
+            )
             return
         log.info(
             "http.slow_down",
@@ -432,7 +452,7 @@ class HttpClient:
         )
         await self.limiter.block_until(until)
 
-    async def _defer(self, until: datetime, wait: float, status: int | None) -> DeferredError:
+    async def _defer(self, until: datetime, wait: float, status: int | None, reason: str) -> DeferredError:
         """Store the host's ``not_before`` and build the error that ends the run as deferred."""
         await self.registry.defer(self.host, until)
         self.registry.metrics.count_deferral(self.system)
@@ -443,10 +463,11 @@ class HttpClient:
             status=status,
             wait=round(wait, 3),
             not_before=format_utc(until),
+            reason=reason,
         )
         return DeferredError(
-            f"{self.host} asked us to wait {wait:.0f}s, longer than defer_after ({self.options.defer_after:g}s); "
-            f"deferred until {format_utc(until)}",
+            f"{self.host} deferred until {format_utc(until)} ({reason}; "
+            f"longer than defer_after={self.options.defer_after:g}s)",
             not_before=until,
             system=self.system,
             host=self.host,

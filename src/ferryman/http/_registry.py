@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from ferryman.http._options import RateLimitOptions
+from ferryman.timeutil import ensure_utc
 
 __all__ = ["HttpMetrics", "HttpRegistry", "InMemoryRateBudget", "RateBudget", "RateLimiter"]
 
@@ -186,12 +187,12 @@ class HttpRegistry:
         return RateLimiter(self.budget, f"rate:{host}|{credential or '-'}", limit)
 
     async def not_before(self, host: str) -> datetime | None:
-        """When ``host`` may be contacted again after a deferral, if it was deferred."""
+        """When ``host`` may be contacted again after a deferral (may lie in the past), or ``None``."""
         return await self.budget.not_before(f"host:{host}")
 
     async def defer(self, host: str, until: datetime) -> None:
-        """Let nothing talk to ``host`` before ``until`` (aware; stored in UTC)."""
-        await self.budget.block_until(f"host:{host}", until.astimezone(UTC))
+        """Let nothing talk to ``host`` before ``until`` (aware; stored in UTC). A later deferral wins."""
+        await self.budget.block_until(f"host:{host}", ensure_utc(until))
 
     def snapshot(self) -> dict[str, dict[Labels, float]]:
         """The counters; see :meth:`HttpMetrics.snapshot`."""

@@ -37,6 +37,7 @@ __all__ = [
     "XSI_NS",
     "dict_to_xml",
     "dumps_json",
+    "excerpt",
     "form_encode",
     "loads_json",
     "parse_xml",
