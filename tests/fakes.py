@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ferryman import plugins
 from ferryman.config import Secret
-from ferryman.connector import Capability, Connector, ConnectorOptions, Cursor, Page, StreamInfo
+from ferryman.connector import Capability, Connector, ConnectorOptions, Cursor, Page, StreamInfo, record_order
 from ferryman.errors import AuthError, RecordRejected
 from ferryman.records import Contact, Record, Ticket
 from ferryman.timeutil import utcnow
@@ -61,14 +61,9 @@ class MemoryConnector(Connector):
 
     async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
         self._check_auth()
-        rows = sorted(self.data.get(stream, {}).values(), key=lambda r: (r.updated_at, r.key))
+        rows = sorted(self.data.get(stream, {}).values(), key=record_order)
         if since is not None:
-            rows = [
-                r
-                for r in rows
-                if (r.updated_at, r.key) > (since.updated_at, since.key)
-                or (r.updated_at, r.key) == (since.updated_at, since.key)
-            ]
+            rows = [r for r in rows if Cursor.of(r) >= since]
         if not self.options.ordered:
             rows.reverse()
         for start in range(0, len(rows), page_size):

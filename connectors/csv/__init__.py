@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import Field, ValidationError, field_validator
 
-from ferryman.connector import Capability, Connector, ConnectorOptions, Cursor, Page, Reject, StreamInfo
+from ferryman.connector import Capability, Connector, ConnectorOptions, Cursor, Page, Reject, StreamInfo, record_order
 from ferryman.errors import FatalError, ValidationFailed
 from ferryman.records import Record, record_type
 from ferryman.timeutil import format_utc, parse_datetime
@@ -266,9 +266,9 @@ class CsvConnector(Connector):
             except ValidationFailed as exc:
                 rejects.append(Reject(f"line {line}", str(exc), raw=row, key=key))
                 continue
-            if since is None or (record.updated_at, record.key) >= (since.updated_at, since.key):
+            if since is None or Cursor.of(record) >= since:
                 records.append(record)
-        records.sort(key=lambda r: (r.updated_at, r.key))
+        records.sort(key=record_order)
         if not records:
             if rejects:
                 yield Page([], rejects)

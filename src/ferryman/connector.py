@@ -43,6 +43,8 @@ __all__ = [
     "Reject",
     "StreamInfo",
     "SystemContext",
+    "natural_key",
+    "record_order",
 ]
 
 
@@ -73,9 +75,20 @@ class StreamInfo:
         return capability in self.capabilities
 
 
-@dataclass(frozen=True, slots=True, order=True)
+def natural_key(key: str) -> tuple[int, int, str]:
+    """Sort keys as apps do: numeric ids by number (``"9" < "10"``), others as text after them."""
+    if key.isdigit() and len(key) < 19:
+        return (0, int(key), "")
+    return (1, 0, key)
+
+
+@dataclass(frozen=True, slots=True)
 class Cursor:
-    """The position ``(updated_at, key)`` up to which a source has been delivered."""
+    """The position ``(updated_at, key)`` up to which a source has been delivered.
+
+    Cursors order by time, then by key in :func:`natural_key` order, so that records
+    sharing one timestamp are neither lost nor repeated across a page boundary.
+    """
 
     updated_at: datetime
     key: str
@@ -83,6 +96,26 @@ class Cursor:
     @classmethod
     def of(cls, record: Record) -> Cursor:
         return cls(record.updated_at, record.key)
+
+    def sort_key(self) -> tuple[datetime, tuple[int, int, str]]:
+        return (self.updated_at, natural_key(self.key))
+
+    def __lt__(self, other: Cursor) -> bool:
+        return self.sort_key() < other.sort_key()
+
+    def __le__(self, other: Cursor) -> bool:
+        return self.sort_key() <= other.sort_key()
+
+    def __gt__(self, other: Cursor) -> bool:
+        return self.sort_key() > other.sort_key()
+
+    def __ge__(self, other: Cursor) -> bool:
+        return self.sort_key() >= other.sort_key()
+
+
+def record_order(record: Record) -> tuple[datetime, tuple[int, int, str]]:
+    """The order ``read`` yields records in: (updated_at, natural key)."""
+    return (record.updated_at, natural_key(record.key))
 
 
 @dataclass(frozen=True, slots=True)
