@@ -160,10 +160,8 @@ def open_store(config: Any) -> Any:
 
 def services() -> dict[str, Any]:
     """Process-wide services shared by every system: the HTTP registry (rate limits, deferrals)."""
-    try:  # TEMP until the http layer lands
-        from ferryman.http import HttpRegistry
-    except ImportError:
-        return {}
+    from ferryman.http import HttpRegistry
+
     return {"http": HttpRegistry()}
 
 
