@@ -94,9 +94,9 @@ class SimulatorServer:
         try:
             site: web.BaseSite
             if self.unix_path is not None:
-                site = web.UnixSite(runner, self.unix_path, shutdown_timeout=self._shutdown_timeout)
+                site = web.UnixSite(runner, self.unix_path)
             else:
-                site = web.TCPSite(runner, self.host, self._port, shutdown_timeout=self._shutdown_timeout)
+                site = web.TCPSite(runner, self.host, self._port)
             await site.start()
         except BaseException:
             await runner.cleanup()
