@@ -298,6 +298,10 @@ class Engine:
                 if not dry_run and time.monotonic() - last_lease > LEASE_TTL.total_seconds() / 3:
                     self.store.acquire_lease(name, LEASE_TTL)
                     last_lease = time.monotonic()
+                # Give the event loop a turn between pages: in the daemon, signals, the
+                # watchdog and the control API wait on it, and a run whose connectors do
+                # no network I/O (CSV to CSV) would otherwise hold it for the whole run.
+                await asyncio.sleep(0)
                 if stop is not None and stop.is_set():
                     result.outcome = "stopped"
                     result.message = "stopped after committing the page in hand"
