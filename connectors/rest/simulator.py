@@ -203,11 +203,9 @@ SCHEMAS: dict[str, dict[str, tuple[Cleaner, bool, Any]]] = {
 }
 
 
-def _iso(value: datetime) -> str:
-    # Whole seconds, like many real APIs: the reason clients need (updated_at, id) cursors.
-    return value.isoformat()[:19] + "Z"
-
-
+# Rendered rows keep datetimes, dates and Decimals as they are: ``json_response`` writes them
+# (ISO ``Z`` with whole seconds, like many real APIs: the reason clients need (updated_at, id)
+# cursors), which is several times faster than formatting them here.
 def _render_ticket(row: Row) -> dict[str, Any]:
     return {
         "id": row["id"],
@@ -216,8 +214,8 @@ def _render_ticket(row: Row) -> dict[str, Any]:
         "status": row["status"],
         "priority": row["priority"],
         "requester_email": row["requester_email"],
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
     }
 
 
@@ -229,24 +227,23 @@ def _render_contact(row: Row) -> dict[str, Any]:
         "last_name": row["last_name"],
         "phone": row["phone"],
         "company": row["company"],
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
     }
 
 
 def _render_invoice(row: Row) -> dict[str, Any]:
-    due = row["due_on"]
     return {
         "id": row["id"],
         "number": row["number"],
         "customer_id": row["customer_id"],
-        "amount": str(row["amount"]),
+        "amount": row["amount"],
         "currency": row["currency"],
         "status": row["status"],
-        "issued_on": row["issued_on"].isoformat(),
-        "due_on": due.isoformat() if due is not None else None,
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "issued_on": row["issued_on"],
+        "due_on": row["due_on"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
     }
 
 
@@ -255,6 +252,11 @@ RENDER: dict[str, Callable[[Row], dict[str, Any]]] = {
     "contacts": _render_contact,
     "invoices": _render_invoice,
 }
+
+
+def respond(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer with this API's whole-second ``Z`` timestamps."""
+    return json_response(data, status=status, headers=headers, whole_seconds=True)
 
 
 def parse_since(text: str) -> datetime:
@@ -362,7 +364,7 @@ class GenericSimulator(Simulator):
         schemes = [s for s, style in (('Basic realm="sandbox"', "basic"), ("Bearer", "bearer")) if style in self.auth]
         headers = {"WWW-Authenticate": ", ".join(schemes)} if schemes else None
         accepted = ", ".join(self.auth)
-        return json_response(
+        return respond(
             {"error": "unauthorized", "message": f"missing or invalid API key (accepted: {accepted})"},
             status=401,
             headers=headers,
@@ -383,7 +385,7 @@ class GenericSimulator(Simulator):
 
     async def index(self, request: web.Request) -> web.Response:
         """What this API offers."""
-        return json_response(
+        return respond(
             {
                 "streams": list(STREAMS),
                 "pagination": list(PAGINATION_STYLES),
@@ -419,18 +421,18 @@ class GenericSimulator(Simulator):
                         "total": total,
                         "total_pages": pages,
                     }
-                    return json_response(body)
+                    return respond(body)
                 headers = {"X-Total-Count": str(total)}
                 links = self._links(request, page, pages, per_page)
                 if links:
                     headers["Link"] = links
-                return json_response({self.envelope: self._render(rows, render)}, headers=headers)
+                return respond({self.envelope: self._render(rows, render)}, headers=headers)
             if style == "offset":
                 offset = self._int_param(query, "offset", 0, 0, None)
                 limit = self._int_param(query, "limit", self.page_size, 1, self.max_page_size)
                 total = table.count(since, include_deleted=include_deleted)
                 rows = table.query(since, offset=offset, limit=limit, include_deleted=include_deleted)
-                return json_response(
+                return respond(
                     {self.envelope: self._render(rows, render), "offset": offset, "limit": limit, "total": total}
                 )
             limit = self._int_param(query, "limit", self.page_size, 1, self.max_page_size)
@@ -444,13 +446,13 @@ class GenericSimulator(Simulator):
             next_cursor = encode_cursor(table.position(rows[limit - 1])) if len(rows) > limit else None
             rows = rows[:limit]
             if style == "cursor":
-                return json_response({self.envelope: self._render(rows, render), "next_cursor": next_cursor})
+                return respond({self.envelope: self._render(rows, render), "next_cursor": next_cursor})
             next_url = None
             if next_cursor is not None:
                 params = {k: v for k, v in query.items() if k not in ("api_key", "cursor", "limit")}
                 params.update(cursor=next_cursor, limit=str(limit))
                 next_url = str(request.url.with_query(params))
-            return json_response({self.envelope: self._render(rows, render), "next": next_url})
+            return respond({self.envelope: self._render(rows, render), "next": next_url})
         except Invalid as exc:
             return self._invalid(exc)
 
@@ -460,7 +462,7 @@ class GenericSimulator(Simulator):
         row = self._find(stream, request.match_info["id"])
         if row is None:
             return self._not_found(stream, request.match_info["id"])
-        return json_response(RENDER[stream](row))
+        return respond(RENDER[stream](row))
 
     async def create_record(self, request: web.Request) -> web.Response:
         """Create from a JSON or form body; 201 with the record and its Location."""
@@ -475,7 +477,7 @@ class GenericSimulator(Simulator):
         except Invalid as exc:
             return self._invalid(exc)
         location = f"/api/{stream}/{row['id']}"
-        return json_response(RENDER[stream](row), status=201, headers={"Location": location})
+        return respond(RENDER[stream](row), status=201, headers={"Location": location})
 
     async def put_record(self, request: web.Request) -> web.Response:
         """Replace a record entirely."""
@@ -511,7 +513,7 @@ class GenericSimulator(Simulator):
             row = self._write(stream, lambda: write(id, fields))
         except Invalid as exc:
             return self._invalid(exc)
-        return json_response(RENDER[stream](row))
+        return respond(RENDER[stream](row))
 
     async def _fields(self, request: web.Request) -> dict[str, Any]:
         try:
@@ -619,7 +621,7 @@ class GenericSimulator(Simulator):
         return out
 
     def _invalid(self, exc: Invalid) -> web.Response:
-        return json_response({"error": "validation_failed", "message": exc.message, "fields": exc.fields}, status=422)
+        return respond({"error": "validation_failed", "message": exc.message, "fields": exc.fields}, status=422)
 
     def _not_found(self, stream: str, id_text: str) -> web.Response:
-        return json_response({"error": "not_found", "message": f"no {stream[:-1]} with id {id_text}"}, status=404)
+        return respond({"error": "not_found", "message": f"no {stream[:-1]} with id {id_text}"}, status=404)

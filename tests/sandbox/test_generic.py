@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -245,6 +246,7 @@ def test_a_post_is_seen_by_the_next_incremental_pull(fresh):
     ticket = created.json()
     assert created.headers["Location"] == f"/api/tickets/{ticket['id']}"
     assert ticket["status"] == "open" and ticket["priority"] == "normal" and ticket["updated_at"] >= cursor
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ticket["updated_at"])  # whole seconds, Z
     pulled = walk(client, "cursor", "tickets", size=50, updated_since=cursor)
     assert pulled[-1] == ticket
     assert client.get(f"/api/tickets/{ticket['id']}").json() == ticket

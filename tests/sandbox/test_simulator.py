@@ -165,32 +165,34 @@ async def test_burst_answers_the_next_requests_then_lets_them_through(generic):
 async def test_sliding_window_refuses_the_extra_request_with_the_time_until_a_slot_frees():
     sim = GenericSimulator(records=5, rate_limit=3, window=2)
     async with SimulatorServer(sim) as server, httpx.AsyncClient(base_url=server.url, headers=KEY) as client:
-        first = time.monotonic()
-        assert [(await client.get("/api/tickets")).status_code for _ in range(3)] == [200] * 3
+        done: list[float] = []
+        for _ in range(3):
+            assert (await client.get("/api/tickets")).status_code == 200
+            done.append(time.monotonic())  # the server admitted it no later than this
         refused = await client.get("/api/tickets")
+        refused_at = time.monotonic()
         assert refused.status_code == 429
         retry_after = int(refused.headers["Retry-After"])
-        assert retry_after == 2  # the oldest slot frees ~2 s after it was taken, rounded up
-        await asyncio.sleep(first + 2 - time.monotonic() + 0.05)
-        assert (await client.get("/api/tickets")).status_code == 200  # exactly one slot freed
-        assert (await client.get("/api/tickets")).status_code == 200
-        assert (await client.get("/api/tickets")).status_code == 200
-        assert (await client.get("/api/tickets")).status_code == 429
+        assert 1 <= retry_after <= 2  # the oldest slot frees 2 s after it was taken, rounded up
+        # Honour Retry-After, and wait for all three slots (so the test does not depend on speed).
+        await asyncio.sleep(max(refused_at + retry_after, done[-1] + 2) - time.monotonic())
+        assert [(await client.get("/api/tickets")).status_code for _ in range(4)] == [200, 200, 200, 429]
     assert sim.stats.early_retries == 0
+    assert sim.stats.for_credential("sandbox-key").max_in_window == 4  # arrivals, refused ones included
 
 
 async def test_a_client_that_paces_itself_never_exceeds_the_limit_in_any_window():
     limit, window = 4, 0.5
     sim = GenericSimulator(records=5, rate_limit=limit, window=window)
-    sent: list[float] = []
+    done: list[float] = []
     async with SimulatorServer(sim) as server, httpx.AsyncClient(base_url=server.url, headers=KEY) as client:
         for _ in range(14):
-            if len(sent) >= limit:  # client-side sliding log, with a little margin
-                await asyncio.sleep(max(0.0, sent[-limit] + window + 0.02 - time.monotonic()))
-            sent.append(time.monotonic())
+            if len(done) >= limit:  # a polite client's own sliding log, counted from the answers
+                await asyncio.sleep(max(0.0, done[-limit] + window - time.monotonic()))
             assert (await client.get("/api/tickets")).status_code == 200
+            done.append(time.monotonic())
     stats = sim.stats.snapshot()
-    assert stats["max_in_window"] == limit and stats["throttled"] == 0 and stats["requests"] == 14
+    assert 1 < stats["max_in_window"] <= limit and stats["throttled"] == 0 and stats["requests"] == 14
 
 
 async def test_retrying_before_retry_after_counts_as_an_early_retry(generic):
@@ -200,7 +202,7 @@ async def test_retrying_before_retry_after_counts_as_an_early_retry(generic):
     await asyncio.sleep(0.1)
     assert (await client.get("/api/tickets")).status_code == 200  # served, but rude
     stats = (await client.get("/__sandbox/stats")).json()
-    assert stats["early_retries"] == 1 and stats["violations"][0]["early_by"] > 0.8
+    assert stats["early_retries"] == 1 and stats["violations"][0]["early_by"] > 0.5
     await asyncio.sleep(1.0)  # any request before the first Retry-After ran out would be early too
     await set_faults(client, burst={"count": 1, "status": 503, "retry_after": 1})
     assert (await client.get("/api/tickets")).status_code == 503

@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import repeat
 from typing import Any, TypeVar
 
 __all__ = ["ANCHOR", "DataFactory"]
@@ -312,8 +313,8 @@ class DataFactory:
                 low = created[i] if created[i] > window_s else window_s
                 updated[i] = low + int(rand() * (anchor_s - low + 1))
                 i += 1
-        stamp = datetime.fromtimestamp
-        return [stamp(c, UTC) for c in created], [stamp(u, UTC) for u in updated]
+        utc = repeat(UTC)
+        return list(map(datetime.fromtimestamp, created, utc)), list(map(datetime.fromtimestamp, updated, utc))
 
     def stamp(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Set ``created_at`` and ``updated_at`` on ``rows`` (in id order) from :meth:`timeline`."""

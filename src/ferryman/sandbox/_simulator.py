@@ -288,9 +288,19 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def json_response(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    """A JSON answer serialised with orjson (``Decimal`` as a plain string)."""
-    body = orjson.dumps(data, default=_default, option=orjson.OPT_NON_STR_KEYS)
+def json_response(
+    data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None, whole_seconds: bool = False
+) -> web.Response:
+    """A JSON answer serialised with orjson.
+
+    Aware datetimes come out as ISO 8601 with ``Z`` (``whole_seconds`` drops fractions, as
+    many real APIs do), dates as ``YYYY-MM-DD``, ``Decimal`` as a plain string. Letting orjson
+    format timestamps in C keeps a 1000-record page cheap.
+    """
+    option = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+    if whole_seconds:
+        option |= orjson.OPT_OMIT_MICROSECONDS
+    body = orjson.dumps(data, default=_default, option=option)
     return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
