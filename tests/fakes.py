@@ -3,6 +3,7 @@ hooks to fail on purpose. Registered under the name ``memory`` by :func:`registe
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
@@ -17,6 +18,7 @@ from ferryman.timeutil import utcnow
 
 STORES: dict[str, dict[str, dict[str, Record]]] = {}
 CALLS: dict[str, list[tuple[str, str, str]]] = {}
+_IDS: dict[str, itertools.count[int]] = {}
 
 
 class MemoryOptions(ConnectorOptions):
@@ -76,7 +78,7 @@ class MemoryConnector(Connector):
     async def find(self, stream: str, record: Record) -> Record | None:
         field = self.stream(stream).natural_key or "key"
         for existing in self.data.get(stream, {}).values():
-            if getattr(existing, field) == getattr(record, field):
+            if not existing.deleted and getattr(existing, field) == getattr(record, field):
                 return existing
         return None
 
@@ -85,7 +87,7 @@ class MemoryConnector(Connector):
         if getattr(record, "subject", None) in self.options.reject_subjects:
             raise RecordRejected("subject refused by the app (HTTP 422)", system=self.name, status=422)
         table = self.data.setdefault(stream, {})
-        key = f"{self.options.store}-{len(table) + 1}"
+        key = f"{self.options.store}-{next(_IDS.setdefault(self.options.store, itertools.count(1)))}"
         stored = record.model_copy(update={"key": key, "updated_at": utcnow(), "extra": {}})
         table[key] = stored
         self._log("create", stream, key)
@@ -98,7 +100,10 @@ class MemoryConnector(Connector):
         return stored
 
     async def delete(self, stream: str, key: str) -> None:
-        self.data.setdefault(stream, {}).pop(key, None)
+        # a soft delete, as many apps do: readers see a tombstone with a new updated_at
+        table = self.data.setdefault(stream, {})
+        if key in table and not table[key].deleted:
+            table[key] = table[key].model_copy(update={"deleted": True, "updated_at": utcnow()})
         self._log("delete", stream, key)
 
 
@@ -109,6 +114,7 @@ def register() -> None:
 def reset() -> None:
     STORES.clear()
     CALLS.clear()
+    _IDS.clear()
 
 
 def put(store: str, stream: str, record: Record) -> None:

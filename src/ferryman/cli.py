@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--all", action="store_true", help="every open dead letter (of --pipeline, if given)")
         d.add_argument("--pipeline")
 
+    d = dsub.add_parser("resolve", help="settle a two-way conflict (or loop) by choosing the side whose version wins")
+    d.add_argument("id", type=int, metavar="ID")
+    d.add_argument("--side", choices=["from", "to"], required=True, help="the pipeline's from- or to-side wins")
+
     p = sub.add_parser("sandbox", help="serve a sandbox simulator of an app on loopback")
     _add_sandbox_args(p)
     for name, fn in _extra_commands().items():
@@ -396,6 +400,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 f"#{x.id} [{x.status}] {x.pipeline}: {where} {x.ref}: {x.reason} (seen {x.attempts}x, last {_fmt_time(x.last_seen_at)})"
             )
         return EXIT_OK
+    if args.dlq_command == "resolve":
+        return asyncio.run(_resolve(config, store, args.id, args.side))
     ids = list(args.ids)
     if args.all:
         ids = [x.id for x in store.dead_letters(pipeline=args.pipeline, status="open")]
@@ -426,6 +432,24 @@ async def _replay(config: Any, store: Any, ids: list[int]) -> int:
         print(f"#{missing}: not an open dead letter")
         failed += 1
     return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _resolve(config: Any, store: Any, letter_id: int, side: str) -> int:
+    from ferryman.engine import Engine
+    from ferryman.errors import FerrymanError
+    from ferryman.redact import redact
+    from ferryman.twoway import resolve_conflict
+
+    engine = Engine(config, store, services=services())
+    try:
+        message = await resolve_conflict(engine, letter_id, side)  # type: ignore[arg-type]
+    except FerrymanError as exc:
+        print(f"ferryman: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await engine.aclose()
+    print(f"#{letter_id}: resolved: {message}")
+    return EXIT_OK
 
 
 def vars_of(obj: Any) -> dict[str, Any]:

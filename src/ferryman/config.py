@@ -129,8 +129,14 @@ class DeletesConfig(_Model):
 
 
 class LoopBreakerConfig(_Model):
-    max_writes: int = Field(default=5, ge=1)
-    window: Duration = timedelta(minutes=10)
+    """A pair written more than ``max_writes`` times within ``window`` is quarantined.
+
+    A real loop (two apps normalising a value differently) writes on every run, so even a
+    5-minute schedule trips the default within the hour; people rarely edit one record
+    ten times an hour."""
+
+    max_writes: int = Field(default=10, ge=1)
+    window: Duration = timedelta(hours=1)
 
 
 class PipelineConfig(_Model):

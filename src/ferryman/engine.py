@@ -150,10 +150,6 @@ class Engine:
         pipeline = self.config.pipeline(name)
         started = time.monotonic()
         result = RunResult(name, "ok", counts=_counts())
-        if pipeline.direction == "both":
-            result.outcome = "failed"
-            result.message = "two-way pipelines (direction: both) are not available in this version"
-            return result
         bound = log.bind(pipeline=name)
 
         if not dry_run and not self.store.acquire_lease(name, LEASE_TTL):
@@ -162,14 +158,22 @@ class Engine:
             result.message = f"already running on {holder[0] if holder else 'another instance'}"
             return result
         try:
+            two_way = pipeline.direction == "both"
             try:
-                source, src_info, targets = await self._targets(pipeline, f"pipelines.{name}")
+                if two_way:
+                    systems = [
+                        await self.system(pipeline.source_ref()[0]),
+                        await self.system(pipeline.target_refs()[0][0]),
+                    ]
+                    hosts = list(dict.fromkeys(h for c in systems for h in c.hosts()))
+                else:
+                    source, src_info, targets = await self._targets(pipeline, f"pipelines.{name}")
+                    hosts = list(dict.fromkeys(source.hosts() + [h for t in targets for h in t.connector.hosts()]))
             except ConfigError:
                 raise
             except FerrymanError as exc:
                 result.outcome, result.message = "failed", redact(str(exc))
                 return result
-            hosts = list(dict.fromkeys(source.hosts() + [h for t in targets for h in t.connector.hosts()]))
             deferred = self.store.not_before(hosts)
             if deferred is not None:
                 result.outcome = "deferred"
@@ -185,9 +189,14 @@ class Engine:
                 result.run_id = self.store.start_run(name, trigger)
             bound.info("run.started", trigger=trigger, full=full, dry_run=dry_run, run_id=result.run_id)
             try:
-                await self._run_pages(
-                    name, pipeline, source, src_info, targets, result, full, dry_run, stop, progress, echo
-                )
+                if two_way:
+                    from ferryman.twoway import run_two_way
+
+                    await run_two_way(self, name, pipeline, result, full=full, dry_run=dry_run, echo=echo)
+                else:
+                    await self._run_pages(
+                        name, pipeline, source, src_info, targets, result, full, dry_run, stop, progress, echo
+                    )
             except DeferredError as exc:
                 result.outcome, result.not_before = "deferred", exc.not_before
                 result.message = redact(str(exc))

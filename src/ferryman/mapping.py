@@ -68,6 +68,31 @@ class FieldMapping:
             "a rule is a field name, extra.NAME, {value: X} or {from: F, map: {...}, default: D}", path=where
         )
 
+    def inverse(self, *, where: str = "mapping") -> FieldMapping:
+        """The mapping back, for two-way pipelines: renames and one-to-one value maps invert;
+        constants and dropped fields have no way back and are left out of it."""
+        rules: dict[str, Any] = {}
+        for name, rule in self.rules.items():
+            if rule is None or (isinstance(rule, dict) and "value" in rule):
+                continue
+            if isinstance(rule, str):
+                if rule.startswith("extra."):
+                    raise ConfigError(
+                        f"a two-way mapping cannot write back into {rule!r}; map a canonical field",
+                        path=f"{where}.{name}",
+                    )
+                rules[rule] = name
+                continue
+            source_field = rule["from"]
+            table = rule.get("map") or {}
+            inverted = {v: k for k, v in table.items()}
+            if len(inverted) != len(table):
+                raise ConfigError(
+                    "a two-way value map must be one-to-one so it can be inverted", path=f"{where}.{name}.map"
+                )
+            rules[source_field] = {"from": name, "map": inverted} if inverted else name
+        return FieldMapping(rules, self.target, self.source, where=where)
+
     @staticmethod
     def _get(record: Record, path: str) -> Any:
         if path.startswith("extra."):

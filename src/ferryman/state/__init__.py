@@ -129,6 +129,7 @@ class PageCommit:
     pipeline: str
     side: str = "forward"
     cursor: Cursor | None = None  # None: the cursor does not move
+    cursors: dict[str, Cursor] = field(default_factory=dict)  # more sides' cursors (two-way pipelines)
     links: dict[tuple[str, str], list[Link]] = field(default_factory=dict)  # (src, dst) -> links to upsert
     unlinks: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (src, dst) -> src keys
     checkpoints: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # dst -> data
@@ -401,6 +402,8 @@ class StateStore:
                     )
             if commit.cursor is not None:
                 self._set_cursor(conn, commit.pipeline, commit.side, commit.cursor)
+            for side, cursor in commit.cursors.items():
+                self._set_cursor(conn, commit.pipeline, side, cursor)
             if commit.run_id is not None and commit.counts:
                 conn.execute(
                     sa.update(T_RUNS)

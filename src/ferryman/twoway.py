@@ -1,0 +1,754 @@
+"""Two-way pipelines (``direction: both``): two app streams edited on both sides.
+
+One set of links joins the ``from`` side (A) and the ``to`` side (B). Each link keeps a
+fingerprint per side: what A held and what B held when they last agreed, both taken in
+B's shape (A's records pass the pipeline mapping first), so that:
+
+- a record read back with the fingerprint we stored is our own write: **no echo**;
+- a record whose fingerprint moved on one side is an edit to carry to the other;
+- both moved: a **conflict**, unless both now hold the same content (they converged);
+  the pipeline's ``conflict`` policy (optionally per field) picks the winner, or
+  ``manual`` sends the pair to the dead-letter table until ``ferryman dlq resolve``.
+
+A run reads every change on both sides since each side's cursor, matches unlinked
+records on natural keys (so an existing install is linked, not duplicated), plans,
+checks the delete threshold **before writing anything**, then writes in chunks: links
+(and intents for creates) are committed after each chunk, both cursors at the end. A
+crash re-reads the same changes; pairs already written compare equal and are skipped.
+
+Planning (:func:`plan_pairs`) is a pure function; all I/O is in :func:`run_two_way`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+
+from ferryman import metrics
+from ferryman.config import ConflictPolicy, PipelineConfig
+from ferryman.connector import Capability, Connector, Cursor, StreamInfo
+from ferryman.errors import FerrymanError, RecordRejected, ValidationFailed
+from ferryman.mapping import FieldMapping
+from ferryman.records import Record, fingerprint
+from ferryman.redact import redact
+from ferryman.state import Link, NewDeadLetter, PageCommit
+from ferryman.timeutil import format_utc, utcnow
+
+if TYPE_CHECKING:
+    from ferryman.engine import Engine, RunResult
+
+log = structlog.get_logger("ferryman.twoway")
+
+CHUNK = 100
+Op = Literal[
+    "create_a", "create_b", "update_a", "update_b", "delete_a", "delete_b", "unlink", "link", "conflict", "loop", "skip"
+]
+
+
+@dataclass(slots=True)
+class PairAction:
+    """One thing to do for one pair (or lone record)."""
+
+    op: Op
+    a_key: str | None
+    b_key: str | None
+    write: Record | None = None  # what to write, in the written side's shape
+    a_fp: str | None = None  # fingerprints to store on the link afterwards (B-shape)
+    b_fp: str | None = None
+    reason: str = ""
+    a_record: Record | None = None
+    b_record: Record | None = None
+    link: Link | None = None
+
+
+@dataclass(slots=True)
+class Policy:
+    conflict: ConflictPolicy = "source_wins"
+    conflict_fields: dict[str, ConflictPolicy] = field(default_factory=dict)
+    deletes_enabled: bool = False
+    delete_action: Literal["delete", "unlink"] = "delete"
+    loop_max_writes: int = 10
+    loop_window: timedelta = timedelta(hours=1)
+
+
+def _winner(policy: ConflictPolicy, a: Record, b: Record) -> Literal["a", "b"] | None:
+    if policy == "source_wins":
+        return "a"
+    if policy == "target_wins":
+        return "b"
+    if policy == "newest_wins":
+        return "b" if b.updated_at > a.updated_at else "a"
+    return None  # manual
+
+
+def merge_fields(policy: Policy, a_shaped: Record, b: Record, a_raw: Record) -> Record | None:
+    """The merged record (B shape) under the policy; None when a human must decide."""
+    main = _winner(policy.conflict, a_raw, b)
+    if main is None:
+        return None
+    base = a_shaped if main == "a" else b
+    if not policy.conflict_fields:
+        return base
+    values: dict[str, Any] = {}
+    for name, field_policy in policy.conflict_fields.items():
+        side = _winner(field_policy, a_raw, b)
+        if side is None:
+            return None
+        values[name] = getattr(a_shaped if side == "a" else b, name)
+    return base.model_copy(update=values)
+
+
+def plan_pairs(
+    a_changed: dict[str, Record],
+    b_changed: dict[str, Record],
+    links: list[Link],
+    matches: list[tuple[Record, Record]],
+    lone_a: list[Record],
+    lone_b: list[Record],
+    forward: Callable[[Record], Record],
+    reverse: Callable[[Record], Record],
+    policy: Policy,
+    quarantined: frozenset[str] = frozenset(),
+    now: datetime | None = None,
+) -> list[PairAction]:
+    """Decide what to do with every changed pair and lone record. Pure."""
+    now = now or utcnow()
+    actions: list[PairAction] = []
+
+    def written(link: Link | None) -> tuple[int, datetime | None, bool]:
+        """Count a write for the loop breaker: (count, window start, over the limit)."""
+        if link is None:
+            return 1, now, False
+        start = link.window_start
+        if start is None or now - start > policy.loop_window:
+            return 1, now, False
+        count = link.write_count + 1
+        return count, start, count > policy.loop_max_writes
+
+    def settle(a: Record, b: Record, a_key: str, b_key: str, link: Link | None, a_fp: str, b_fp: str) -> None:
+        """Both sides changed (or met for the first time): converge, resolve or escalate."""
+        if a.deleted and b.deleted:
+            actions.append(PairAction("unlink", a_key, b_key, reason="deleted on both sides", link=link))
+            return
+        if a_fp == b_fp:
+            actions.append(PairAction("link", a_key, b_key, a_fp=a_fp, b_fp=b_fp, reason="both sides agree", link=link))
+            return
+        shaped = forward(a)
+        if a.deleted or b.deleted:
+            side = _winner(policy.conflict, a, b)
+            if side is None:
+                actions.append(
+                    PairAction(
+                        "conflict",
+                        a_key,
+                        b_key,
+                        reason="deleted on one side, edited on the other",
+                        a_record=a,
+                        b_record=b,
+                        link=link,
+                    )
+                )
+                return
+            loser_deleted = (side == "a" and b.deleted) or (side == "b" and a.deleted)
+            if loser_deleted:
+                side_record = shaped if side == "a" else b
+                op: Op = "update_b" if side == "a" else "update_a"
+                target = side_record if side == "a" else reverse(b)
+                actions.append(
+                    PairAction(
+                        op, a_key, b_key, write=target, a_fp=a_fp, b_fp=b_fp, reason="edit wins over delete", link=link
+                    )
+                )
+            elif policy.deletes_enabled:
+                actions.append(
+                    PairAction(
+                        "delete_b" if side == "a" else "delete_a",
+                        a_key,
+                        b_key,
+                        reason="delete wins over edit",
+                        link=link,
+                    )
+                )
+            else:
+                actions.append(PairAction("skip", a_key, b_key, reason="deletes are not enabled", link=link))
+            return
+        merged = merge_fields(policy, shaped, b, a)
+        if merged is None:
+            actions.append(
+                PairAction(
+                    "conflict",
+                    a_key,
+                    b_key,
+                    reason="both sides changed; conflict policy is manual",
+                    a_record=a,
+                    b_record=b,
+                    link=link,
+                )
+            )
+            return
+        merged_fp = fingerprint(merged)
+        if merged_fp != b_fp:
+            actions.append(
+                PairAction(
+                    "update_b",
+                    a_key,
+                    b_key,
+                    write=merged.model_copy(update={"key": b_key}),
+                    a_fp=a_fp,
+                    b_fp=merged_fp,
+                    reason="conflict resolved",
+                    link=link,
+                )
+            )
+        if merged_fp != a_fp:
+            actions.append(
+                PairAction(
+                    "update_a",
+                    a_key,
+                    b_key,
+                    write=reverse(merged).model_copy(update={"key": a_key}),
+                    a_fp=merged_fp,
+                    b_fp=b_fp,
+                    reason="conflict resolved",
+                    link=link,
+                )
+            )
+
+    for link in links:
+        a = a_changed.get(link.src_key)
+        b = b_changed.get(link.dst_key)
+        a_fp = fingerprint(forward(a)) if a is not None else link.src_fp
+        b_fp = fingerprint(b) if b is not None else link.dst_fp
+        a_moved = a is not None and a_fp != link.src_fp
+        b_moved = b is not None and b_fp != link.dst_fp
+        if not a_moved and not b_moved:
+            continue  # our own writes coming back, or nothing new
+        if link.src_key in quarantined:
+            actions.append(
+                PairAction("skip", link.src_key, link.dst_key, reason="quarantined by the loop breaker", link=link)
+            )
+            continue
+        if a_moved and b_moved:
+            assert a is not None and b is not None
+            settle(a, b, link.src_key, link.dst_key, link, a_fp or "", b_fp or "")
+        elif a_moved:
+            assert a is not None
+            if a.deleted:
+                if policy.deletes_enabled:
+                    op_b: Op = "delete_b" if policy.delete_action == "delete" else "unlink"
+                    actions.append(
+                        PairAction(op_b, link.src_key, link.dst_key, reason="deleted in from-side", link=link)
+                    )
+                else:
+                    actions.append(
+                        PairAction("skip", link.src_key, link.dst_key, reason="deletes are not enabled", link=link)
+                    )
+            else:
+                actions.append(
+                    PairAction(
+                        "update_b",
+                        link.src_key,
+                        link.dst_key,
+                        write=forward(a).model_copy(update={"key": link.dst_key}),
+                        a_fp=a_fp,
+                        b_fp=a_fp,
+                        link=link,
+                    )
+                )
+        else:
+            assert b is not None
+            if b.deleted:
+                if policy.deletes_enabled:
+                    op_a: Op = "delete_a" if policy.delete_action == "delete" else "unlink"
+                    actions.append(PairAction(op_a, link.src_key, link.dst_key, reason="deleted in to-side", link=link))
+                else:
+                    actions.append(
+                        PairAction("skip", link.src_key, link.dst_key, reason="deletes are not enabled", link=link)
+                    )
+            else:
+                actions.append(
+                    PairAction(
+                        "update_a",
+                        link.src_key,
+                        link.dst_key,
+                        write=reverse(b).model_copy(update={"key": link.src_key}),
+                        a_fp=b_fp,
+                        b_fp=b_fp,
+                        link=link,
+                    )
+                )
+
+    for a, b in matches:
+        settle(a, b, a.key, b.key, None, fingerprint(forward(a)), fingerprint(b))
+    for a in lone_a:
+        if not a.deleted:
+            shaped = forward(a)
+            actions.append(PairAction("create_b", a.key, None, write=shaped, a_fp=fingerprint(shaped)))
+    for b in lone_b:
+        if not b.deleted:
+            actions.append(PairAction("create_a", None, b.key, write=reverse(b), b_fp=fingerprint(b)))
+
+    # the loop breaker: too many writes to one pair within the window -> quarantine
+    checked: list[PairAction] = []
+    for action in actions:
+        if action.op.startswith(("update", "delete")) and action.link is not None:
+            count, start, over = written(action.link)
+            if over:
+                checked.append(
+                    PairAction(
+                        "loop",
+                        action.a_key,
+                        action.b_key,
+                        reason=f"rewritten {count} times since {format_utc(start or now)} "
+                        f"(limit {policy.loop_max_writes} in {policy.loop_window}); quarantined",
+                        a_record=a_changed.get(action.a_key or ""),
+                        b_record=b_changed.get(action.b_key or ""),
+                        link=action.link,
+                    )
+                )
+                continue
+            action.link.write_count, action.link.window_start = count, start
+        checked.append(action)
+    return checked
+
+
+# -- I/O ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Side:
+    label: Literal["a", "b"]
+    ref: str
+    connector: Connector
+    stream: str
+    info: StreamInfo
+
+    @property
+    def transactional(self) -> bool:
+        return bool(getattr(self.connector, "transactional_writes", False))
+
+
+async def _read_changes(
+    side: _Side, since: Cursor | None, page_size: int, dead: list[NewDeadLetter]
+) -> tuple[dict[str, Record], Cursor | None]:
+    changed: dict[str, Record] = {}
+    best: Cursor | None = None
+    async for page in side.connector.read(side.stream, since, page_size):
+        for reject in page.rejects:
+            dead.append(
+                NewDeadLetter(
+                    side.ref, None, reject.ref, reject.reason, src_key=reject.key, kind="invalid", payload=reject.raw
+                )
+            )
+        for record in page.records:
+            changed[record.key] = record
+            cursor = Cursor.of(record)
+            if best is None or cursor > best:
+                best = cursor
+    return changed, best
+
+
+def _match_values(record: Record, fields: list[str]) -> tuple[Any, ...] | None:
+    values = tuple(getattr(record, f, None) for f in fields)
+    if any(v is None or v == "" for v in values):
+        return None
+    return tuple(v.strip().lower() if isinstance(v, str) else v for v in values)
+
+
+async def run_two_way(
+    engine: Engine,
+    name: str,
+    pipeline: PipelineConfig,
+    result: RunResult,
+    *,
+    full: bool,
+    dry_run: bool,
+    echo: Callable[[str], None] | None,
+) -> None:
+    """One run of a two-way pipeline; fills ``result`` (the caller holds the lease)."""
+    store = engine.store
+    (a_sys, a_stream), (b_sys, b_stream) = pipeline.source_ref(), pipeline.target_refs()[0]
+    a_conn, b_conn = await engine.system(a_sys), await engine.system(b_sys)
+    a = _Side("a", pipeline.source, a_conn, a_stream, a_conn.stream(a_stream))
+    b = _Side("b", pipeline.to[0], b_conn, b_stream, b_conn.stream(b_stream))
+    where = f"pipelines.{name}.mapping"
+    forward = FieldMapping(pipeline.mapping, a.info.record_type, b.info.record_type, where=where)
+    reverse = forward.inverse(where=where)
+    policy = Policy(
+        pipeline.conflict,
+        dict(pipeline.conflict_fields),
+        pipeline.deletes.enabled,
+        pipeline.deletes.action,
+        pipeline.loop_breaker.max_writes,
+        pipeline.loop_breaker.window,
+    )
+    match_on = pipeline.match_on or [f for f in (b.info.natural_key,) if f and f != "key"]
+
+    if not dry_run:
+        for side in (a, b):
+            if side.transactional:
+                await side.connector.restore(side.stream, store.get_checkpoint(name, side.ref))
+        await _reconcile(engine, name, a, b)
+
+    dead: list[NewDeadLetter] = []
+    cursor_a = None if full else store.get_cursor(name, "a")
+    cursor_b = None if full else store.get_cursor(name, "b")
+    from ferryman.engine import _since
+
+    a_changed, best_a = await _read_changes(a, _since(cursor_a, pipeline.overlap), pipeline.page_size, dead)
+    b_changed, best_b = await _read_changes(b, _since(cursor_b, pipeline.overlap), pipeline.page_size, dead)
+    result.counts["read"] += len(a_changed) + len(b_changed)
+
+    def safe(mapping: FieldMapping, record: Record) -> Record | None:
+        try:
+            return mapping.apply(record)
+        except ValidationFailed as exc:
+            side_ref = a.ref if mapping is forward else b.ref
+            dead.append(
+                NewDeadLetter(
+                    side_ref,
+                    None,
+                    record.key,
+                    f"mapping: {exc}",
+                    src_key=record.key,
+                    kind="invalid",
+                    payload=record.model_dump(mode="json"),
+                )
+            )
+            return None
+
+    a_changed = {k: r for k, r in a_changed.items() if safe(forward, r) is not None}
+    b_changed = {k: r for k, r in b_changed.items() if safe(reverse, r) is not None}
+
+    links_a = store.links_for(a.ref, b.ref, list(a_changed))
+    links_b = store.links_by_dst(a.ref, b.ref, list(b_changed))
+    links: dict[str, Link] = {**links_a, **{lk.src_key: lk for lk in links_b.values()}}
+    linked_b_keys = {lk.dst_key for lk in links.values()}
+    lone_a = [r for k, r in a_changed.items() if k not in links]
+    lone_b = [r for k, r in b_changed.items() if k not in linked_b_keys]
+
+    # initial matching on natural keys: changed records first, then a lookup on the other side
+    matches: list[tuple[Record, Record]] = []
+    if match_on:
+        index: dict[tuple[Any, ...], Record] = {}
+        for record in lone_b:
+            value = _match_values(record, match_on)
+            if value is not None:
+                index.setdefault(value, record)
+        still_a: list[Record] = []
+        taken_b: set[str] = set()
+        for record in lone_a:
+            value = _match_values(forward.apply(record), match_on)
+            other = index.pop(value, None) if value is not None else None
+            if other is not None:
+                matches.append((record, other))
+                taken_b.add(other.key)
+            else:
+                still_a.append(record)
+        lone_b = [r for r in lone_b if r.key not in taken_b]
+        lone_a = []
+        for record in still_a:
+            found = await _lookup(b, forward.apply(record))
+            if (
+                found is not None
+                and found.key not in linked_b_keys
+                and not store.links_by_dst(a.ref, b.ref, [found.key])
+            ):
+                matches.append((record, found))
+                linked_b_keys.add(found.key)
+            else:
+                lone_a.append(record)
+        still_b, lone_b = lone_b, []
+        linked_a_keys = set(links) | {m[0].key for m in matches}
+        for record in still_b:
+            found = await _lookup(a, reverse.apply(record))
+            if found is not None and found.key not in linked_a_keys and not store.links_for(a.ref, b.ref, [found.key]):
+                matches.append((found, record))
+                linked_a_keys.add(found.key)
+            else:
+                lone_b.append(record)
+
+    quarantined = frozenset(x.src_key or x.ref for x in store.dead_letters(name, status="open") if x.kind == "loop")
+    actions = plan_pairs(
+        a_changed,
+        b_changed,
+        list(links.values()),
+        matches,
+        lone_a,
+        lone_b,
+        forward.apply,
+        reverse.apply,
+        policy,
+        quarantined,
+    )
+
+    deletes_b = sum(1 for x in actions if x.op == "delete_b")
+    deletes_a = sum(1 for x in actions if x.op == "delete_a")
+    if deletes_a or deletes_b:
+        total = max(store.count_links(a.ref, b.ref), 1)
+        worst = max(deletes_a, deletes_b)
+        if worst / total > pipeline.deletes.max_share:
+            which = b.ref if deletes_b >= deletes_a else a.ref
+            result.outcome = "halted"
+            result.message = (
+                f"halted before deleting anything: {worst} of {total} linked records in {which} "
+                f"({worst / total:.0%}) would be deleted, over deletes.max_share {pipeline.deletes.max_share:.0%}"
+            )
+            log.error("run.halted", pipeline=name, reason=result.message)
+            if not dry_run and dead:
+                store.add_dead_letters(name, dead)
+            return
+
+    if dry_run:
+        for x in actions:
+            if x.op != "skip" and echo:
+                echo(
+                    f"{x.op:<9} {a.ref}#{x.a_key or '-'} <-> {b.ref}#{x.b_key or '-'}"
+                    + (f"  ({x.reason})" if x.reason else "")
+                )
+            _count(result.counts, x.op)
+        return
+
+    await _execute(engine, name, a, b, actions, dead, result, forward)
+    cursors: dict[str, Cursor] = {}
+    if best_a is not None and (cursor_a is None or best_a > cursor_a):
+        cursors["a"] = best_a
+    if best_b is not None and (cursor_b is None or best_b > cursor_b):
+        cursors["b"] = best_b
+    commit = PageCommit(name, cursors=cursors, run_id=result.run_id, dead_letters=dead)
+    for side in (a, b):
+        if side.transactional:
+            commit.checkpoints[side.ref] = await side.connector.checkpoint(side.stream)
+    store.commit_page(commit)
+    for side in (a, b):
+        if side.transactional:
+            data = await side.connector.finish(side.stream)
+            if data is not None:
+                store.set_checkpoint(name, side.ref, data)
+    result.counts["dead_lettered"] += len(dead)
+
+
+async def _lookup(side: _Side, record: Record) -> Record | None:
+    if not side.info.can(Capability.FIND):
+        return None
+    try:
+        return await side.connector.find(side.stream, record)
+    except RecordRejected:
+        return None
+
+
+def _count(counts: dict[str, int], op: str) -> None:
+    key = {
+        "create_a": "created",
+        "create_b": "created",
+        "update_a": "updated",
+        "update_b": "updated",
+        "delete_a": "deleted",
+        "delete_b": "deleted",
+        "conflict": "dead_lettered",
+        "loop": "dead_lettered",
+    }.get(op, "skipped")
+    counts[key] = counts.get(key, 0) + 1
+
+
+async def _execute(
+    engine: Engine,
+    name: str,
+    a: _Side,
+    b: _Side,
+    actions: list[PairAction],
+    dead: list[NewDeadLetter],
+    result: RunResult,
+    forward: FieldMapping,
+) -> None:
+    store = engine.store
+    pair = (a.ref, b.ref)
+    for start in range(0, len(actions), CHUNK):
+        chunk = actions[start : start + CHUNK]
+        commit = PageCommit(name, run_id=result.run_id)
+        creates = [x for x in chunk if x.op in ("create_a", "create_b")]
+        intent_ids: dict[int, int] = {}
+        if creates:
+            items = []
+            for x in creates:
+                side = b if x.op == "create_b" else a
+                src_key = x.a_key if x.op == "create_b" else x.b_key
+                assert x.write is not None and src_key is not None
+                items.append((f"{side.label}:{src_key}", x.a_fp or x.b_fp or "", x.write.model_dump_json()))
+            ids = store.record_intents(name, f"{a.ref}<->{b.ref}", items)
+            intent_ids = {id(x): i for x, i in zip(creates, ids, strict=True)}
+        counts: dict[str, int] = {}
+        new_links: list[Link] = []
+        unlinks: list[str] = []
+        try:
+            for x in chunk:
+                try:
+                    await _apply(x, a, b, forward, new_links, unlinks, dead, counts)
+                except RecordRejected as exc:
+                    reason = redact(str(exc))
+                    target = b.ref if x.op.endswith("_b") else a.ref
+                    dead.append(
+                        NewDeadLetter(
+                            a.ref,
+                            target,
+                            x.a_key or x.b_key or "?",
+                            reason,
+                            src_key=x.a_key,
+                            kind="rejected",
+                            payload=x.write.model_dump(mode="json") if x.write else None,
+                        )
+                    )
+                    counts["dead_lettered"] = counts.get("dead_lettered", 0) + 1
+                if id(x) in intent_ids:
+                    commit.resolved_intents.append(intent_ids.pop(id(x)))
+        finally:
+            commit.links[pair] = new_links
+            if unlinks:
+                commit.unlinks[pair] = unlinks
+            commit.dead_letters = list(dead)
+            dead.clear()
+            commit.counts = {
+                k: v for k, v in counts.items() if k in ("created", "updated", "deleted", "skipped", "dead_lettered")
+            }
+            store.commit_page(commit)
+            for key, value in commit.counts.items():
+                result.counts[key] = result.counts.get(key, 0) + value
+            for op in ("created", "updated", "deleted"):
+                if counts.get(op):
+                    metrics.inc("ferryman_records_written_total", counts[op], pipeline=name, op=op)
+
+
+async def _apply(
+    x: PairAction,
+    a: _Side,
+    b: _Side,
+    forward: FieldMapping,
+    new_links: list[Link],
+    unlinks: list[str],
+    dead: list[NewDeadLetter],
+    counts: dict[str, int],
+) -> None:
+    def bump(key: str) -> None:
+        counts[key] = counts.get(key, 0) + 1
+
+    link = x.link
+    count = link.write_count if link else 1
+    window = link.window_start if link else utcnow()
+    if x.op == "skip":
+        bump("skipped")
+    elif x.op == "link":
+        assert x.a_key and x.b_key
+        new_links.append(
+            Link(x.a_key, x.b_key, x.a_fp, x.b_fp, link.write_count if link else 0, link.window_start if link else None)
+        )
+        bump("skipped")
+    elif x.op == "unlink":
+        assert x.a_key
+        unlinks.append(x.a_key)
+    elif x.op in ("conflict", "loop"):
+        payload = {
+            "from": x.a_record.model_dump(mode="json") if x.a_record else None,
+            "to": x.b_record.model_dump(mode="json") if x.b_record else None,
+            "a_key": x.a_key,
+            "b_key": x.b_key,
+        }
+        if x.op == "loop" and link is not None:
+            payload["history"] = {
+                "writes_in_window": link.write_count + 1,
+                "window_start": format_utc(link.window_start or utcnow()),
+            }
+        dead.append(NewDeadLetter(a.ref, b.ref, x.a_key or "?", x.reason, src_key=x.a_key, kind=x.op, payload=payload))
+        bump("dead_lettered")
+    elif x.op == "create_b":
+        assert x.write is not None and x.a_key
+        stored = await b.connector.create(b.stream, x.write)
+        new_links.append(Link(x.a_key, stored.key, x.a_fp, fingerprint(stored), 1, utcnow()))
+        bump("created")
+    elif x.op == "create_a":
+        assert x.write is not None and x.b_key
+        stored = await a.connector.create(a.stream, x.write)
+        new_links.append(Link(stored.key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, 1, utcnow()))
+        bump("created")
+    elif x.op == "update_b":
+        assert x.write is not None and x.a_key and x.b_key
+        stored = await b.connector.update(b.stream, x.b_key, x.write)
+        new_links.append(Link(x.a_key, x.b_key, x.a_fp, fingerprint(stored), count, window))
+        bump("updated")
+    elif x.op == "update_a":
+        assert x.write is not None and x.a_key and x.b_key
+        stored = await a.connector.update(a.stream, x.a_key, x.write)
+        new_links.append(Link(x.a_key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, count, window))
+        bump("updated")
+    elif x.op == "delete_b":
+        assert x.a_key and x.b_key
+        await b.connector.delete(b.stream, x.b_key)
+        unlinks.append(x.a_key)
+        bump("deleted")
+    elif x.op == "delete_a":
+        assert x.a_key and x.b_key
+        await a.connector.delete(a.stream, x.a_key)
+        unlinks.append(x.a_key)
+        bump("deleted")
+
+
+async def _reconcile(engine: Engine, name: str, a: _Side, b: _Side) -> None:
+    """Creates a crash interrupted: find them on their side and link them, or forget them."""
+    store = engine.store
+    for intent in store.intents(name, f"{a.ref}<->{b.ref}"):
+        label, _, src_key = intent["src_key"].partition(":")
+        side, other = (b, a) if label == "a" else (a, b)
+        record = side.info.record_type.model_validate_json(intent["payload"])
+        found = await _lookup(side, record)
+        link = None
+        if found is not None:
+            if label == "a":
+                link = Link(src_key, found.key, intent["fingerprint"], fingerprint(found))
+            else:
+                link = Link(found.key, src_key, intent["fingerprint"], intent["fingerprint"])
+        store.resolve_intent(intent["id"], src=a.ref, dst=b.ref, link=link)
+        log.info(
+            "intent.reconciled", pipeline=name, side=side.ref, other=other.ref, key=src_key, found=found is not None
+        )
+
+
+async def resolve_conflict(engine: Engine, letter_id: int, side: Literal["from", "to"]) -> str:
+    """``ferryman dlq resolve ID --side from|to``: the chosen side's current version wins."""
+    letters = engine.store.dead_letters(status="open", ids=[letter_id])
+    if not letters:
+        raise FerrymanError(f"#{letter_id} is not an open dead letter")
+    letter = letters[0]
+    if letter.kind not in ("conflict", "loop"):
+        raise FerrymanError(f"#{letter_id} is a {letter.kind} dead letter; use `ferryman dlq replay`")
+    pipeline = engine.config.pipeline(letter.pipeline)
+    (a_sys, a_stream), (b_sys, b_stream) = pipeline.source_ref(), pipeline.target_refs()[0]
+    a_conn, b_conn = await engine.system(a_sys), await engine.system(b_sys)
+    forward = FieldMapping(pipeline.mapping, a_conn.stream(a_stream).record_type, b_conn.stream(b_stream).record_type)
+    reverse = forward.inverse()
+    a_key, b_key = letter.payload["a_key"], letter.payload["b_key"]
+    a_rec = await a_conn.get(a_stream, a_key)
+    b_rec = await b_conn.get(b_stream, b_key)
+    if not engine.store.acquire_lease(letter.pipeline, timedelta(seconds=60)):
+        raise FerrymanError(f"{letter.pipeline} is running; try again when it is done")
+    try:
+        if side == "from":
+            if a_rec is None:
+                raise FerrymanError(f"{pipeline.source}#{a_key} no longer exists")
+            stored = await b_conn.update(b_stream, b_key, forward.apply(a_rec).model_copy(update={"key": b_key}))
+            link = Link(a_key, b_key, fingerprint(forward.apply(a_rec)), fingerprint(stored))
+        else:
+            if b_rec is None:
+                raise FerrymanError(f"{pipeline.to[0]}#{b_key} no longer exists")
+            stored = await a_conn.update(a_stream, a_key, reverse.apply(b_rec).model_copy(update={"key": a_key}))
+            link = Link(a_key, b_key, fingerprint(forward.apply(stored)), fingerprint(b_rec))
+        engine.store.commit_page(PageCommit(letter.pipeline, links={(pipeline.source, pipeline.to[0]): [link]}))
+        engine.store.set_dead_letter_status([letter_id], "resolved")
+    finally:
+        engine.store.release_lease(letter.pipeline)
+    return f"{'from' if side == 'from' else 'to'} side's version written to the other side"
+
+
+__all__ = ["PairAction", "Policy", "merge_fields", "plan_pairs", "resolve_conflict", "run_two_way"]

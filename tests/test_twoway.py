@@ -1,0 +1,275 @@
+"""Two-way pipelines on in-memory apps: matching, echo suppression, conflicts, deletes,
+the loop breaker, and a randomized run of 2,000 changes on both sides."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ferryman.config import load_config
+from ferryman.engine import Engine
+from ferryman.records import Contact, fingerprint
+from ferryman.state import StateStore
+from ferryman.timeutil import utcnow
+from ferryman.twoway import Policy, plan_pairs
+from tests import fakes
+
+
+@pytest.fixture(autouse=True)
+def memory() -> Iterator[None]:
+    fakes.register()
+    fakes.reset()
+    yield
+    fakes.reset()
+
+
+def engine_for(tmp_path: Path, state_url: str, **pipeline: Any) -> Engine:
+    doc = {
+        "state": {"url": state_url},
+        "systems": {"crm": fakes.options(store="crm"), "desk": fakes.options(store="desk")},
+        "pipelines": {"sync": {"from": "crm.contacts", "to": "desk.contacts", "direction": "both", **pipeline}},
+    }
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(doc))
+    return Engine(load_config(tmp_path / "f.yaml", environ={}), StateStore.open(state_url))
+
+
+def contact(key: str, email: str, **fields: Any) -> Contact:
+    return Contact(key=key, updated_at=utcnow(), email=email, **fields)
+
+
+def live(store: str) -> dict[str, Contact]:
+    """email -> record for the records a side holds (tombstones excluded)."""
+    out: dict[str, Contact] = {}
+    for record in fakes.STORES.get(store, {}).get("contacts", {}).values():
+        if not record.deleted:
+            assert record.email not in out, f"{store} holds {record.email} twice"
+            out[record.email] = record  # type: ignore[index]
+    return out
+
+
+def writes(store: str) -> int:
+    return sum(1 for op, _, _ in fakes.CALLS.get(store, []) if op in ("create", "update", "delete"))
+
+
+def edit(store: str, key: str, **fields: Any) -> None:
+    table = fakes.STORES[store]["contacts"]
+    table[key] = table[key].model_copy(update={**fields, "updated_at": utcnow()})
+
+
+async def test_first_sync_matches_on_email_and_creates_the_rest(tmp_path: Path, state_url: str) -> None:
+    for i in range(10):
+        fakes.put("crm", "contacts", contact(f"c{i}", f"p{i}@example.com", first_name=f"P{i}"))
+    for i in range(5, 15):
+        fakes.put("desk", "contacts", contact(f"d{i}", f"p{i}@example.com", first_name=f"P{i}"))
+    engine = engine_for(tmp_path, state_url)
+    result = await engine.run("sync")
+    assert result.outcome == "ok", result.message
+    assert result.counts["created"] == 10  # 5 each way; the 5 shared emails are linked, not duplicated
+    assert set(live("crm")) == set(live("desk")) == {f"p{i}@example.com" for i in range(15)}
+    assert engine.store.count_links("crm.contacts", "desk.contacts") == 15
+    again = await engine.run("sync")
+    assert again.counts["created"] == again.counts["updated"] == 0, "no echo writes"
+
+
+async def test_dry_run_prints_the_match_and_create_plan(tmp_path: Path, state_url: str) -> None:
+    fakes.put("crm", "contacts", contact("c1", "same@example.com"))
+    fakes.put("crm", "contacts", contact("c2", "only-crm@example.com"))
+    fakes.put("desk", "contacts", contact("d1", "same@example.com"))
+    lines: list[str] = []
+    result = await engine_for(tmp_path, state_url).run("sync", dry_run=True, echo=lines.append)
+    assert result.outcome == "dry-run"
+    assert any(x.startswith("link") and "c1" in x and "d1" in x for x in lines)
+    assert any(x.startswith("create_b") and "c2" in x for x in lines)
+    assert writes("crm") == writes("desk") == 0
+
+
+async def test_an_edit_on_each_side_arrives_on_the_other(tmp_path: Path, state_url: str) -> None:
+    fakes.put("crm", "contacts", contact("c1", "a@example.com", phone="1"))
+    fakes.put("desk", "contacts", contact("d1", "b@example.com", phone="2"))
+    engine = engine_for(tmp_path, state_url)
+    await engine.run("sync")
+    desk_key = next(r.key for r in live("desk").values() if r.email == "a@example.com")
+    crm_key = next(r.key for r in live("crm").values() if r.email == "b@example.com")
+    edit("crm", "c1", phone="111")
+    edit("desk", "d1", phone="222")
+    result = await engine.run("sync")
+    assert result.counts["updated"] == 2
+    assert fakes.STORES["desk"]["contacts"][desk_key].phone == "111"
+    assert fakes.STORES["crm"]["contacts"][crm_key].phone == "222"
+    assert (await engine.run("sync")).counts["updated"] == 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("source_wins", "from-crm"), ("target_wins", "from-desk"), ("newest_wins", "from-desk")],
+)
+async def test_conflict_policies(tmp_path: Path, state_url: str, policy: str, expected: str) -> None:
+    fakes.put("crm", "contacts", contact("c1", "a@example.com", title="old"))
+    engine = engine_for(tmp_path, state_url, conflict=policy)
+    await engine.run("sync")
+    desk_key = next(iter(live("desk").values())).key
+    edit("crm", "c1", title="from-crm")
+    edit("desk", desk_key, title="from-desk")  # later, so newest_wins picks the desk
+    result = await engine.run("sync")
+    assert result.outcome == "ok"
+    assert live("crm")["a@example.com"].title == live("desk")["a@example.com"].title == expected
+
+
+async def test_manual_conflicts_go_to_the_dead_letter_table_and_dlq_resolves_them(
+    tmp_path: Path, state_url: str
+) -> None:
+    from ferryman.twoway import resolve_conflict
+
+    fakes.put("crm", "contacts", contact("c1", "a@example.com", title="old"))
+    engine = engine_for(tmp_path, state_url, conflict="manual")
+    await engine.run("sync")
+    desk_key = next(iter(live("desk").values())).key
+    edit("crm", "c1", title="crm says")
+    edit("desk", desk_key, title="desk says")
+    result = await engine.run("sync")
+    assert result.counts["dead_lettered"] == 1 and result.counts["updated"] == 0
+    [letter] = engine.store.dead_letters("sync")
+    assert letter.kind == "conflict"
+    assert letter.payload["from"]["title"] == "crm says" and letter.payload["to"]["title"] == "desk says"
+    await resolve_conflict(engine, letter.id, "to")
+    assert live("crm")["a@example.com"].title == "desk says"
+    assert engine.store.dead_letters("sync") == []
+    assert (await engine.run("sync")).counts["updated"] == 0
+
+
+async def test_per_field_conflict_policy(tmp_path: Path, state_url: str) -> None:
+    fakes.put("crm", "contacts", contact("c1", "a@example.com", title="t0", phone="p0"))
+    engine = engine_for(tmp_path, state_url, conflict="source_wins", conflict_fields={"phone": "target_wins"})
+    await engine.run("sync")
+    desk_key = next(iter(live("desk").values())).key
+    edit("crm", "c1", title="t-crm", phone="p-crm")
+    edit("desk", desk_key, title="t-desk", phone="p-desk")
+    await engine.run("sync")
+    for side in ("crm", "desk"):
+        record = live(side)["a@example.com"]
+        assert (record.title, record.phone) == ("t-crm", "p-desk")
+
+
+async def test_delete_threshold_halts_before_deleting_anything(tmp_path: Path, state_url: str) -> None:
+    for i in range(10):
+        fakes.put("crm", "contacts", contact(f"c{i}", f"p{i}@example.com"))
+    engine = engine_for(tmp_path, state_url, deletes={"enabled": True, "max_share": 0.2})
+    await engine.run("sync")
+    edit("desk", next(iter(live("desk").values())).key, title="an edit that must not be written either")
+    for i in range(5):
+        edit("crm", f"c{i}", deleted=True)
+    before = writes("desk") + writes("crm")
+    result = await engine.run("sync")
+    assert result.outcome == "halted" and "max_share" in (result.message or "")
+    assert writes("desk") + writes("crm") == before
+    assert len(live("desk")) == 10
+
+
+async def test_deletes_delete_or_unlink_as_configured(tmp_path: Path, state_url: str) -> None:
+    for i in range(4):
+        fakes.put("crm", "contacts", contact(f"c{i}", f"p{i}@example.com"))
+    engine = engine_for(tmp_path, state_url, deletes={"enabled": True, "max_share": 0.5})
+    await engine.run("sync")
+    edit("crm", "c0", deleted=True)
+    result = await engine.run("sync")
+    assert result.counts["deleted"] == 1 and "p0@example.com" not in live("desk")
+    fakes.reset()
+    for i in range(4):
+        fakes.put("crm", "contacts", contact(f"c{i}", f"p{i}@example.com"))
+    (tmp_path / "u").mkdir()
+    unlinking = engine_for(
+        tmp_path / "u",
+        f"sqlite:///{tmp_path / 'u.db'}",
+        deletes={"enabled": True, "action": "unlink", "max_share": 0.5},
+    )
+    await unlinking.run("sync")
+    edit("crm", "c0", deleted=True)
+    result = await unlinking.run("sync")
+    assert result.counts["deleted"] == 0 and "p0@example.com" in live("desk")
+    assert unlinking.store.count_links("crm.contacts", "desk.contacts") == 3
+
+
+async def test_loop_breaker_quarantines_a_pair_rewritten_too_often(tmp_path: Path, state_url: str) -> None:
+    fakes.put("crm", "contacts", contact("c1", "a@example.com", title="0"))
+    engine = engine_for(tmp_path, state_url, loop_breaker={"max_writes": 3, "window": "10m"})
+    await engine.run("sync")
+    for n in range(1, 7):  # something keeps rewriting the record between syncs
+        edit("crm", "c1", title=str(n))
+        await engine.run("sync")
+    letters = [x for x in engine.store.dead_letters("sync") if x.kind == "loop"]
+    assert len(letters) == 1 and "rewritten" in letters[0].reason
+    assert letters[0].payload["history"]["writes_in_window"] > 3
+    assert live("desk")["a@example.com"].title in ("2", "3")  # writes stopped at the limit
+
+
+def test_plan_is_pure_and_echo_free() -> None:
+    now = utcnow()
+    a = Contact(key="a1", updated_at=now, email="x@example.com", title="t")
+    b = Contact(key="b1", updated_at=now, email="x@example.com", title="t")
+    from ferryman.state import Link
+
+    link = Link("a1", "b1", fingerprint(a), fingerprint(b))
+    ident = lambda r: r  # noqa: E731
+    assert plan_pairs({"a1": a}, {"b1": b}, [link], [], [], [], ident, ident, Policy()) == []
+
+
+async def test_randomized_changes_on_both_sides_converge_without_duplicates_or_echo(
+    tmp_path: Path, state_url: str
+) -> None:
+    """500 records, 2,000 random creates, edits and deletes on both sides, synced every 100 changes."""
+    rng = random.Random(4242)
+    for i in range(250):
+        fakes.put("crm", "contacts", contact(f"seed-c{i}", f"c{i}@example.com", title="seed"))
+        fakes.put("desk", "contacts", contact(f"seed-d{i}", f"d{i}@example.com", title="seed"))
+    # edits here come seconds apart, far faster than people edit: the loop breaker gets a
+    # threshold to match (it has its own test)
+    engine = engine_for(
+        tmp_path,
+        state_url,
+        conflict="newest_wins",
+        deletes={"enabled": True, "max_share": 0.5},
+        loop_breaker={"max_writes": 10_000, "window": "1h"},
+    )
+    first = await engine.run("sync")
+    assert first.outcome == "ok" and first.counts["created"] == 500
+    base_writes = writes("crm") + writes("desk")
+    changes = conflicts = 0
+    serial = 0
+    for _batch in range(20):
+        touched: dict[str, set[str]] = {"crm": set(), "desk": set()}
+        for _ in range(100):
+            side = rng.choice(["crm", "desk"])
+            table = fakes.STORES[side]["contacts"]
+            alive = [k for k, r in table.items() if not r.deleted]
+            roll = rng.random()
+            if roll < 0.2 or not alive:
+                serial += 1
+                key = f"{side}-new-{serial}"
+                table[key] = contact(key, f"new{serial}@example.com", title="new")
+            elif roll < 0.85:
+                key = rng.choice(alive)
+                edit(side, key, title=f"edit-{serial}-{rng.randrange(10**6)}")
+                serial += 1
+                touched[side].add(table[key].email or "")
+            else:
+                key = rng.choice(alive)
+                edit(side, key, deleted=True)
+                touched[side].add(table[key].email or "")
+            changes += 1
+        conflicts += len(touched["crm"] & touched["desk"])
+        result = await engine.run("sync")
+        assert result.outcome == "ok", result.message
+    final = await engine.run("sync")
+    assert final.counts["created"] == final.counts["updated"] == final.counts["deleted"] == 0
+    crm, desk = live("crm"), live("desk")
+    assert set(crm) == set(desk), f"sides differ: {sorted(set(crm) ^ set(desk))[:5]}"
+    for email in crm:
+        assert crm[email].title == desk[email].title, email
+    made = writes("crm") + writes("desk") - base_writes
+    assert made <= changes + conflicts, f"{made} writes for {changes} changes and {conflicts} conflicts"
+    assert not [x for x in engine.store.dead_letters("sync") if x.kind in ("loop", "rejected")]
