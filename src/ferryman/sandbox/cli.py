@@ -68,7 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--records", type=_count, default=200, help="rows each stream starts with (default 200)")
     parser.add_argument("--seed", type=int, default=1, help="seed for the generated data and faults (default 1)")
     parser.add_argument(
-        "--rate-limit", type=_rate, default=None, metavar="RPM", help="requests per minute per credential"
+        "--rate-limit",
+        type=_rate,
+        default=None,
+        metavar="RPM",
+        help="requests allowed per credential per window: a minute, unless the app counts otherwise (Harvest: 15 s)",
     )
     parser.add_argument(
         "--faults",
