@@ -5,6 +5,7 @@ Kept dependency-free and cheap: a counter is a dict entry keyed by its labels.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import defaultdict
 
@@ -58,8 +59,19 @@ def render(extra: dict[str, dict[tuple[tuple[str, str], ...], float]] | None = N
         lines.append(f"# TYPE {name} {kind}")
         for labels, value in sorted(series.items()):
             text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+            lines.append(f"{name}{{{text}}} {number(value)}" if text else f"{name} {number(value)}")
     return "\n".join(lines) + "\n"
+
+
+def number(value: float) -> str:
+    """A sample value, exact: ``:g`` kept 6 digits, turning a Unix timestamp into a multiple of 1000 s."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
 
 
 def _escape(value: str) -> str:
