@@ -109,7 +109,60 @@ def _v1_initial(op: Operations) -> None:
     )
 
 
+def _v2_webhooks(op: Operations) -> None:
+    op.create_table(
+        "webhook_outbox",
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("system", sa.String(200), nullable=False),
+        sa.Column("stream", sa.String(200), nullable=False),
+        sa.Column("record_key", sa.String(500), nullable=False),
+        sa.Column("type", sa.String(100), nullable=False),
+        sa.Column("body", sa.String, nullable=False),
+        sa.Column("state", sa.String(20), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
+        sa.Column("last_attempt_at", UtcDateTime(), nullable=True),
+        sa.Column("delivered_at", UtcDateTime(), nullable=True),
+        sa.Column("last_error", sa.String, nullable=True),
+        sa.UniqueConstraint("event_id", name="uq_webhook_outbox_event"),
+    )
+    op.create_index("ix_webhook_outbox_due", "webhook_outbox", ["system", "state", "next_attempt_at"])
+    op.create_index("ix_webhook_outbox_record", "webhook_outbox", ["system", "stream", "record_key"])
+    op.create_table(
+        "webhook_endpoints",
+        sa.Column("system", sa.String(200), primary_key=True),
+        sa.Column("url_hash", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(20), nullable=False),
+        sa.Column("not_before", UtcDateTime(), nullable=True),
+        sa.Column("reason", sa.String, nullable=True),
+        sa.Column("changed_at", UtcDateTime(), nullable=False),
+    )
+    op.create_table(
+        "webhook_inbox",
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("system", sa.String(200), nullable=False),
+        sa.Column("stream", sa.String(200), nullable=False),
+        sa.Column("record_key", sa.String(500), nullable=False),
+        sa.Column("webhook_id", sa.String(255), nullable=False),
+        sa.Column("received_at", UtcDateTime(), nullable=False),
+        sa.Column("record", sa.String, nullable=True),
+        sa.Column("reject_reason", sa.String, nullable=True),
+        sa.Column("raw", sa.String, nullable=True),
+        sa.UniqueConstraint("system", "stream", "record_key", name="uq_webhook_inbox_key"),
+    )
+    op.create_index("ix_webhook_inbox_read", "webhook_inbox", ["system", "stream", "received_at"])
+    op.create_table(
+        "webhook_seen",
+        sa.Column("system", sa.String(200), primary_key=True),
+        sa.Column("webhook_id", sa.String(255), primary_key=True),
+        sa.Column("received_at", UtcDateTime(), nullable=False),
+    )
+    op.create_index("ix_webhook_seen_received", "webhook_seen", ["system", "received_at"])
+
+
 #: Step N brings the schema from version N-1 to N.
-STEPS: list[Callable[[Operations], None]] = [_v1_initial]
+STEPS: list[Callable[[Operations], None]] = [_v1_initial, _v2_webhooks]
 
 LATEST = len(STEPS)

@@ -152,3 +152,76 @@ class LeaseRow(SQLModel, table=True):
     holder: str = Field(max_length=300)
     acquired_at: datetime = _ts()
     expires_at: datetime = _ts()
+
+
+# -- webhooks (schema v2) ------------------------------------------------------------------
+
+
+class WebhookOutboxRow(SQLModel, table=True):
+    """One outbound webhook event, from the sink's write to its delivery (or dead letter).
+
+    ``event_id`` is the ``webhook-id`` every attempt carries; it is derived from the change
+    itself, so a page re-processed after a crash inserts the same event, not a new one.
+    """
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", name="uq_webhook_outbox_event"),
+        sa.Index("ix_webhook_outbox_due", "system", "state", "next_attempt_at"),
+        sa.Index("ix_webhook_outbox_record", "system", "stream", "record_key"),
+    )
+    seq: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=64)
+    system: str = Field(max_length=200)
+    stream: str = Field(max_length=200)
+    record_key: str = Field(max_length=500)
+    type: str = Field(max_length=100)  # ticket.created, contact.deleted...
+    body: str  # the exact JSON body every attempt sends
+    state: str = Field(default="pending", max_length=20)  # pending | delivered | dead
+    attempts: int = 0
+    created_at: datetime = _ts()
+    next_attempt_at: datetime = _ts()
+    last_attempt_at: datetime | None = _ts(nullable=True)
+    delivered_at: datetime | None = _ts(nullable=True)
+    last_error: str | None = None
+
+
+class WebhookEndpointRow(SQLModel, table=True):
+    """An outbound endpoint's health: disabled after a 410, or backing off after 429/5xx."""
+
+    __tablename__ = "webhook_endpoints"
+    system: str = Field(primary_key=True, max_length=200)
+    url_hash: str = Field(max_length=64)  # the URL this state is about (a changed URL starts afresh)
+    state: str = Field(default="active", max_length=20)  # active | disabled
+    not_before: datetime | None = _ts(nullable=True)
+    reason: str | None = None
+    changed_at: datetime = _ts()
+
+
+class WebhookInboxRow(SQLModel, table=True):
+    """The latest state of one record received by an intake (or a payload it could not map)."""
+
+    __tablename__ = "webhook_inbox"
+    __table_args__ = (
+        sa.UniqueConstraint("system", "stream", "record_key", name="uq_webhook_inbox_key"),
+        sa.Index("ix_webhook_inbox_read", "system", "stream", "received_at"),
+    )
+    seq: int | None = Field(default=None, primary_key=True)
+    system: str = Field(max_length=200)
+    stream: str = Field(max_length=200)
+    record_key: str = Field(max_length=500)
+    webhook_id: str = Field(max_length=255)
+    received_at: datetime = _ts()
+    record: str | None = None  # the canonical record as JSON
+    reject_reason: str | None = None  # why the payload did not map (then ``raw`` holds it)
+    raw: str | None = None
+
+
+class WebhookSeenRow(SQLModel, table=True):
+    """``webhook-id`` values an intake accepted, kept for de-duplication (72 hours or more)."""
+
+    __tablename__ = "webhook_seen"
+    __table_args__ = (sa.Index("ix_webhook_seen_received", "system", "received_at"),)
+    system: str = Field(primary_key=True, max_length=200)
+    webhook_id: str = Field(primary_key=True, max_length=255)
+    received_at: datetime = _ts()
