@@ -95,7 +95,7 @@ class _Sink:
     seed: bool  # start the partial from the published file (state knows it)
     fh: io.BufferedWriter | None = None
     updates_fh: io.BufferedWriter | None = None
-    buffer: list[bytes] = field(default_factory=list)
+    buffer: list[Record] = field(default_factory=list)
     updates: list[bytes] = field(default_factory=list)
     base_offset: int = 0
     has_updates: bool = False
@@ -123,6 +123,11 @@ class CsvConnector(Connector):
     def __init__(self, context: Any) -> None:
         super().__init__(context)
         self._sinks: dict[str, _Sink] = {}
+        self._streams = {
+            name: StreamInfo(name, record_type(kind), ALL, natural_key="key")
+            for name, kind in self.options.streams.items()
+        }
+        self._field_cache: dict[str, list[str]] = {}
 
     @classmethod
     def describe(cls) -> Mapping[str, StreamInfo]:
@@ -131,10 +136,7 @@ class CsvConnector(Connector):
         }
 
     def streams(self) -> Mapping[str, StreamInfo]:
-        return {
-            name: StreamInfo(name, record_type(kind), ALL, natural_key="key")
-            for name, kind in self.options.streams.items()
-        }
+        return self._streams
 
     def path(self, stream: str) -> Path:
         return Path(self.options.directory) / self.options.files.get(stream, f"{stream}.csv")
@@ -148,8 +150,12 @@ class CsvConnector(Connector):
 
     # -- columns ------------------------------------------------------------------------
     def _fields(self, stream: str) -> list[str]:
-        rtype = self.stream(stream).record_type
-        return [*FIXED, *(f for f in rtype.model_fields if f not in (*FIXED, "extra")), "extra"]
+        fields = self._field_cache.get(stream)
+        if fields is None:
+            rtype = self.stream(stream).record_type
+            fields = [*FIXED, *(f for f in rtype.model_fields if f not in (*FIXED, "extra")), "extra"]
+            self._field_cache[stream] = fields
+        return fields
 
     def _header_for(self, stream: str) -> dict[str, str]:
         """canonical field -> column header."""
@@ -321,13 +327,12 @@ class CsvConnector(Connector):
             self._sinks[stream] = sink
         return sink
 
-    def _encode(self, stream: str, record: Record) -> bytes:
+    def _encode(self, stream: str, records: list[Record]) -> bytes:
+        """CSV rows for ``records``: one writer for the whole batch (this is the hot path)."""
+        fields = self._fields(stream)
         buf = io.StringIO()
         writer = csv.writer(buf, delimiter=self.options.delimiter, lineterminator="\n")
-        row: list[str] = []
-        for fname in self._fields(stream):
-            row.append(_cell(getattr(record, fname)))
-        writer.writerow(row)
+        writer.writerows([[_json_cell(d.get(f)) for f in fields] for d in (r.model_dump(mode="json") for r in records)])
         return buf.getvalue().encode("utf-8")
 
     async def restore(self, stream: str, checkpoint: dict[str, Any] | None) -> None:
@@ -368,7 +373,7 @@ class CsvConnector(Connector):
 
     def _write(self, stream: str, record: Record, *, update: bool) -> Record:
         sink = self._sink(stream)
-        sink.buffer.append(self._encode(stream, record))
+        sink.buffer.append(record)
         if update:
             sink.updates.append(orjson.dumps(record.key) + b"\n")
         return record
@@ -393,7 +398,7 @@ class CsvConnector(Connector):
             self._open_partial(self._stream_of(sink), sink)
         assert sink.fh is not None and sink.updates_fh is not None
         if sink.buffer:
-            sink.fh.write(b"".join(sink.buffer))
+            sink.fh.write(self._encode(self._stream_of(sink), sink.buffer))
             sink.buffer.clear()
         if sink.updates:
             sink.updates_fh.write(b"".join(sink.updates))
@@ -498,6 +503,19 @@ def _fsync_dir(directory: Path) -> None:
 
 def _bad_utf8(cell: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in cell)
+
+
+def _json_cell(value: Any) -> str:
+    """A cell from a JSON-mode dump (datetimes are already ``Z`` strings, money plain text)."""
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, dict):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode() if value else ""
+    return str(value)
 
 
 def _cell(value: Any) -> str:

@@ -33,7 +33,7 @@ from ferryman.errors import (
     ValidationFailed,
 )
 from ferryman.mapping import FieldMapping
-from ferryman.planning import plan_one_way
+from ferryman.planning import Action, plan_one_way
 from ferryman.records import Record, fingerprint
 from ferryman.redact import redact
 from ferryman.state import Link, NewDeadLetter, PageCommit, StateStore
@@ -431,12 +431,16 @@ class Engine:
                     if action.op == "create":
                         assert action.record is not None
                         stored = await connector.create(stream, action.record)
-                        new_links.append(Link(action.src_key, stored.key, action.fingerprint, fingerprint(stored)))
+                        new_links.append(
+                            Link(action.src_key, stored.key, action.fingerprint, _stored_fp(stored, action))
+                        )
                         counts["created"] += 1
                     elif action.op == "update":
                         assert action.record is not None and action.dst_key is not None
                         stored = await connector.update(stream, action.dst_key, action.record)
-                        new_links.append(Link(action.src_key, stored.key, action.fingerprint, fingerprint(stored)))
+                        new_links.append(
+                            Link(action.src_key, stored.key, action.fingerprint, _stored_fp(stored, action))
+                        )
                         counts["updated"] += 1
                     elif action.op == "delete":
                         assert action.dst_key is not None
@@ -615,6 +619,13 @@ class Engine:
                     if data is not None:
                         self.store.set_checkpoint(name, target.ref, data)
         return out
+
+
+def _stored_fp(stored: Record, action: Action) -> str:
+    """The fingerprint of what the target now holds (free when it stored exactly our record)."""
+    if stored is action.record and action.fingerprint:
+        return action.fingerprint
+    return fingerprint(stored)
 
 
 def _since(cursor: Cursor | None, overlap: timedelta) -> Cursor | None:

@@ -101,6 +101,8 @@ class FieldMapping:
 
     def apply(self, record: Record) -> Record:
         """The target-typed record for ``record``; raises ValidationFailed if it does not fit."""
+        if self.source is self.target and not self.rules:
+            return record
         data: dict[str, Any] = {name: getattr(record, name) for name in self.copy}
         for name, rule in self.rules.items():
             if rule is None:
@@ -117,8 +119,6 @@ class FieldMapping:
                 elif ("default" in rule and value is not None and table) or (value is None and "default" in rule):
                     value = rule["default"]
                 data[name] = value
-        if self.source is self.target and not self.rules:
-            return record
         try:
             return self.target.model_validate(data)
         except ValidationError as exc:

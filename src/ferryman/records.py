@@ -179,7 +179,11 @@ def fingerprint(record: Record | dict[str, Any]) -> str:
 
     Two systems holding the same content produce the same fingerprint, which is what
     lets the engine skip unchanged records and recognise its own writes coming back.
+    Records are serialised by pydantic's JSON serializer in field order (fixed per record
+    type; fingerprints are only compared between records of one type).
     """
-    content = record.content() if isinstance(record, Record) else record
-    blob = orjson.dumps(content, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
+    if isinstance(record, Record):
+        blob = record.model_dump_json(exclude=record.fingerprint_exclude).encode()  # type: ignore[arg-type]
+    else:
+        blob = orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
     return hashlib.blake2b(blob, digest_size=16).hexdigest()

@@ -35,7 +35,7 @@ from ferryman.state.models import (
     RunRow,
     SchemaVersion,
 )
-from ferryman.timeutil import utcnow
+from ferryman.timeutil import UTC, utcnow
 
 __all__ = ["DeadLetter", "Link", "PageCommit", "StateStore", "default_instance_name"]
 
@@ -48,6 +48,15 @@ T_CHECKPOINTS = CheckpointRow.__table__  # type: ignore[attr-defined]
 T_HOSTS = HostRow.__table__  # type: ignore[attr-defined]
 T_LEASES = LeaseRow.__table__  # type: ignore[attr-defined]
 T_SCHEMA = SchemaVersion.__table__  # type: ignore[attr-defined]
+
+
+_UPSERT_LINKS = (
+    "INSERT INTO links (src, dst, src_key, dst_key, src_fp, dst_fp, written_at, write_count, window_start) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (src, dst, src_key) DO UPDATE SET dst_key = excluded.dst_key, src_fp = excluded.src_fp, "
+    "dst_fp = excluded.dst_fp, written_at = excluded.written_at, write_count = excluded.write_count, "
+    "window_start = excluded.window_start"
+)
 
 
 def default_instance_name() -> str:
@@ -279,44 +288,45 @@ class StateStore:
             )
 
     def _upsert_links(self, conn: Connection, src: str, dst: str, links: list[Link]) -> None:
+        """Insert or update links with one driver-level executemany (the hot path of a big sync)."""
         if not links:
             return
         now = utcnow()
+        if self.dialect == "sqlite":
+            # the same text layout SQLAlchemy's SQLite DateTime stores (naive UTC)
+            stamp = now.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+            def ts(value: datetime | None) -> Any:
+                return (
+                    None
+                    if value is None
+                    else value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+                )
+
+            written: Any = stamp
+            sql = _UPSERT_LINKS.replace("%s", "?")
+        else:
+
+            def ts(value: datetime | None) -> Any:
+                return value
+
+            written = now
+            sql = _UPSERT_LINKS
         rows = [
-            {
-                "src": src,
-                "dst": dst,
-                "src_key": link.src_key,
-                "dst_key": link.dst_key,
-                "src_fp": link.src_fp,
-                "dst_fp": link.dst_fp,
-                "written_at": now,
-                "write_count": link.write_count,
-                "window_start": link.window_start,
-            }
+            (
+                src,
+                dst,
+                link.src_key,
+                link.dst_key,
+                link.src_fp,
+                link.dst_fp,
+                written,
+                link.write_count,
+                ts(link.window_start),
+            )
             for link in links
         ]
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            stmt = pg_insert(T_LINKS)
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(T_LINKS)  # type: ignore[assignment]
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["src", "dst", "src_key"],
-            set_={
-                "dst_key": stmt.excluded.dst_key,
-                "src_fp": stmt.excluded.src_fp,
-                "dst_fp": stmt.excluded.dst_fp,
-                "written_at": stmt.excluded.written_at,
-                "write_count": stmt.excluded.write_count,
-                "window_start": stmt.excluded.window_start,
-            },
-        )
-        for chunk in _chunks(rows, 1000):
-            conn.execute(stmt, chunk)
+        conn.exec_driver_sql(sql, rows)
 
     # -- intents --------------------------------------------------------------------
     def record_intents(self, pipeline: str, dst: str, items: Iterable[tuple[str, str, str]]) -> list[int]:
