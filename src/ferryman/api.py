@@ -117,15 +117,17 @@ async def keyset_pages(
     query_since = since.updated_at if since else None
     last = since
     page_number = 1
-    first = True
+    # The record *at* the cursor is still due until something is yielded: it may sit on a
+    # later page than the first when many records share the cursor's timestamp.
+    inclusive = True
     while True:
         records, rejects, more = await fetch(query_since, page_number)
-        fresh = [r for r in records if last is None or Cursor.of(r) > last or (first and Cursor.of(r) == last)]
+        fresh = [r for r in records if last is None or Cursor.of(r) > last or (inclusive and Cursor.of(r) == last)]
         if fresh or rejects:
             yield Page(fresh, rejects)
         if fresh:
             last = max(Cursor.of(r) for r in fresh)
-        first = False
+            inclusive = False
         if not more or not records:
             return
         newest = records[-1].updated_at
