@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import ssl
@@ -35,6 +36,13 @@ from ferryman.redact import SECRET_NAMES, redact, redact_url, register_secret
 from ferryman.timeutil import format_utc
 
 __all__ = ["IDEMPOTENT_METHODS", "HttpClient", "ResponseHook"]
+
+# httpcore imports anyio's asyncio backend lazily, inside the first request of a process:
+# ~100 ms after that request took its rate slot. The server then stamps request 1 late and
+# can count request L+1 inside its window (one 429 per process despite a configured limit).
+# Importing it here keeps every send on its slot.
+with contextlib.suppress(ImportError):
+    import anyio._backends._asyncio  # noqa: F401
 
 log = structlog.get_logger("ferryman.http")
 
