@@ -31,7 +31,7 @@ EXIT_INTERNAL, EXIT_CONFIG = 70, 78
 OUTCOME_EXIT = {"ok": 0, "dry-run": 0, "stopped": 0, "failed": 1, "deferred": 3, "halted": 4, "busy": 5}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferryman",
         description="Sync tickets, contacts and invoices between helpdesk, CRM and billing apps.",
@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--side", choices=["from", "to"], required=True, help="the pipeline's from- or to-side wins")
 
     p = sub.add_parser("sandbox", help="serve a sandbox simulator of an app on loopback")
-    _add_sandbox_args(p)
+    if argv is None or "sandbox" in argv:
+        _add_sandbox_args(p)  # imports aiohttp: only when the sandbox is what was asked for
+    else:
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     for name, fn in _extra_commands().items():
         fn(sub, name)
     return parser
@@ -115,7 +118,8 @@ def _extra_commands() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

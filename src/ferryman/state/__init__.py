@@ -191,6 +191,8 @@ class StateStore:
 
     def migrate(self) -> int:
         """Bring the schema to the latest version; returns the number of steps applied."""
+        if self.schema_version() == migrations.LATEST:
+            return 0  # the common case: no alembic import, no DDL lock
         from alembic.migration import MigrationContext
         from alembic.operations import Operations
 

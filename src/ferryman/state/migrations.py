@@ -9,9 +9,12 @@ the migrated schema equals :mod:`ferryman.state.models`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic.operations import Operations
+
+if TYPE_CHECKING:  # alembic is only imported when a migration actually runs
+    from alembic.operations import Operations
 
 from ferryman.state.models import UtcDateTime
 
