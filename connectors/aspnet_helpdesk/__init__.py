@@ -202,7 +202,8 @@ class AspnetHelpdeskConnector(ApiConnector):
             _, raws = await self.http.request_decoded("GET", self._path(entity), params=params, decode=decode)
         except RecordRejected as exc:
             # A refused list query is not one bad record: stop, and say what to change.
-            hint = "; if it does not support OData query options, set query: none" if params else ""
+            odata = params and exc.status == 400
+            hint = "; if it does not support OData query options, set query: none" if odata else ""
             raise FatalError(f"the helpdesk refused a list query: {exc}{hint}", system=self.name) from None
         return list(raws)
 
