@@ -1,0 +1,220 @@
+"""Webhooks, following Standard Webhooks 1.0.0: signed POSTs out, verified intake in.
+
+A ``connector: webhook`` system is one of two things:
+
+**An outbound endpoint (a sink)**, when it has a ``url``. Each record change a pipeline
+writes to it becomes one event: ``POST url`` with the JSON body
+``{"type": "ticket.created", "timestamp": "2026-01-01T00:00:00Z", "data": <record>}``
+and the headers ``webhook-id`` (the same on every retry), ``webhook-timestamp`` (Unix
+seconds of the attempt) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>``, two
+while ``previous_secret`` is set). Events go through an outbox in the state store,
+written in the same step that commits the page's cursor, with ids derived from the
+change so that a crash never loses or re-mints one (see :mod:`ferryman.webhooks.outbox`).
+``ferryman sync`` ends with one delivery pass; the daemon delivers continuously.
+
+**An intake (a source)**, when it has ``intake``. The daemon serves ``POST
+/hooks/<system>``, verifies, de-duplicates, maps and stores what arrives (see
+:mod:`ferryman.webhooks.intake`), and pipelines read it like any other stream; a
+record's ``updated_at`` is when Ferryman received it, so the cursor is exact. With
+``intake: {trigger: PIPELINE}`` it only triggers that pipeline's next run.
+
+Field mapping
+-------------
+
+==================  =======================================  ==================================
+direction           native (payload)                         canonical
+==================  =======================================  ==================================
+out                 ``type``                                 ``<record kind>.<created|updated|deleted>``
+out                 ``timestamp``                            time the event was made, UTC ``Z``
+out                 ``data``                                 the record, ``model_dump(mode="json")``
+out (delete)        ``data``                                 ``{key, updated_at, deleted: true}``, other fields null
+in                  ``type``                                 picks the stream (``events``/``deleted_events``)
+in                  ``<path>`` (default ``data``)            one record, or a list of records
+in                  ``fields: {canonical: dotted.path}``     each named field; default: canonical shape
+in                  ``key`` (or ``id``)                      ``key``
+in                  ``updated_at``                           ``extra.source_updated_at``
+in                  (receipt time, strictly increasing)      ``updated_at``
+in                  any field no rule used                   ``extra``
+==================  =======================================  ==================================
+
+See ``README.md`` beside this file and ``config/webhook.example.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+import structlog
+
+from ferryman.connector import Capability, Connector, Cursor, Page, StreamInfo, SystemContext
+from ferryman.errors import FatalError
+from ferryman.records import Record, record_type
+from ferryman.redact import redact, redact_url
+from ferryman.state import StateStore
+from ferryman.timeutil import format_utc, utcnow
+from ferryman.webhooks import inbox, outbox
+from ferryman.webhooks.options import WebhookOptions
+
+__all__ = ["WebhookConnector"]
+
+log = structlog.get_logger("ferryman.webhooks")
+
+SINK = frozenset({Capability.CREATE, Capability.UPDATE, Capability.DELETE})
+SOURCE = frozenset({Capability.READ, Capability.INCREMENTAL})
+
+
+class WebhookConnector(Connector):
+    """Standard Webhooks: an outbound endpoint (``url``) or an intake (``intake``)."""
+
+    kind = "webhook"
+    Options = WebhookOptions
+    summary = "Standard Webhooks: signed POSTs per change through an outbox, or a verified intake"
+    #: writes are made durable by checkpoint() and committed with the cursor: no intents
+    transactional_writes: ClassVar[bool] = True
+
+    options: WebhookOptions
+
+    def __init__(self, context: SystemContext) -> None:
+        super().__init__(context)
+        self._buffer: list[outbox.OutboxEvent] = []
+        self._checked = False
+        self._config: Any = None
+
+    # -- description ------------------------------------------------------------------------
+    @classmethod
+    def describe(cls) -> Mapping[str, StreamInfo]:
+        raise NotImplementedError  # outbound or intake, and which streams: all configuration
+
+    def streams(self) -> Mapping[str, StreamInfo]:
+        if self.options.intake is not None:
+            return {
+                name: StreamInfo(
+                    name,
+                    record_type(kind),
+                    SOURCE,
+                    natural_key="key",
+                    description=f"records received on /hooks/{self.name}",
+                )
+                for name, kind in self.options.stream_kinds().items()
+            }
+        return {
+            name: StreamInfo(
+                name, record_type(kind), SINK, description=f"events POSTed to {redact_url(self.options.url or '')}"
+            )
+            for name, kind in self.options.streams.items()
+        }
+
+    @property
+    def store(self) -> StateStore:
+        store = self.context.services.get("state")
+        if store is None:
+            raise FatalError("needs the state store (run it through the engine)", system=self.name)
+        return store
+
+    def _pipeline_config(self) -> Any:
+        """The configuration, to name the pipeline of a dead letter (None when unknown)."""
+        if self._config is None:
+            config = self.context.services.get("config")
+            if config is None and self.context.config_file:
+                from ferryman.config import load_config
+
+                try:
+                    config = load_config(self.context.config_file)
+                except Exception:  # the letter is still kept, under webhook:<system>
+                    config = None
+            self._config = config if config is not None else False
+        return self._config or None
+
+    async def check(self) -> None:
+        if self.options.url is None:
+            return
+        state = outbox.endpoint_state(self.store, self.name, self.options.url_hash())
+        if state.state == "disabled":
+            raise FatalError(self._disabled_message(state), system=self.name)
+
+    def _disabled_message(self, state: outbox.EndpointState) -> str:
+        since = f" at {format_utc(state.changed_at)}" if state.changed_at else ""
+        return (
+            f"webhook endpoint {redact_url(self.options.url or '')} is disabled: {redact(state.reason or 'HTTP 410 Gone')}"
+            f"{since}. Ferryman stopped sending to it; pending events stay in the outbox. When the receiver is "
+            "back, replay the dead letter of the event that met the 410 (`ferryman dlq list`, then "
+            "`ferryman dlq replay ID`): once it is accepted, sending resumes"
+        )
+
+    # -- writing (outbound) --------------------------------------------------------------------
+    def _writable(self, stream: str) -> None:
+        if self.options.url is None:
+            raise FatalError(f"{stream} is an intake stream; it cannot be written", system=self.name)
+        self.stream(stream)
+        if not self._checked:
+            state = outbox.endpoint_state(self.store, self.name, self.options.url_hash())
+            if state.state == "disabled":
+                raise FatalError(self._disabled_message(state), system=self.name)
+            self._checked = True
+
+    async def create(self, stream: str, record: Record) -> Record:
+        self._writable(stream)
+        self._buffer.append(outbox.build_event(self.name, stream, record, "created"))
+        return record
+
+    async def update(self, stream: str, key: str, record: Record) -> Record:
+        self._writable(stream)
+        stored = record.model_copy(update={"key": key}) if record.key != key else record
+        self._buffer.append(outbox.build_event(self.name, stream, stored, "updated"))
+        return stored
+
+    async def delete(self, stream: str, key: str) -> None:
+        self._writable(stream)
+        previous = next(
+            ((e.event_id, e.type) for e in reversed(self._buffer) if e.stream == stream and e.record_key == key),
+            None,
+        ) or outbox.latest_event(self.store, self.name, stream, key)
+        if previous is not None and previous[1].endswith(".deleted"):
+            return  # already deleted: deleting a missing record is not an error, nor a new event
+        rtype = self.stream(stream).record_type
+        tombstone = rtype(key=key, updated_at=utcnow(), deleted=True)
+        version = previous[0] if previous is not None else ""
+        self._buffer.append(outbox.build_event(self.name, stream, tombstone, "deleted", version=version))
+
+    async def restore(self, stream: str, checkpoint: dict[str, Any] | None) -> None:
+        self._buffer.clear()
+        self._checked = False
+
+    async def checkpoint(self, stream: str) -> dict[str, Any] | None:
+        """Write the page's events to the outbox before the engine commits its cursor."""
+        if self._buffer:
+            events, self._buffer = self._buffer, []
+            outbox.insert_events(self.store, events, self.options.retry_schedule)
+            log.debug("webhook.queued", system=self.name, events=len(events))
+        return None
+
+    async def finish(self, stream: str) -> dict[str, Any] | None:
+        """End of a run: queue what is left, then one bounded delivery pass."""
+        await self.checkpoint(stream)
+        if self.options.url is not None and self.options.deliver_after_sync:
+            sent = await outbox.deliver_endpoint(
+                self.name,
+                self.options,
+                self.store,
+                config=self._pipeline_config(),
+                registry=self.context.services.get("http"),
+                timeout=self.options.sync_delivery_timeout.total_seconds(),
+            )
+            if sent:
+                log.info("webhook.pass_done", system=self.name, attempts=sent)
+        return None
+
+    # -- reading (intake) -----------------------------------------------------------------------
+    async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
+        info = self.stream(stream)
+        if self.options.intake is None:
+            raise FatalError(f"{stream} is an outbound stream; it cannot be read", system=self.name)
+        for page in inbox.read_inbox(self.store, self.name, stream, since, info.record_type, page_size):
+            yield page
+
+    async def get(self, stream: str, key: str) -> Record | None:
+        info = self.stream(stream)
+        if self.options.intake is None:
+            return None
+        return inbox.get_record(self.store, self.name, stream, key, info.record_type)

@@ -1,0 +1,286 @@
+"""The intake's inbox: payloads mapped to canonical records, stored durably, read in order.
+
+Mapping (pure): an event's ``type`` picks the stream(s) whose ``events`` (or
+``deleted_events``) list it (default ``<kind>.created`` / ``<kind>.updated`` /
+``<kind>.deleted``, which is exactly what Ferryman's own outbound webhooks send); the
+stream's ``path`` finds the record (or a list of records) in the payload; ``fields``
+maps canonical fields to dotted paths inside it, and every field no rule used goes to
+``extra``. Without ``fields`` the record must already have the canonical shape. A
+payload that does not map is kept as a *reject* and becomes a dead letter when the
+intake's pipeline reads it, so nothing a sender delivered is silently dropped.
+
+Storage and the cursor: the inbox keeps the latest state of each record (one row per
+``(system, stream, key)``). A record's ``updated_at`` is the time the intake received it,
+made strictly increasing per intake inside the storing transaction, and the inbox is
+read in ``(updated_at, key)`` order, so the engine's ordinary compound cursor is exact:
+a message that arrives after a run can only sort after that run's cursor. The sender's
+own ``updated_at`` cannot serve: senders deliver late and out of order, and a record
+that arrived with an older timestamp than the cursor would never be read. It is kept in
+``extra["source_updated_at"]``. On PostgreSQL two intakes storing at once may commit out
+of order by a few milliseconds; the pipeline's ``overlap`` (2 minutes by default) re-reads
+that window, and fingerprints skip what was already delivered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from ferryman.connector import Cursor, Page, Reject, record_order
+from ferryman.records import Record, record_type
+from ferryman.state import StateStore
+from ferryman.state.models import WebhookInboxRow, WebhookSeenRow
+from ferryman.timeutil import format_utc, from_epoch, parse_datetime, utcnow
+from ferryman.webhooks.options import IntakeOptions, IntakeStreamOptions
+
+__all__ = ["Mapped", "map_message", "mark_seen", "read_inbox", "store_message", "streams_for"]
+
+T_INBOX = WebhookInboxRow.__table__  # type: ignore[attr-defined]
+T_SEEN = WebhookSeenRow.__table__  # type: ignore[attr-defined]
+
+_TICK = timedelta(microseconds=1)
+_PRUNE_EVERY = 60.0
+_last_prune: dict[str, float] = {}
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class Mapped:
+    """One record of a message (or why a part of it could not become one)."""
+
+    stream: str
+    key: str | None
+    record: Record | None
+    reason: str | None = None
+    raw: Any = None
+
+
+def streams_for(options: IntakeOptions, event_type: str) -> list[tuple[str, IntakeStreamOptions, bool]]:
+    """``(stream, options, deleted)`` for each stream the event type feeds."""
+    found = []
+    for name, stream in options.stream_map().items():
+        kind = stream.kind or ""
+        updates = stream.events if stream.events is not None else [f"{kind}.created", f"{kind}.updated"]
+        deletes = stream.deleted_events if stream.deleted_events is not None else [f"{kind}.deleted"]
+        if event_type in deletes:
+            found.append((name, stream, True))
+        elif event_type in updates:
+            found.append((name, stream, False))
+    return found
+
+
+def _get(obj: Any, path: str) -> Any:
+    """A dotted path inside nested objects (``customer.email``); ``_MISSING`` when absent."""
+    if path in ("", "."):
+        return obj
+    for part in path.split("."):
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return _MISSING
+    return obj
+
+
+def map_message(options: IntakeOptions, payload: Any, received_at: datetime) -> tuple[str | None, list[Mapped]]:
+    """The event type and the records a verified payload carries (rejects included)."""
+    if not isinstance(payload, dict):
+        return None, [Mapped("", None, None, "the payload is not a JSON object", payload)]
+    event_type = payload.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        return None, [Mapped("", None, None, "the payload has no 'type'", payload)]
+    out: list[Mapped] = []
+    for name, stream, deleted in streams_for(options, event_type):
+        found = _get(payload, stream.path)
+        if found is _MISSING or found is None:
+            out.append(Mapped(name, None, None, f"{event_type}: nothing at {stream.path or 'the top'!r}", payload))
+            continue
+        for item in found if isinstance(found, list) else [found]:
+            out.append(_map_record(name, stream, item, deleted, received_at))
+    return event_type, out
+
+
+def _map_record(name: str, stream: IntakeStreamOptions, obj: Any, deleted: bool, received_at: datetime) -> Mapped:
+    rtype = record_type(stream.kind or "")
+    if not isinstance(obj, dict):
+        return Mapped(name, None, None, "the record is not a JSON object", obj)
+    data: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if stream.fields is None:
+        for field, value in obj.items():
+            if field == "extra" and isinstance(value, dict):
+                extra.update(value)
+            elif field in rtype.model_fields:
+                data[field] = value
+            else:
+                extra[field] = value
+    else:
+        used: set[str] = set()
+        for field, path in stream.fields.items():
+            value = _get(obj, path)
+            used.add(path.split(".", 1)[0])
+            if value is not _MISSING:
+                data[field] = value
+        if "key" not in stream.fields:
+            for fallback in ("key", "id"):
+                if fallback in obj:
+                    data["key"] = obj[fallback]
+                    used.add(fallback)
+                    break
+        extra.update({k: v for k, v in obj.items() if k not in used})
+    key = data.get("key")
+    if isinstance(key, int | float) and not isinstance(key, bool):
+        key = data["key"] = str(key)
+    if not isinstance(key, str) or not key:
+        return Mapped(name, None, None, "the record has no key", obj)
+    try:
+        for field in rtype.datetime_fields():
+            value = data.get(field)
+            if isinstance(value, str) and value:
+                data[field] = parse_datetime(value, assume_tz=stream.timezone)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                data[field] = from_epoch(value)
+    except ValueError as exc:
+        return Mapped(name, key, None, f"{field}: {exc}", obj)
+    sent = data.pop("updated_at", None)
+    if isinstance(sent, datetime):
+        extra["source_updated_at"] = format_utc(sent)
+    data["updated_at"] = received_at
+    data["extra"] = extra
+    if deleted:
+        data["deleted"] = True
+    try:
+        record = rtype.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        return Mapped(name, key, None, f"{loc}: {err['msg']}", obj)
+    return Mapped(name, key, record)
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+def _insert_seen(conn: sa.Connection, store: StateStore, system: str, webhook_id: str, now: datetime) -> bool:
+    values = {"system": system, "webhook_id": webhook_id, "received_at": now}
+    if store.dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(T_SEEN).values(**values).on_conflict_do_nothing()
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(T_SEEN).values(**values).on_conflict_do_nothing()  # type: ignore[assignment]
+    # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING
+    return conn.execute(stmt.returning(T_SEEN.c.webhook_id)).first() is not None
+
+
+def _prune_seen(conn: sa.Connection, system: str, window: timedelta, now: datetime) -> None:
+    last = _last_prune.get(system)
+    if last is not None and time.monotonic() - last < _PRUNE_EVERY:
+        return
+    _last_prune[system] = time.monotonic()
+    conn.execute(sa.delete(T_SEEN).where(T_SEEN.c.system == system, T_SEEN.c.received_at < now - window))
+
+
+def mark_seen(store: StateStore, system: str, webhook_id: str, window: timedelta) -> bool:
+    """Remember ``webhook_id``; False when it was already seen (a duplicate)."""
+    now = utcnow()
+    with store.transaction() as conn:
+        _prune_seen(conn, system, window, now)
+        return _insert_seen(conn, store, system, webhook_id, now)
+
+
+def store_message(
+    store: StateStore, system: str, webhook_id: str, items: Sequence[Mapped], window: timedelta
+) -> tuple[bool, list[str]]:
+    """De-duplicate and store one message in one transaction.
+
+    Returns ``(new, streams)``: ``new`` is False for a ``webhook-id`` already seen (then
+    nothing is stored); ``streams`` are those that got rows. Committed on return.
+    """
+    now = utcnow()
+    streams: list[str] = []
+    with store.transaction() as conn:
+        _prune_seen(conn, system, window, now)
+        if not _insert_seen(conn, store, system, webhook_id, now):
+            return False, []
+        if not items:
+            return True, []
+        last = conn.execute(sa.select(sa.func.max(T_INBOX.c.received_at)).where(T_INBOX.c.system == system)).scalar()
+        at = now if last is None or now > last else last + _TICK
+        for n, item in enumerate(items):
+            if item.record is not None and item.key is not None:
+                record = item.record.model_copy(update={"updated_at": at})
+                row = {"record_key": item.key, "record": record.model_dump_json(), "reject_reason": None, "raw": None}
+            else:
+                raw = orjson.dumps(item.raw, default=str).decode() if item.raw is not None else None
+                row = {"record_key": f"!{webhook_id}#{n}", "record": None, "reject_reason": item.reason, "raw": raw}
+            stream = item.stream or "-"
+            conn.execute(
+                sa.delete(T_INBOX).where(
+                    T_INBOX.c.system == system, T_INBOX.c.stream == stream, T_INBOX.c.record_key == row["record_key"]
+                )
+            )
+            conn.execute(
+                sa.insert(T_INBOX).values(system=system, stream=stream, webhook_id=webhook_id, received_at=at, **row)
+            )
+            if stream not in streams:
+                streams.append(stream)
+            at += _TICK
+    return True, streams
+
+
+def read_inbox(
+    store: StateStore, system: str, stream: str, since: Cursor | None, rtype: type[Record], page_size: int
+) -> list[Page]:
+    """The stream's records at or after ``since`` in ``(updated_at, key)`` order, in pages,
+    with the rejects received in that window on the first page."""
+    query = sa.select(T_INBOX).where(T_INBOX.c.system == system, T_INBOX.c.stream.in_((stream, "-")))
+    if since is not None:
+        query = query.where(T_INBOX.c.received_at >= since.updated_at)
+    with store.engine.connect() as conn:
+        rows = conn.execute(query.order_by(T_INBOX.c.received_at, T_INBOX.c.seq)).mappings().all()
+    records: list[Record] = []
+    rejects: list[Reject] = []
+    for row in rows:
+        if row["record"] is None:
+            if row["stream"] in (stream, "-"):
+                raw = orjson.loads(row["raw"]) if row["raw"] else None
+                rejects.append(
+                    Reject(f"webhook {row['webhook_id']}", row["reject_reason"] or "could not be mapped", raw=raw)
+                )
+            continue
+        if row["stream"] != stream:
+            continue
+        record = rtype.model_validate_json(row["record"])
+        if since is None or Cursor.of(record) >= since:
+            records.append(record)
+    records.sort(key=record_order)
+    if not records:
+        return [Page([], rejects)] if rejects else []
+    return [
+        Page(records[start : start + page_size], rejects if start == 0 else [])
+        for start in range(0, len(records), page_size)
+    ]
+
+
+def get_record(store: StateStore, system: str, stream: str, key: str, rtype: type[Record]) -> Record | None:
+    """The inbox's latest state of one record."""
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            sa.select(T_INBOX.c.record).where(
+                T_INBOX.c.system == system, T_INBOX.c.stream == stream, T_INBOX.c.record_key == key
+            )
+        ).first()
+    if row is None or row[0] is None:
+        return None
+    return rtype.model_validate_json(row[0])
