@@ -1,0 +1,215 @@
+"""Clientexec end to end: ``ferryman sandbox clientexec`` as a process, ``ferryman sync`` as a process."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import re
+import selectors
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from datetime import time as dt_time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+import yaml
+from ferryman_connectors.clientexec.simulator import ClientexecSimulator
+
+from ferryman.sandbox import SimulatorThread
+from tests.conftest import ferryman_cmd, run_cli
+
+KEY = "sandbox-app-key"
+ENV = {"CE_KEY": KEY}
+UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+@contextlib.contextmanager
+def sandbox(*args: str) -> Iterator[str]:
+    """``ferryman sandbox clientexec --port 0 ARGS`` until the block ends; yields its URL."""
+    process = subprocess.Popen(
+        [*ferryman_cmd(), "sandbox", "clientexec", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            if not selector.select(30):
+                raise AssertionError("the sandbox printed no start-up line within 30 s")
+        line = process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert match, line
+        assert "clientexec sandbox" in line and "limit 200 requests per 60 s" in line, line
+        yield match[0]
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)
+
+
+def write_config(tmp_path: Path, state_url: str, url: str, pipelines: dict[str, Any], **billing: Any) -> Path:
+    doc = {
+        "state": {"url": state_url},
+        "log": {"format": "json", "level": "warning"},
+        "systems": {
+            "billing": {"connector": "clientexec", "base_url": url + "/api", "api_key": "${CE_KEY}", **billing},
+            "files": {"connector": "csv", "directory": str(tmp_path / "files")},
+        },
+        "pipelines": pipelines,
+    }
+    path = tmp_path / "ferryman.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def api(url: str, path: str, **params: Any) -> Any:
+    response = httpx.get(f"{url}/api{path}", params=params, headers={"X-API-Key": KEY})
+    response.raise_for_status()
+    return response.json()
+
+
+def sync(config: Path, pipeline: str, *more: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("--config", str(config), "sync", pipeline, "--no-progress", *more, env=ENV)
+
+
+def test_tickets_and_invoices_from_the_sandbox_to_csv_with_utc_times_and_exact_money(
+    tmp_path: Path, default_state_url: str
+) -> None:
+    with sandbox("--records", "40") as url:
+        config = write_config(
+            tmp_path,
+            default_state_url,
+            url,
+            {f"{s}-out": {"from": f"billing.{s}", "to": f"files.{s}"} for s in ("tickets", "invoices")},
+        )
+        for stream in ("tickets", "invoices"):
+            result = sync(config, f"{stream}-out")
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "read 40, created 40" in result.stdout and "dead_lettered 0" in result.stdout
+        invoice_api = api(url, "/invoices", limit=100)["invoices"]
+        stats = httpx.get(url + "/__sandbox/stats").json()
+
+    tickets = rows(tmp_path / "files" / "tickets.csv")
+    assert len(tickets) == 40
+    for row in tickets:
+        native = json.loads(row["extra"])
+        assert row["status"] == ("closed" if native["status"] == "-1" else row["status"])
+        assert (native["status"] == "-1") == (row["status"] == "closed")
+        assert UTC_Z.match(row["updated_at"]) and UTC_Z.match(row["created_at"])
+        assert all(UTC_Z.match(c["createdAt"]) for c in native["comments"])
+    invoices = {r["key"]: r for r in rows(tmp_path / "files" / "invoices.csv")}
+    assert len(invoices) == 40
+    for native in invoice_api:
+        row = invoices[str(native["invoiceid"])]
+        symbol_and_number, code = native["amount"].rsplit(" ", 1)
+        assert row["currency"] == code
+        assert Decimal(row["amount"]) == Decimal(re.sub(r"[^\d.\-]", "", symbol_and_number))
+        assert re.fullmatch(r"-?\d+\.\d\d", row["amount"])
+    assert {r["status"] for r in invoices.values()} <= {"draft", "open", "partial", "paid", "void"}
+    assert stats["throttled"] == 0 and stats["early_retries"] == 0
+
+
+def test_csv_to_clientexec_creates_users_and_tickets_and_dead_letters_what_clientexec_refuses(
+    tmp_path: Path, default_state_url: str
+) -> None:
+    with sandbox("--records", "5") as url:
+        taken = api(url, "/users", limit=1)["users"][0]["email"]
+        files = tmp_path / "files"
+        files.mkdir()
+        (files / "contacts.csv").write_text(
+            "key,updated_at,email,first_name,last_name,phone,city\n"
+            "c1,2026-03-01T10:00:00+02:00,ines.ortega@example.com,Inés,Ortega,+34 600 000 001,Madrid\n"
+            f"c2,2026-03-01T09:00:00Z,{taken},Someone,Else,,\n"
+            "c3,2026-03-01T09:30:00Z,kofi.mensah@example.com,Kofi,Mensah,,Accra\n"
+        )
+        (files / "tickets.csv").write_text(
+            "key,updated_at,subject,description,status,priority,requester_email\n"
+            "t1,2026-03-01T08:00:00Z,VPS unreachable,Since 8am the VPS does not answer.,open,urgent,ines.ortega@example.com\n"
+            "t2,2026-03-01T08:05:00Z,Invoice question,Why was I charged twice?,closed,low,kofi.mensah@example.com\n"
+        )
+        config = write_config(
+            tmp_path,
+            default_state_url,
+            url,
+            {
+                "contacts-in": {"from": "files.contacts", "to": "billing.contacts"},
+                "tickets-in": {"from": "files.tickets", "to": "billing.tickets"},
+            },
+            rate_limit="1200/min",  # a handful of writes: no need to pace them at the hosted 200/min
+        )
+        result = sync(config, "contacts-in")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "created 2" in result.stdout and "dead_lettered 1" in result.stdout
+        assert (
+            "Clientexec refused the new user" in result.stderr and "already in use" in result.stderr
+        )  # the log says why
+
+        [ines] = api(url, "/users", email="INES.ORTEGA@example.com")["users"]
+        assert (ines["firstname"], ines["lastname"], ines["local"]["city"]) == ("Inés", "Ortega", "Madrid")
+
+        result = sync(config, "tickets-in")
+        assert result.returncode == 0 and "created 2" in result.stdout, result.stdout + result.stderr
+        created = {t["metadata"]["subject"]: t for t in api(url, "/tickets", limit=100)["tickets"]}
+        vps = created["VPS unreachable"]
+        assert vps["metadata"]["userid"] == ines["userid"]  # linked to the user by email
+        assert vps["metadata"]["priority"] == "1" and vps["metadata"]["status"] == "1"
+        assert vps["comments"][0]["message"] == "Since 8am the VPS does not answer."
+        assert created["Invoice question"]["metadata"]["status"] == "-1"
+
+
+def test_ten_thousand_tickets_sync_at_the_default_rate_limit_without_a_single_429(
+    tmp_path: Path, default_state_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with sandbox("--records", "10000") as url:
+        config = write_config(
+            tmp_path,
+            default_state_url,
+            url,
+            {"tickets-out": {"from": "billing.tickets", "to": "files.tickets", "page_size": 1000}},
+        )
+        started = time.monotonic()
+        result = sync(config, "tickets-out")
+        seconds = time.monotonic() - started
+        stats = httpx.get(url + "/__sandbox/stats").json()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "read 10000, created 10000" in result.stdout
+    assert stats["throttled"] == 0 and stats["by_status"] == {"200": stats["requests"]}
+    assert len(rows(tmp_path / "files" / "tickets.csv")) == 10_000
+    with capsys.disabled():
+        print(f"\nferryman sync of 10,000 Clientexec tickets: {stats['requests']} requests, {seconds:.1f} s, 0 x 429")
+
+
+def test_an_install_in_new_york_time_becomes_utc_z_in_the_csv(tmp_path: Path, default_state_url: str) -> None:
+    sim = ClientexecSimulator(records=12, timezone="America/New_York", rate_limit=100_000)
+    zone = ZoneInfo("America/New_York")
+    with SimulatorThread(sim) as thread:
+        config = write_config(
+            tmp_path,
+            default_state_url,
+            thread.url,
+            {"invoices-out": {"from": "billing.invoices", "to": "files.invoices"}},
+            timezone="America/New_York",
+        )
+        result = sync(config, "invoices-out")
+        assert result.returncode == 0 and "dead_lettered 0" in result.stdout, result.stdout + result.stderr
+        sample = api(thread.url, "/invoice/1")
+
+    assert re.fullmatch(r"\d\d/\d\d/\d{4}", sample["billdate"])  # the install's local format on the wire
+    for row in rows(tmp_path / "files" / "invoices.csv"):
+        native = sim.table("invoices").get(int(row["key"]))
+        midnight = datetime.combine(native["issued_on"], dt_time(), zone).astimezone(UTC)
+        assert row["created_at"] == midnight.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert row["created_at"][11:13] in ("04", "05")  # EDT or EST midnight, never 00
