@@ -1,0 +1,171 @@
+"""Clevertim end to end: ``ferryman sandbox clevertim`` as a process, ``ferryman sync`` as a process.
+
+What a user sees of Clevertim's envelope errors: a 400 becomes a dead letter with
+Clevertim's own words and the run goes on; a 501 stops the run saying the operation is
+not supported, after exactly one request; 500s on reads are retried until the read is whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import re
+import selectors
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.conftest import ferryman_cmd, run_cli
+
+TOKEN = "sandbox-token"
+ENV = {"CLEVERTIM_TOKEN": TOKEN}
+UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+@contextlib.contextmanager
+def sandbox(*args: str) -> Iterator[str]:
+    """``ferryman sandbox clevertim --port 0 ARGS`` until the block ends; yields its URL."""
+    process = subprocess.Popen(
+        [*ferryman_cmd(), "sandbox", "clevertim", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            if not selector.select(30):
+                raise AssertionError("the sandbox printed no start-up line within 30 s")
+        line = process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert match and "clevertim sandbox" in line and TOKEN in line, line
+        yield match[0]
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)
+
+
+def write_config(tmp_path: Path, state_url: str, url: str, pipelines: dict[str, Any]) -> Path:
+    doc = {
+        "state": {"url": state_url},
+        "log": {"format": "json", "level": "warning"},
+        "systems": {
+            "crm": {
+                "connector": "clevertim",
+                "base_url": url + "/api",
+                "api_token": "${CLEVERTIM_TOKEN}",
+                "rate_limit": "1200/min",
+                "backoff_base": 0.05,
+                "backoff_cap": 0.2,
+                "max_retries": 8,
+            },
+            "files": {"connector": "csv", "directory": str(tmp_path / "files")},
+            "out": {"connector": "csv", "directory": str(tmp_path / "out")},
+        },
+        "pipelines": pipelines,
+    }
+    path = tmp_path / "ferryman.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def api(url: str, path: str, **params: Any) -> Any:
+    response = httpx.get(f"{url}/api{path}", params=params, auth=(TOKEN, "X"))
+    response.raise_for_status()
+    body = response.json()
+    assert body["status"] == "OK"
+    return body["content"]
+
+
+def sync(config: Path, pipeline: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("--config", str(config), "sync", pipeline, "--no-progress", env=ENV)
+
+
+def test_clevertim_contacts_to_csv_retry_500s_on_reads_and_keep_every_email_and_phone(
+    tmp_path: Path, default_state_url: str
+) -> None:
+    with sandbox("--records", "30", "--faults", "500:0.3") as url:
+        config = write_config(
+            tmp_path,
+            default_state_url,
+            url,
+            {"contacts-out": {"from": "crm.contacts", "to": "out.contacts", "page_size": 5}},
+        )
+        result = sync(config, "contacts-out")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "read 30, created 30" in result.stdout and "dead_lettered 0" in result.stdout
+        stats = httpx.get(url + "/__sandbox/stats").json()
+        people = {str(p["id"]): p for p in api(url, "/contact", limit=100)}
+
+    assert stats["by_status"].get("500", 0) >= 3, stats["by_status"]  # Clevertim's 500s were met, and retried
+    contacts = rows(tmp_path / "out" / "contacts.csv")
+    assert len(contacts) == 30
+    for row in contacts:
+        native = people[row["key"]]
+        extra = json.loads(row["extra"])
+        assert row["email"] == native["email"][0] and extra["email"] == native["email"]
+        assert extra["phones"] == native["phones"] and extra["tags"] == native["tags"] and extra["cf"] == native["cf"]
+        assert row["updated_at"] == native["lm"] and UTC_Z.match(row["updated_at"]) and UTC_Z.match(row["created_at"])
+
+
+def test_csv_to_clevertim_dead_letters_a_400_and_stops_on_a_501(tmp_path: Path, default_state_url: str) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "contacts.csv").write_text(
+        "key,updated_at,email,first_name,last_name,phone,mobile,city\n"
+        "c1,2026-03-01T10:00:00+02:00,lena.berg@example.com,Lena,Berg,+46 8 123 456,,Stockholm\n"
+        "c2,2026-03-01T08:30:00Z,not-an-email,Broken,Row,,,\n"
+        "c3,2026-03-01T09:00:00+02:00,omar.haddad@example.com,Omar,Haddad,,+44 7700 900123,Leeds\n"
+    )
+    with sandbox("--records", "5") as url:
+        config = write_config(
+            tmp_path,
+            default_state_url,
+            url,
+            {
+                "contacts-in": {"from": "files.contacts", "to": "crm.contacts"},
+                "contacts-back": {"from": "crm.contacts", "to": "out.contacts"},
+            },
+        )
+        result = sync(config, "contacts-in")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "created 2" in result.stdout and "dead_lettered 1" in result.stdout
+        letters = run_cli("--config", str(config), "dlq", "list", env=ENV).stdout
+        assert "c2" in letters and "invalid email address 'not-an-email'" in letters
+
+        [lena] = api(url, "/contact", email="lena.berg@example.com")
+        assert (lena["fn"], lena["ln"], lena["city"]) == ("Lena", "Berg", "Stockholm")
+        assert lena["phones"] == [{"type": "work", "no": "+46 8 123 456"}]
+        [omar] = api(url, "/contact", email="omar.haddad@example.com")
+        assert omar["phones"] == [{"type": "mobile", "no": "+44 7700 900123"}]
+
+        httpx.post(url + "/__sandbox/unsupported", json={"operations": ["POST /contact"]}).raise_for_status()
+        with (files / "contacts.csv").open("a") as fh:
+            fh.write("c4,2026-03-02T10:00:00+02:00,mei.tanaka@example.com,Mei,Tanaka,,,Osaka\n")
+        before = httpx.get(url + "/__sandbox/stats").json()["requests"]
+        failed = sync(config, "contacts-in")
+        after = httpx.get(url + "/__sandbox/stats").json()["requests"]
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "failed" in failed.stdout and "Clevertim does not support POST /api/contact" in failed.stdout
+        assert "not retried" in failed.stdout
+        assert after - before == 1  # one POST, never repeated
+
+        back = sync(config, "contacts-back")
+        assert back.returncode == 0, back.stdout + back.stderr
+
+    exported = {r["email"]: r for r in rows(tmp_path / "out" / "contacts.csv")}
+    assert len(exported) == 7  # five seeded, two created
+    assert "mei.tanaka@example.com" not in exported
+    for row in exported.values():
+        assert UTC_Z.match(row["updated_at"]) and UTC_Z.match(row["created_at"]), row
