@@ -312,3 +312,17 @@ async def test_ids_are_forgotten_after_the_window_and_large_bodies_refused(
         assert (await hooks.post(event(), msg_id="old"))[1]["status"] == "stored"
         status, _ = await hooks.post(None, raw=b'{"type": "ticket.created", "pad": "' + b"x" * 1_100_000 + b'"}')
         assert status == 413
+
+
+async def test_concurrent_messages_about_one_record_all_land_in_order(tmp_path: Path, default_state_url: str) -> None:
+    config = intake_config(tmp_path, default_state_url)
+    store = StateStore.open(default_state_url)
+    async with Harness(config, store) as hooks:
+        answers = await asyncio.gather(*(hooks.post(event(subject=f"v{i}"), msg_id=f"m{i}") for i in range(20)))
+        assert all(
+            a == (200, {"status": "stored", "records": 1, "rejected": 0, "pipelines": ["shop-in"]}) for a in answers
+        )
+        [row] = rows(store, T_INBOX)
+        assert (await hooks.run())["created"] == 1
+        # the inbox keeps the message stored last
+        assert published(tmp_path / "out" / "tickets.csv")[0]["subject"] == orjson.loads(row["record"])["subject"]

@@ -334,3 +334,24 @@ async def test_a_sync_run_dead_letters_under_its_pipeline(
     assert (letter.kind, letter.src, letter.dst, letter.src_key) == ("webhook", "inbox.tickets", "hooks.tickets", "1")
     assert letter.reason == "ticket.created 1: gave up after 1 attempt; last: HTTP 400: bad field"
     assert orjson.loads(letter.payload["body"])["data"]["subject"] == "Printer"
+
+
+async def test_the_pass_at_the_end_of_a_sync_is_bounded(tmp_path: Path, default_state_url: str) -> None:
+    async def slow(n: int, request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        return web.Response(status=200)
+
+    async with Receiver(slow) as receiver:
+        config = outbound_config(tmp_path, default_state_url, receiver.url, sync_delivery_timeout="500ms")
+        store = StateStore.open(default_state_url)
+        write_tickets(tmp_path / "in", [[str(i), "2026-01-01T10:00:00Z", f"s{i}", "open", ""] for i in range(20)])
+        engine = Engine(config, store)
+        started = asyncio.get_running_loop().time()
+        try:
+            result = await engine.run("out")
+        finally:
+            await engine.aclose()
+        assert result.counts["created"] == 20
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert 1 <= len(receiver.hits) <= 4
+        assert endpoint_status(config, store)[0]["pending"] == 20 - len(receiver.hits)  # the rest is kept for later

@@ -13,12 +13,12 @@ Storage and the cursor: the inbox keeps the latest state of each record (one row
 ``(system, stream, key)``). A record's ``updated_at`` is the time the intake received it,
 made strictly increasing per intake inside the storing transaction, and the inbox is
 read in ``(updated_at, key)`` order, so the engine's ordinary compound cursor is exact:
-a message that arrives after a run can only sort after that run's cursor. The sender's
-own ``updated_at`` cannot serve: senders deliver late and out of order, and a record
-that arrived with an older timestamp than the cursor would never be read. It is kept in
-``extra["source_updated_at"]``. On PostgreSQL two intakes storing at once may commit out
-of order by a few milliseconds; the pipeline's ``overlap`` (2 minutes by default) re-reads
-that window, and fingerprints skip what was already delivered.
+a message that arrives after a run can only sort after that run's cursor. Messages of
+one intake are stored one at a time (SQLite's write lock; an advisory lock on
+PostgreSQL), so rows commit in the order of their timestamps and a reader never passes
+a row that commits later. The sender's own ``updated_at`` cannot serve: senders deliver
+late and out of order, and a record that arrived with an older timestamp than the
+cursor would never be read. It is kept in ``extra["source_updated_at"]``.
 """
 
 from __future__ import annotations
@@ -207,9 +207,13 @@ def store_message(
     Returns ``(new, streams)``: ``new`` is False for a ``webhook-id`` already seen (then
     nothing is stored); ``streams`` are those that got rows. Committed on return.
     """
-    now = utcnow()
     streams: list[str] = []
     with store.transaction() as conn:
+        if store.dialect == "postgresql":
+            # One message of an intake at a time (SQLite's BEGIN IMMEDIATE does the same): commit
+            # order is receipt order, so no reader can pass a row that commits later.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"ferryman-intake:{system}"})
+        now = utcnow()
         _prune_seen(conn, system, window, now)
         if not _insert_seen(conn, store, system, webhook_id, now):
             return False, []

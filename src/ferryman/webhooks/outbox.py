@@ -40,6 +40,19 @@ Delivery rules
 
 Delivery is at least once: an event sent whose outcome was not yet recorded when the
 process died is sent again, with the same ``webhook-id``.
+
+Why not :class:`ferryman.http.HttpClient`
+-----------------------------------------
+The API client retries in-process, sleeps out ``Retry-After`` inside a request, keeps
+deferrals in memory, treats a 3xx as an answer and maps 410 to a rejected record. Here
+the outbox owns every retry (durably, across restarts), each status means something
+specific (410 disables, 3xx fails, 429/502/503/504 hold the endpoint back in the state
+store), and a webhook URL is one endpoint rather than an API base. So a plain
+:class:`httpx.AsyncClient` is used with the same rules: redirects never followed, plain
+``http://`` only to loopback unless ``allow_insecure_http`` (checked in the options),
+every URL passed through :func:`~ferryman.redact.redact_url` before it reaches a message
+or a log (importing :mod:`ferryman.http` installs its httpx log filter), the secret
+registered for redaction, and no header ever logged.
 """
 
 from __future__ import annotations
@@ -261,11 +274,13 @@ async def _post(
         "webhook-signature": signature_header(secrets, event_id_, stamp, data),
     }
     url = redact_url(options.url)
+    seconds = options.timeout.total_seconds()
     try:
-        async with client.stream("POST", options.url, content=data, headers=headers) as response:
-            text = await _excerpt(response)
-    except httpx.TimeoutException as exc:
-        return _Result("failed", None, f"timed out after {options.timeout.total_seconds():g}s ({type(exc).__name__})")
+        async with asyncio.timeout(seconds):  # the whole attempt, however slowly the bytes drip
+            async with client.stream("POST", options.url, content=data, headers=headers) as response:
+                text = await _excerpt(response)
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        return _Result("failed", None, f"timed out after {seconds:g}s ({type(exc).__name__})")
     except httpx.HTTPError as exc:
         detail = redact(str(exc).replace(options.url, url)) or "no detail"
         return _Result("failed", None, f"{type(exc).__name__}: {detail}")
@@ -458,25 +473,29 @@ class _Endpoint:
                     ]
                 outcomes: list[tuple[dict[str, Any], _Result, datetime]] = []
                 halt = False
-                for row in rows:
-                    if (deadline is not None and time.monotonic() >= deadline) or (stop is not None and stop.is_set()):
-                        halt = True
-                        break
-                    at = utcnow()
-                    result = await _post(client, self.options, self.secrets, row["event_id"], row["body"])
-                    attempts += 1
-                    if self.registry is not None:
-                        self.registry.metrics.count_response(self.name, result.status or "error")
-                    outcomes.append((row, result, at))
-                    if result.kind in ("gone", "throttled"):
-                        halt = True
-                        break
-                self.apply(outcomes)
+                try:
+                    for row in rows:
+                        if (deadline is not None and time.monotonic() >= deadline) or (
+                            stop is not None and stop.is_set()
+                        ):
+                            halt = True
+                            break
+                        if time.monotonic() - renewed > _RENEW_EVERY:  # slow receivers: keep the lease alive
+                            self.store.acquire_lease(self.lease, LEASE_TTL)
+                            renewed = time.monotonic()
+                        at = utcnow()
+                        result = await _post(client, self.options, self.secrets, row["event_id"], row["body"])
+                        attempts += 1
+                        if self.registry is not None:
+                            self.registry.metrics.count_response(self.name, result.status or "error")
+                        outcomes.append((row, result, at))
+                        if result.kind in ("gone", "throttled"):
+                            halt = True
+                            break
+                finally:  # cancelled mid-batch too: what was sent is recorded
+                    self.apply(outcomes)
                 if halt:
                     break
-                if time.monotonic() - renewed > _RENEW_EVERY:
-                    self.store.acquire_lease(self.lease, LEASE_TTL)
-                    renewed = time.monotonic()
         return attempts
 
     def apply(self, outcomes: Iterable[tuple[dict[str, Any], _Result, datetime]]) -> None:
