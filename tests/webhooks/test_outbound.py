@@ -338,11 +338,11 @@ async def test_a_sync_run_dead_letters_under_its_pipeline(
 
 async def test_the_pass_at_the_end_of_a_sync_is_bounded(tmp_path: Path, default_state_url: str) -> None:
     async def slow(n: int, request: web.Request) -> web.Response:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         return web.Response(status=200)
 
     async with Receiver(slow) as receiver:
-        config = outbound_config(tmp_path, default_state_url, receiver.url, sync_delivery_timeout="500ms")
+        config = outbound_config(tmp_path, default_state_url, receiver.url, sync_delivery_timeout="600ms")
         store = StateStore.open(default_state_url)
         write_tickets(tmp_path / "in", [[str(i), "2026-01-01T10:00:00Z", f"s{i}", "open", ""] for i in range(20)])
         engine = Engine(config, store)
@@ -352,6 +352,7 @@ async def test_the_pass_at_the_end_of_a_sync_is_bounded(tmp_path: Path, default_
         finally:
             await engine.aclose()
         assert result.counts["created"] == 20
-        assert asyncio.get_running_loop().time() - started < 2.0
-        assert 1 <= len(receiver.hits) <= 4
+        # 600 ms of 500 ms answers: a few events, not all 20 (10 s), and the run does not wait for the rest
+        assert asyncio.get_running_loop().time() - started < 5
+        assert 1 <= len(receiver.hits) <= 3
         assert endpoint_status(config, store)[0]["pending"] == 20 - len(receiver.hits)  # the rest is kept for later
