@@ -1,0 +1,515 @@
+"""``ferryman run``: the long-running service.
+
+One process, one event loop. Start-up order: config (validated before anything else),
+state database (migrated), the shared :class:`~ferryman.engine.Engine`, the control API
+listener, then ``READY=1`` to systemd, then the schedule. A pipeline runs at most once
+at a time in this process (the daemon keeps one task per pipeline) and across processes
+(the engine's database lease: a run that comes back *busy* is logged, not an error).
+
+Signals: SIGTERM or SIGINT sends ``STOPPING=1`` and drains (each run finishes the page in
+hand and commits; runs still going after ``drain_timeout`` are cancelled, which loses no
+record either: the cursor only covers committed pages), then exits 0. A second one stops
+at once. SIGHUP reloads the config: an invalid one is logged with the reason and the
+daemon carries on with the old one; a valid one gets a new Engine and a new schedule,
+and the old Engine's connectors are closed once its runs in progress end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from ferryman import logs, metrics
+from ferryman.config import FerrymanConfig, load_config
+from ferryman.engine import Engine, RunResult
+from ferryman.errors import ConfigError, FerrymanError
+from ferryman.redact import redact
+from ferryman.state import StateStore
+from ferryman.timeutil import UTC, format_utc, utcnow
+
+from ._api import Refused, build_app
+from ._listen import Listen, parse_listen, token_path, write_token
+from ._metrics import RunDurations, render
+from ._notify import Notifier
+from ._schedule import check_schedule, first_fire, regular_trigger
+
+log = structlog.get_logger("ferryman.daemon")
+
+__all__ = ["Daemon", "ListenError"]
+
+DEFAULT_DRAIN_TIMEOUT = 60.0
+HEALTH_DB_TIMEOUT = 5.0
+
+
+class ListenError(FerrymanError):
+    """The control API could not listen where ``control.listen`` says."""
+
+
+def validate(config: FerrymanConfig) -> Listen:
+    """What the daemon checks beyond the config model: the listen address and the schedules."""
+    listen = parse_listen(config.control.listen, file=config.file)
+    for name, pipeline in config.pipelines.items():
+        if pipeline.schedule is not None:
+            check_schedule(pipeline.schedule, file=config.file, where=f"pipelines.{name}.schedule")
+    return listen
+
+
+@dataclass(eq=False)
+class _Generation:
+    """One loaded config and the Engine built from it; replaced as a whole on reload."""
+
+    config: FerrymanConfig
+    engine: Engine
+    tasks: set[asyncio.Task[RunResult]] = field(default_factory=set)
+    retired: bool = False
+
+
+class Daemon:
+    """Schedules pipelines, serves the control API and talks to systemd."""
+
+    def __init__(
+        self,
+        config: FerrymanConfig,
+        *,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        log_level: str | None = None,
+        log_format: str | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.listen = validate(config)
+        self.config = config
+        self.drain_timeout = drain_timeout
+        self.notifier = notifier or Notifier()
+        self._log_overrides = (log_level, log_format)
+        self._token: str | None = None
+        self._token_file: Path | None = None
+        self._running: dict[str, asyncio.Task[RunResult]] = {}
+        self._rerun: set[str] = set()
+        self._not_before: dict[str, Any] = {}
+        self._durations = RunDurations()
+        self._stopping = False
+        self._closers: set[asyncio.Task[None]] = set()
+        self._intake: Any = None
+        self._outbox: tuple[asyncio.Event, asyncio.Task[None]] | None = None
+
+    # -- the Controller protocol (control API) -----------------------------------------------
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    def start_run(self, name: str, trigger: str) -> tuple[asyncio.Task[RunResult], bool]:
+        if self._stopping:
+            raise Refused("stopping", "the daemon is stopping")
+        pipeline = self._gen.config.pipelines.get(name)
+        if pipeline is None:
+            known = ", ".join(sorted(self._gen.config.pipelines)) or "none configured"
+            raise Refused("unknown", f"no pipeline named {name!r} in the daemon's config (pipelines: {known})")
+        if not pipeline.enabled:
+            raise Refused("disabled", f"{name} is disabled (enabled: false); `ferryman sync {name}` runs it once")
+        running = self._running.get(name)
+        if running is not None:
+            return running, False
+        gen = self._gen
+        task = asyncio.get_running_loop().create_task(self._run(gen, name, trigger), name=f"run:{name}")
+        self._running[name] = task
+        gen.tasks.add(task)
+        task.add_done_callback(lambda t: self._run_done(gen, name, t))
+        return task, True
+
+    async def status(self) -> list[dict[str, Any]]:
+        from ferryman.cli import status_rows
+
+        rows: list[dict[str, Any]] = await asyncio.to_thread(status_rows, self._gen.config, self.store)
+        return rows
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        if self._stopping:
+            return False, {"status": "stopping"}
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._ping_db), HEALTH_DB_TIMEOUT)
+        except Exception as exc:
+            reason = "no answer within 5s" if isinstance(exc, TimeoutError) else redact(str(exc))
+            return False, {"status": "unhealthy", "db": reason}
+        return True, {"status": "ok", "db": "ok", "running": sorted(self._running)}
+
+    async def metrics_text(self) -> str:
+        return await asyncio.to_thread(self._metrics_text)
+
+    # -- webhooks ------------------------------------------------------------------------------
+    async def trigger_soon(self, name: str) -> None:
+        """Run ``name`` soon: now when idle, else once more right after the run in progress
+        (which may have read the source before the change that a webhook announced)."""
+        if name in self._running:
+            self._rerun.add(name)
+            return
+        try:
+            self.start_run(name, "webhook")
+        except Refused as exc:
+            log.info("run.not_triggered", pipeline=name, reason=str(exc))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean drain)."""
+        loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        self._stop_runs = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self.store = StateStore.open(self.config.state.resolved_url(), instance=self.config.instance)
+        from ferryman.http import HttpRegistry
+
+        self.registry = HttpRegistry()
+        self._gen = self._generation(self.config)
+        self._set_token(self.config)
+        runner = await self._start_api()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        watchdog = None
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            watchdog = loop.create_task(self._watchdog(interval), name="watchdog")
+        self._start_outbox(self.config)
+        metrics.set_gauge("ferryman_daemon_start_timestamp_seconds", time.time())
+
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.scheduler.start()
+        scheduled = self._schedule(self._gen, startup=True)
+        self.notifier.notify("READY=1", f"STATUS=ready: {scheduled} scheduled, control API on {self.listen}")
+        log.info(
+            "daemon.ready",
+            listen=str(self.listen),
+            pipelines=sorted(self.config.pipelines),
+            scheduled=scheduled,
+            watchdog_seconds=interval,
+            pid=os.getpid(),
+        )
+        try:
+            await self._stop_requested.wait()
+            await self._drain()
+        finally:
+            await self._close(runner)
+            if watchdog is not None:
+                watchdog.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            self.notifier.close()
+        log.info("daemon.stopped")
+        return 0
+
+    def request_stop(self, why: str = "request") -> None:
+        """SIGTERM/SIGINT: drain and exit; the second time, cancel the runs at once."""
+        if self._stopping:
+            log.warning("daemon.stop_now", signal=why, cancelling=sorted(self._running))
+            for task in list(self._running.values()):
+                task.cancel()
+            return
+        self._stopping = True
+        self.notifier.notify("STOPPING=1", "STATUS=stopping: finishing the pages in hand")
+        log.info("daemon.stopping", signal=why, running=sorted(self._running))
+        self._stop_runs.set()
+        self._stop_requested.set()
+
+    async def reload(self) -> bool:
+        """SIGHUP: apply the config file again, or keep the current one if the new one is invalid."""
+        if self._stopping:
+            return False
+        async with self._reload_lock:
+            self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            file = self.config.file
+            try:
+                config = load_config(file)
+                listen = validate(config)
+            except ConfigError as exc:
+                log.error("config.reload_failed", error=redact(str(exc)), file=file, kept="the running config")
+                self.notifier.notify(
+                    "READY=1", f"STATUS=reload failed, still on the previous config: {redact(str(exc))}"
+                )
+                return False
+            if str(listen) != str(self.listen):
+                log.warning("config.restart_needed", key="control.listen", kept=str(self.listen))
+            if config.state.resolved_url() != self.config.state.resolved_url():
+                log.warning("config.restart_needed", key="state.url", kept=redact(self.store.url))
+            level, fmt = self._log_overrides
+            logs.configure(level or config.log.level, fmt or config.log.format)
+            old, self._gen = self._gen, self._generation(config)
+            self.config = config
+            self._set_token(config)
+            if self._intake is not None and hasattr(self._intake, "config"):
+                self._intake.config = config
+            await self._stop_outbox()
+            self._start_outbox(config)
+            scheduled = self._schedule(self._gen, startup=False)
+            self._retire(old)
+            log.info("config.reloaded", file=file, pipelines=sorted(config.pipelines), scheduled=scheduled)
+            self.notifier.notify("READY=1", f"STATUS=reloaded: {scheduled} scheduled")
+            return True
+
+    # -- runs ----------------------------------------------------------------------------------
+    def _generation(self, config: FerrymanConfig) -> _Generation:
+        return _Generation(config, Engine(config, self.store, services={"http": self.registry}))
+
+    async def _run(self, gen: _Generation, name: str, trigger: str) -> RunResult:
+        metrics.set_gauge("ferryman_pipeline_running", 1, pipeline=name)
+        try:
+            result = await gen.engine.run(name, trigger=trigger, stop=self._stop_runs)
+        except ConfigError as exc:
+            result = RunResult(name, "failed", message=redact(str(exc)))
+            log.error("run.config_error", pipeline=name, error=result.message)
+        except Exception as exc:  # a bug in a connector must not take the daemon down
+            result = RunResult(name, "failed", message=f"internal error: {redact(str(exc))}")
+            log.exception("run.crashed", pipeline=name)
+        finally:
+            metrics.set_gauge("ferryman_pipeline_running", 0, pipeline=name)
+        self._after_run(result)
+        return result
+
+    def _after_run(self, result: RunResult) -> None:
+        name = result.pipeline
+        if result.outcome == "busy":
+            log.info("run.busy", pipeline=name, message=result.message)
+            return
+        self._durations.observe(name, result.seconds)
+        if result.ok:
+            metrics.set_gauge("ferryman_last_success_timestamp_seconds", time.time(), pipeline=name)
+        if result.outcome == "deferred" and result.not_before is not None:
+            self._not_before[name] = result.not_before
+        else:
+            self._not_before.pop(name, None)
+        read = result.counts.get("read", 0)
+        self.notifier.notify(f"STATUS=last: {name} {result.outcome} {read} records {format_utc(utcnow())}")
+
+    def _run_done(self, gen: _Generation, name: str, task: asyncio.Task[RunResult]) -> None:
+        if self._running.get(name) is task:
+            del self._running[name]
+        gen.tasks.discard(task)
+        if gen.retired and not gen.tasks:
+            self._spawn(self._close_engine(gen))
+        if name in self._rerun:
+            self._rerun.discard(name)
+            if not self._stopping:
+                try:
+                    self.start_run(name, "webhook")
+                except Refused as exc:
+                    log.info("run.not_triggered", pipeline=name, reason=str(exc))
+
+    def _retire(self, gen: _Generation) -> None:
+        gen.retired = True
+        if not gen.tasks:
+            self._spawn(self._close_engine(gen))
+
+    async def _close_engine(self, gen: _Generation) -> None:
+        await gen.engine.aclose()
+        log.debug("engine.closed")
+
+    # -- schedule ------------------------------------------------------------------------------
+    def _schedule(self, gen: _Generation, *, startup: bool) -> int:
+        """(Re)build every job from ``gen``'s config; start the runs that are due. Returns the job count."""
+        self.scheduler.remove_all_jobs()
+        last = self.store.last_runs()
+        now = utcnow()
+        count = 0
+        for name, pipeline in gen.config.pipelines.items():
+            if not pipeline.enabled or pipeline.schedule is None:
+                continue
+            started = (last.get(name) or {}).get("started_at")
+            due, start = first_fire(pipeline.schedule, started, now)
+            self.scheduler.add_job(
+                self._fire,
+                trigger=regular_trigger(pipeline.schedule, start=start),
+                args=[name],
+                id=name,
+                name=name,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                replace_existing=True,
+            )
+            count += 1
+            if due:
+                log.info("run.catch_up", pipeline=name, last_started=format_utc(started) if started else None)
+                self._fire_now(name, "startup" if startup else "reload")
+        return count
+
+    async def _fire(self, name: str) -> None:
+        """A scheduled time came: start a run unless one is going or the app asked us to wait."""
+        if self._stopping:
+            return
+        not_before = self._not_before.get(name)
+        if not_before is not None and utcnow() < not_before:
+            log.debug("run.skipped", pipeline=name, reason=f"deferred until {format_utc(not_before)}")
+            return
+        self._fire_now(name, "schedule")
+
+    def _fire_now(self, name: str, trigger: str) -> None:
+        try:
+            _, started = self.start_run(name, trigger)
+        except Refused as exc:
+            log.info("run.not_started", pipeline=name, reason=str(exc))
+            return
+        if not started:
+            log.debug("run.skipped", pipeline=name, reason="already running")
+
+    # -- control API ---------------------------------------------------------------------------
+    def _set_token(self, config: FerrymanConfig) -> None:
+        if config.control.token is not None:
+            self._token = config.control.token.get_secret_value()
+            if self._token_file is not None:
+                self._token_file.unlink(missing_ok=True)
+                self._token_file = None
+            return
+        if not self.listen.is_tcp:
+            self._token = None  # the socket's file mode guards it
+            return
+        if self._token_file is None:
+            path = token_path(config)
+            try:
+                self._token = write_token(path)
+            except OSError as exc:
+                raise ListenError(f"cannot write the control token to {path}: {exc.strerror}") from None
+            self._token_file = path
+
+    async def _start_api(self) -> web.AppRunner:
+        app = build_app(self)
+        self._add_intake(app)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await runner.setup()
+        site: web.BaseSite
+        try:
+            if self.listen.path is not None:
+                path = self.listen.path
+                _claim_socket_path(path)
+                site = web.UnixSite(runner, str(path))
+                await site.start()
+                os.chmod(path, 0o660)
+            else:
+                site = web.TCPSite(runner, self.listen.host, self.listen.port, reuse_address=True)
+                await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ListenError(f"control API cannot listen on {self.listen}: {exc.strerror or exc}") from None
+        return runner
+
+    def _add_intake(self, app: web.Application) -> None:
+        try:
+            from ferryman.webhooks.intake import IntakeContext, add_routes
+        except ImportError:
+            return
+        self._intake = IntakeContext(config=self.config, store=self.store, trigger=self.trigger_soon)
+        routes = add_routes(app, self._intake)
+        log.info("webhooks.intake", routes=routes)
+
+    def _start_outbox(self, config: FerrymanConfig) -> None:
+        try:
+            from ferryman.webhooks import OutboxWorker, has_outbound
+        except ImportError:
+            return
+        if not has_outbound(config):
+            return
+        stop = asyncio.Event()
+        worker = OutboxWorker(config, self.store, self.registry)
+        task = asyncio.get_running_loop().create_task(worker.serve(stop), name="outbox")
+        task.add_done_callback(_log_outbox_end)
+        self._outbox = (stop, task)
+
+    async def _stop_outbox(self) -> None:
+        if self._outbox is None:
+            return
+        stop, task = self._outbox
+        self._outbox = None
+        stop.set()
+        _, pending = await asyncio.wait({task}, timeout=self.drain_timeout)
+        for late in pending:
+            late.cancel()
+
+    # -- shutdown ------------------------------------------------------------------------------
+    async def _drain(self) -> None:
+        self.scheduler.shutdown(wait=False)
+        tasks = {t for t in self._running.values()}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout)
+            if pending:
+                log.warning(
+                    "daemon.drain_timeout",
+                    seconds=self.drain_timeout,
+                    cancelled=sorted(t.get_name().removeprefix("run:") for t in pending),
+                    note="their cursors stay at the last committed page",
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self._stop_outbox()
+
+    async def _close(self, runner: web.AppRunner) -> None:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        if self.listen.path is not None:
+            self.listen.path.unlink(missing_ok=True)
+        if self._token_file is not None:
+            self._token_file.unlink(missing_ok=True)
+        await self._gen.engine.aclose()
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
+        self.store.close()
+
+    # -- helpers -------------------------------------------------------------------------------
+    async def _watchdog(self, interval: float) -> None:
+        # From the event loop itself: if the loop hangs, the pings stop and systemd restarts us.
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    def _ping_db(self) -> None:
+        with self.store.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def _metrics_text(self) -> str:
+        now = utcnow()
+        for name in self._gen.config.pipelines:
+            cursor = self.store.get_cursor(name)
+            if cursor is not None:
+                lag = (now - cursor.updated_at).total_seconds()
+                metrics.set_gauge("ferryman_cursor_lag_seconds", lag, pipeline=name)
+            metrics.set_gauge("ferryman_pipeline_running", 1 if name in self._running else 0, pipeline=name)
+        return render(self._durations, extra=self.registry.snapshot())
+
+
+def _claim_socket_path(path: Path) -> None:
+    """Remove a stale socket left by a daemon that died; refuse to steal a live one."""
+    import socket
+
+    if not path.exists() and not path.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody answers: stale
+        return
+    finally:
+        probe.close()
+    raise ListenError(f"another process already serves {path}: is a ferryman daemon running?")
+
+
+def _log_outbox_end(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("outbox.crashed", error=redact(str(exc)), exc_info=exc)
