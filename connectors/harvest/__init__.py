@@ -81,7 +81,7 @@ from ferryman.errors import FatalError, MalformedResponseError, NotSupportedErro
 from ferryman.http import Basic, HttpOptions, RateLimitOptions
 from ferryman.http.codecs import excerpt, parse_xml, python_to_typed_xml, typed_xml_to_python
 from ferryman.records import Contact, Invoice, Organisation, Record
-from ferryman.timeutil import utcnow
+from ferryman.timeutil import parse_datetime, utcnow
 
 from ._common import money
 from ._mapping import (
@@ -224,6 +224,19 @@ def _child_id(element: ET.Element) -> str | None:
     return text or None
 
 
+def _child_stamp(element: ET.Element) -> datetime | None:
+    """An entity's ``updated-at``, when it reads as a UTC time (for a bad entity, it may not)."""
+    text = (element.findtext("updated-at") or "").strip()
+    try:
+        return parse_datetime(text) if text else None
+    except ValueError:
+        return None
+
+
+def _older(stamp: datetime | None, since: Cursor) -> bool:
+    return stamp is not None and stamp < since.updated_at
+
+
 def _server_time(response: httpx.Response) -> datetime | None:
     value = response.headers.get("date")
     if not value:
@@ -309,12 +322,18 @@ class HarvestConnector(ApiConnector):
         return native
 
     @staticmethod
-    def _entities(root: ET.Element, tag: str) -> tuple[list[dict[str, Any]], list[Reject]]:
-        """Each child of a list as a native dict; one that does not convert is a Reject, not a failure."""
+    def _entities(root: ET.Element, tag: str, since: Cursor | None = None) -> tuple[list[dict[str, Any]], list[Reject]]:
+        """Each child of a list as a native dict; one that does not convert is a Reject, not a failure.
+
+        A bad entity older than ``since`` is left out: it was dead-lettered when it was new,
+        and Harvest's minute-wide ``updated_since`` sends it again.
+        """
         natives: list[dict[str, Any]] = []
         rejects: list[Reject] = []
         for child in root:
             key = _child_id(child)
+            if since is not None and _older(_child_stamp(child), since):
+                continue
             ref = f"{tag} {key or '?'}"
             raw = ET.tostring(child, encoding="unicode")[:4000]
             if child.tag != tag:
@@ -450,7 +469,7 @@ class HarvestConnector(ApiConnector):
             natives, rejects = await self._walk_invoices(since)
         else:
             _, root = await self._get_list(f"/{path}", root_tag, self._since_params(since))
-            natives, rejects = self._entities(root, tag)
+            natives, rejects = self._entities(root, tag, since)
         names = await self._names_for(stream, refresh=True)
         build = self._builder(stream, names)
         records: list[Record] = []
@@ -458,7 +477,9 @@ class HarvestConnector(ApiConnector):
             key = str(native.get("id")) if native.get("id") is not None else None
             built = to_record(info.record_type, functools.partial(build, native), ref=f"{tag} {key or '?'}", key=key)
             if isinstance(built, Reject):
-                rejects.append(Reject(built.ref, built.reason, raw=_raw(native), key=key))
+                stamp = native.get("updated-at")
+                if since is None or not _older(stamp if isinstance(stamp, datetime) else None, since):
+                    rejects.append(Reject(built.ref, built.reason, raw=_raw(native), key=key))
             elif since is None or Cursor.of(built) >= since:
                 records.append(built)
         records = sort_natural(records)
@@ -474,17 +495,21 @@ class HarvestConnector(ApiConnector):
         base = {**self.options.invoice_filters.params(), **self._since_params(since)}
         seen: dict[str, dict[str, Any]] = {}
         rejects: dict[str, Reject] = {}
-        pages, started = await self._invoice_pages(base, seen, rejects)
+        pages, started = await self._invoice_pages(base, seen, rejects, since)
         if pages > 1:
             # Paging by number over a set that changes while we read can skip a row that
             # was added or updated meanwhile: it has updated_at after the walk began.
             moment = (started or utcnow()) - timedelta(minutes=1)
             sweep = {**self.options.invoice_filters.params(), **self._since_params(moment)}
-            await self._invoice_pages(sweep, seen, rejects)
+            await self._invoice_pages(sweep, seen, rejects, since)
         return list(seen.values()), list(rejects.values())
 
     async def _invoice_pages(
-        self, params: Mapping[str, str], seen: dict[str, dict[str, Any]], rejects: dict[str, Reject]
+        self,
+        params: Mapping[str, str],
+        seen: dict[str, dict[str, Any]],
+        rejects: dict[str, Reject],
+        since: Cursor | None,
     ) -> tuple[int, datetime | None]:
         size = self.options.invoice_page_size
         page = 1
@@ -500,7 +525,7 @@ class HarvestConnector(ApiConnector):
                     f"GET /invoices page {page} repeats page {page - 1}: the server ignores ?page=",
                     system=self.name,
                 )
-            natives, bad = self._entities(root, "invoice")
+            natives, bad = self._entities(root, "invoice", since)
             for native in natives:
                 key = str(native.get("id"))
                 held = seen.get(key)

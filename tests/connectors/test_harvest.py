@@ -319,12 +319,17 @@ async def test_one_bad_entity_is_rejected_with_its_id_and_the_rest_delivered() -
     )
     async with connected(API, resolve_client_names=False) as harvest:
         records, rejects = await collect(harvest.read("contacts", None, 10))
-    assert [r.key for r in records] == ["1"]
-    by_key = {r.key: r for r in rejects}
-    assert set(by_key) == {"2", "3"}
-    assert "<updated-at> is not a valid datetime" in by_key["2"].reason
-    assert "<client-id> is not a valid integer" in by_key["3"].reason and by_key["3"].ref == "contact 3"
-    assert "<client-id" in by_key["3"].raw  # the native XML is kept for the dead letter
+        assert [r.key for r in records] == ["1"]
+        by_key = {r.key: r for r in rejects}
+        assert set(by_key) == {"2", "3"}
+        assert "<updated-at> is not a valid datetime" in by_key["2"].reason
+        assert "<client-id> is not a valid integer" in by_key["3"].reason and by_key["3"].ref == "contact 3"
+        assert "<client-id" in by_key["3"].raw  # the native XML is kept for the dead letter
+        # Read again from a later cursor: the old bad entity is not dead-lettered a second time;
+        # the one whose time cannot be read cannot be placed, so it is.
+        later = Cursor(datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC), "")
+        _, again = await collect(harvest.read("contacts", later, 10))
+        assert {r.key for r in again} == {"2"}
 
 
 @respx.mock
