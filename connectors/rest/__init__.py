@@ -93,7 +93,7 @@ from ferryman.records import Record, record_type
 from ferryman.redact import redact_url, register_secret
 from ferryman.timeutil import UTC, format_utc, from_epoch, parse_datetime, utcnow
 
-__all__ = ["RestConnector", "RestOptions", "format_time", "parse_time"]
+__all__ = ["Mapper", "RestConnector", "RestOptions", "StreamSpec", "format_time", "parse_time"]
 
 RECORD_KINDS = ("ticket", "contact", "organisation", "invoice")
 SQL_FORMAT = "YYYY-MM-DD HH:MM:SS"
@@ -377,7 +377,7 @@ class FieldSpec(_Model):
     write_values: dict[Any, Any] | None = Field(
         None, description="canonical value -> native value (default: values reversed, first one wins)"
     )
-    default: Any = Field(_MISSING, description="canonical value for a native value not in 'values'")
+    default: Any = Field(None, description="canonical value for a native value not in 'values' (when given)")
     format: TimeFormat | None = Field(None, description="time format of this field in the API (default ISO 8601)")
     read: bool = True
     write: bool | None = Field(None, description="default: true, except key, updated_at, deleted, created_at")
@@ -390,10 +390,14 @@ class FieldSpec(_Model):
     def to_canonical(self, value: Any) -> Any:
         if not self.values:
             return value
-        for candidate in (value, str(value) if value is not None else None):
-            if candidate in self.values:
-                return self.values[candidate]
-        return value if self.default is _MISSING else self.default
+        if value in self.values:
+            return self.values[value]
+        # YAML reads `-1: closed` as a number and an API may send "-1", or the other way round.
+        text = str(value)
+        for native, canonical in self.values.items():
+            if str(native) == text:
+                return canonical
+        return self.default if "default" in self.model_fields_set else value
 
     def to_native(self, value: Any) -> Any:
         table = self.write_values
@@ -861,7 +865,7 @@ class RestConnector(ApiConnector):
         if wanted is None:
             return None
         search = spec.find or FindSpec()
-        values = {name: getattr(record, name) for name in record.model_fields}
+        values = {name: getattr(record, name) for name in type(record).model_fields}
         params: dict[str, Any] = {k: _param(v) for k, v in spec.params.items()}
         params.update({name: _fill(template, values) for name, template in search.params.items()})
         size = spec.pagination.page_size(100)
