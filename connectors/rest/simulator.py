@@ -27,6 +27,10 @@ The cursor is an opaque compound ``(updated_at, id)`` position, so a cursor walk
 loses nor repeats records that share a timestamp across a page boundary. Next and Link URLs
 never carry ``api_key``: send credentials with every request.
 
+Search: any field of a stream as a query parameter (``?email=ada@example.com``,
+``?number=INV-000012``, ``?customer_id=7``) narrows a list to the records whose field equals
+it exactly, in every pagination style.
+
 Incremental reads: ``updated_since=`` takes ISO 8601 with ``Z`` or an offset,
 ``YYYY-MM-DD HH:MM:SS`` (UTC), a date, or epoch seconds; or the query-language form
 ``q=updated >= '<timestamp>'`` (also ``>``, ``updated_at``, double quotes). Results are in
@@ -69,6 +73,7 @@ from ferryman.sandbox import (
     DuplicateValue,
     Row,
     Simulator,
+    Table,
     basic_credentials,
     bearer_token,
     json_response,
@@ -288,6 +293,46 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ValueError(f"not a cursor from this API: {cursor!r}") from None
 
 
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+class _Matching:
+    """A table seen through exact-match search filters (``?email=ada@example.com``)."""
+
+    def __init__(self, table: Table, filters: dict[str, str]) -> None:
+        self.table = table
+        self.filters = filters
+
+    def _rows(self, since: datetime | None, after: tuple[datetime, int] | None, include_deleted: bool) -> list[Row]:
+        rows = self.table.query(since, after=after, include_deleted=include_deleted)
+        return [r for r in rows if all(_as_text(r.get(k)) == v for k, v in self.filters.items())]
+
+    def query(
+        self,
+        since: datetime | None = None,
+        *,
+        after: tuple[datetime, int] | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        include_deleted: bool = False,
+    ) -> list[Row]:
+        rows = self._rows(since, after, include_deleted)[max(0, offset) :]
+        return rows if limit is None else rows[:limit]
+
+    def count(self, since: datetime | None = None, *, include_deleted: bool = False) -> int:
+        return len(self._rows(since, None, include_deleted))
+
+    def position(self, row: Row) -> tuple[datetime, int]:
+        return self.table.position(row)
+
+
 class GenericSimulator(Simulator):
     """A plain paginated JSON API with tickets, contacts and invoices (see the module docs).
 
@@ -405,7 +450,10 @@ class GenericSimulator(Simulator):
                 raise Invalid(f"paginate must be one of {', '.join(PAGINATION_STYLES)}", {"paginate": style})
             since = self._since(query.get("updated_since"), query.get("q"))
             include_deleted = query.get("include_deleted", "").lower() in ("1", "true", "yes")
-            table = self.table(stream)
+            table: Table | _Matching = self.table(stream)
+            filters = {name: value for name, value in query.items() if name in SCHEMAS[stream]}
+            if filters:
+                table = _Matching(table, filters)
             render = RENDER[stream]
             if style in ("page", "link"):
                 page = self._int_param(query, "page", 1, 1, None)
