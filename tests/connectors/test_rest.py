@@ -559,13 +559,26 @@ async def test_ids_in_paths_are_escaped() -> None:
     assert route.called
 
 
-async def test_find_matches_the_natural_key_exactly(sandbox: SimulatorThread) -> None:
+async def test_find_matches_the_natural_key_exactly_with_one_search(sandbox: SimulatorThread) -> None:
     target = rows(sandbox, "contacts")[-1]
+    stats = sandbox.simulator.stats
     async with connected(example_options(sandbox.url)) as connector:
+        before = stats.requests
         found = await connector.find("contacts", Contact(key="x", updated_at=utcnow(), email=target["email"]))
+        assert stats.requests - before == 1, "the configured search, not a scan"
         near = await connector.find("contacts", Contact(key="x", updated_at=utcnow(), email=target["email"].upper()))
     assert found is not None and found.key == str(target["id"])
     assert near is None
+
+
+async def test_find_is_exact_even_when_the_api_ignores_the_search(sandbox: SimulatorThread) -> None:
+    target = rows(sandbox, "contacts")[-1]
+    options = contacts_options(sandbox.url, find={"params": {"mail": "{email}"}})  # not a search here
+    async with connected(options) as connector:
+        found = await connector.find("contacts", Contact(key="x", updated_at=utcnow(), email=target["email"]))
+        stranger = await connector.find("contacts", Contact(key="x", updated_at=utcnow(), email="no@where.invalid"))
+    assert found is not None and found.key == str(target["id"])
+    assert stranger is None
 
 
 # -- the CLI, end to end: `ferryman sandbox generic` + `ferryman sync` ---------------------------------
