@@ -185,7 +185,7 @@ def _streams(find_invoices: bool) -> dict[str, StreamInfo]:
     }
 
 
-# stream -> (collection path, list root tag, entity tag, record builder uses client names)
+# stream -> (collection path, list root tag, entity tag)
 _NATIVE: dict[str, tuple[str, str, str]] = {
     "contacts": ("contacts", "contacts", "contact"),
     "organisations": ("clients", "clients", "client"),

@@ -370,12 +370,12 @@ def paced_run(tmp_path: Path, state_url: str, simulator: HarvestSimulator, **har
 
 
 def test_the_default_budget_never_meets_harvests_503(tmp_path: Path, default_state_url: str) -> None:
-    """Harvest's ratio (100 per 15 s) in a shorter window, 30 per 4.5 s; 34 requests cross it."""
-    simulator = HarvestSimulator(records=64, page_size=2, rate_limit=30, window=4.5)
+    """Harvest's ratio (100 per 15 s) in a shorter window, 40 per 6 s; about 46 requests cross it."""
+    simulator = HarvestSimulator(records=88, page_size=2, rate_limit=40, window=6.0)
     stats = paced_run(tmp_path, default_state_url, simulator)  # the connector's default rate_limit
-    assert stats.requests > 30, "the run must cross the window"
+    assert stats.requests > 40, "the run must cross the window"
     assert stats.throttled == 0 and "503" not in stats.by_status, stats.by_status
-    assert stats.max_in_window <= 30
+    assert stats.max_in_window <= 40
 
 
 def test_without_a_client_budget_harvest_answers_503_and_the_run_waits(tmp_path: Path, default_state_url: str) -> None:
