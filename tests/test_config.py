@@ -123,3 +123,9 @@ def test_two_one_way_pipelines_cannot_write_one_target(tmp_path: Path) -> None:
     text = BASE % {"dir": tmp_path} + "  other: {from: inbox.tickets, to: out.tickets}\n"
     with pytest.raises(ConfigError, match="one writer per target"):
         load_config(write(tmp_path, text), environ={})
+
+
+def test_a_section_with_every_key_commented_out_means_defaults(tmp_path: Path) -> None:
+    text = "state:\n  # url: sqlite:///x.db\nlog:\n" + BASE % {"dir": tmp_path}
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.state.url is None and config.log.level == "info"

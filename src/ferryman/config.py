@@ -213,6 +213,14 @@ class FerrymanConfig(_Model):
     systems: dict[str, SystemConfig] = Field(default_factory=dict)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # a section whose keys are all commented out is YAML null: it means "the defaults"
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in cls.model_fields)}
+        return data
+
     # Filled by load_config: each system's options validated by its connector's model.
     _options: dict[str, Any] = {}
     _file: str | None = None

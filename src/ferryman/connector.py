@@ -76,7 +76,12 @@ class StreamInfo:
 
 
 def natural_key(key: str) -> tuple[int, int, str]:
-    """Sort keys as apps do: numeric ids by number (``"9" < "10"``), others as text after them."""
+    """Sort keys as apps do: numeric ids by number (``"9" < "10"``), others as text after them.
+
+    The empty key sorts before every other, so ``Cursor(t, "")`` means "everything at or
+    after ``t``" (the engine reads from there when it re-reads an overlap window)."""
+    if not key:
+        return (-1, 0, "")
     if key.isdigit() and len(key) < 19:
         return (0, int(key), "")
     return (1, 0, key)
