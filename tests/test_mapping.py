@@ -39,3 +39,25 @@ def test_cross_kind_mapping_only_carries_mapped_fields() -> None:
     out = m.apply(Contact(key="c1", updated_at=NOW, email="a@example.com", first_name="A"))
     assert isinstance(out, Ticket)
     assert out.subject == "a@example.com" and out.key == "c1"
+
+
+def test_inverse_mapping_for_two_way_pipelines() -> None:
+    m = FieldMapping(
+        {"priority": "subject", "status": {"from": "status", "map": {"pending": "open"}}, "organisation_key": None},
+        Ticket,
+        Ticket,
+    )
+    with pytest.raises(ConfigError, match="one-to-one"):
+        m.inverse()
+    m = FieldMapping(
+        {
+            "description": "subject",
+            "status": {"from": "status", "map": {"pending": "open", "open": "pending"}},
+            "organisation_key": None,
+        },
+        Ticket,
+        Ticket,
+    )
+    back = m.inverse()
+    out = back.apply(Ticket(key="1", updated_at=NOW, description="d", status="open", organisation_key="42"))
+    assert (out.subject, out.status, out.organisation_key) == ("d", "pending", None)

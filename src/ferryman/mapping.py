@@ -73,7 +73,11 @@ class FieldMapping:
         constants and dropped fields have no way back and are left out of it."""
         rules: dict[str, Any] = {}
         for name, rule in self.rules.items():
-            if rule is None or (isinstance(rule, dict) and "value" in rule):
+            if rule is None:
+                if name in self.source.model_fields:
+                    rules[name] = None  # a field left out of a two-way sync is left out both ways
+                continue
+            if isinstance(rule, dict) and "value" in rule:
                 continue
             if isinstance(rule, str):
                 if rule.startswith("extra."):
