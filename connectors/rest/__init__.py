@@ -95,7 +95,6 @@ from ferryman.timeutil import UTC, format_utc, from_epoch, parse_datetime, utcno
 
 __all__ = ["Mapper", "RestConnector", "RestOptions", "StreamSpec", "format_time", "parse_time"]
 
-RECORD_KINDS = ("ticket", "contact", "organisation", "invoice")
 SQL_FORMAT = "YYYY-MM-DD HH:MM:SS"
 NAMED_FORMATS = ("iso_z", "iso_offset", SQL_FORMAT, "epoch")
 #: canonical fields that describe the record rather than its content: never written unless asked
