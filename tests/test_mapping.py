@@ -42,11 +42,7 @@ def test_cross_kind_mapping_only_carries_mapped_fields() -> None:
 
 
 def test_inverse_mapping_for_two_way_pipelines() -> None:
-    m = FieldMapping(
-        {"priority": "subject", "status": {"from": "status", "map": {"pending": "open"}}, "organisation_key": None},
-        Ticket,
-        Ticket,
-    )
+    m = FieldMapping({"status": {"from": "status", "map": {"pending": "open", "closed": "open"}}}, Ticket, Ticket)
     with pytest.raises(ConfigError, match="one-to-one"):
         m.inverse()
     m = FieldMapping(
