@@ -406,7 +406,8 @@ class Daemon:
             return
         self._intake = IntakeContext(config=self.config, store=self.store, trigger=self.trigger_soon)
         routes = add_routes(app, self._intake)
-        log.info("webhooks.intake", routes=routes)
+        if routes:
+            log.info("webhooks.intake", routes=routes)
 
     def _start_outbox(self, config: FerrymanConfig) -> None:
         try:
