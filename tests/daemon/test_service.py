@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
+from ferryman.cli import main
 from ferryman.config import load_config
 from ferryman.daemon._notify import Notifier
 from ferryman.daemon._service import Daemon
@@ -121,3 +123,23 @@ async def test_health_says_503_when_the_database_does_not_answer(daemon: tuple[D
     d.request_stop("test")
     ok, body = await d.health()
     assert not ok and body == {"status": "stopping"}
+
+
+async def test_trigger_wait_gives_up_after_its_timeout_and_the_run_goes_on(
+    daemon: tuple[Daemon, Runs], capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        d, runs = daemon
+        config = str(d.config.file)
+        code = await asyncio.to_thread(main, ["--config", config, "trigger", "p", "--wait", "--timeout", "0.5"])
+        assert code == 1
+        assert "p is still running after 0.5s" in capsys.readouterr().err
+        assert "p" in d._running, "the run is not cancelled by a client giving up"
+        runs.release.set()
+        await d._running["p"]
+        # over the Unix socket, no token is needed
+        code = await asyncio.to_thread(main, ["--config", config, "trigger", "p", "--wait"])
+        assert code == 0
+        assert capsys.readouterr().out.startswith("p: ok (read 7, ")
+    finally:
+        structlog.reset_defaults()  # main() pointed logging at capsys' stream, which closes first

@@ -142,8 +142,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         print(f"ferryman: {name} is already running in the daemon; use --wait to wait for it", file=sys.stderr)
         return EXIT_BUSY
     if response.status_code == 401:
-        error += "; the daemon may have restarted with another token, or control.token differs"
-    print(f"ferryman: the daemon refused: {redact(error)}", file=sys.stderr)
+        error = f"the daemon refused the token: {error}; it may have restarted since, or control.token differs"
+    print(f"ferryman: {name}: {redact(error)}", file=sys.stderr)
     return EXIT_FAILED
 
 
