@@ -279,7 +279,14 @@ def status_rows(config: Any, store: Any) -> list[dict[str, Any]]:
     deferrals = store.deferrals()
     rows = []
     for name, pipeline in config.pipelines.items():
-        cursor = store.get_cursor(name)
+        if pipeline.direction == "both":
+            sides = {"from": store.get_cursor(name, "a"), "to": store.get_cursor(name, "b")}
+            cursor_text = (
+                "; ".join(f"{side} {_fmt_time(c.updated_at)} {c.key}" for side, c in sides.items() if c) or None
+            )
+        else:
+            cursor = store.get_cursor(name)
+            cursor_text = f"{_fmt_time(cursor.updated_at)} {cursor.key}" if cursor else None
         last = runs.get(name)
         holder = store.lease_holder(name)
         if last:
@@ -293,7 +300,7 @@ def status_rows(config: Any, store: Any) -> list[dict[str, Any]]:
                 "to": pipeline.to,
                 "enabled": pipeline.enabled,
                 "last_run": last,
-                "cursor": f"{_fmt_time(cursor.updated_at)} {cursor.key}" if cursor else None,
+                "cursor": cursor_text,
                 "dead_letters": dead.get(name, 0),
                 "running_on": holder[0] if holder else None,
                 "deferred": [

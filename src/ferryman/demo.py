@@ -1,72 +1,230 @@
-"""``make demo``: the main job end to end on built-in data, no account or server needed.
+"""``make demo``: the main job end to end on the built-in sandbox apps, SQLite and CSV.
 
-It writes a config to ``./demo-output/ferryman.yaml``, syncs a helpdesk export (with two
-deliberately broken rows) to a CSV target, runs again to show that an incremental run
-skips what already arrived, and prints where everything is.
+No account and no server: a Clientexec and a Cerb simulator run on loopback inside this
+process, and every sync is a real ``ferryman`` command talking HTTP to them. It shows
+
+1. helpdesk tickets and invoices (Clientexec) and support tickets (Cerb) synced to CSV,
+2. a helpdesk export with two broken rows: the good rows arrive, the broken ones wait in
+   the dead-letter table with their line numbers,
+3. contacts kept in agreement between Clientexec and Cerb in both directions: existing
+   contacts are matched by email, an edit on each side arrives on the other, and a
+   further run writes nothing (no echo),
+
+then prints where everything is. Everything is written under ``./demo-output/``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import os
 import shutil
 import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 OUT = Path("demo-output")
+ENV = {"CLIENTEXEC_APP_KEY": "sandbox-app-key", "CERB_TOKEN": "sandbox-token"}
 
 
-def _ferryman(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "ferryman", "--config", str(OUT / "ferryman.yaml"), "--log-level", "warning", *args]
-    print(f"\n$ ferryman {' '.join(args)}", flush=True)
-    result = subprocess.run(cmd, text=True, capture_output=True, check=False)
-    sys.stdout.write(result.stdout)
-    if result.returncode not in (0,):
-        sys.stdout.write(result.stderr)
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def ferryman(*args: str, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "ferryman", "--config", str(OUT / "ferryman.yaml"), "--log-level", "error", *args]
+    if not quiet:
+        say(f"\n$ ferryman {' '.join(args)}")
+    env = {**os.environ, **ENV}
+    env.pop("NOTIFY_SOCKET", None)
+    result = subprocess.run(cmd, text=True, capture_output=True, check=False, env=env)
+    if not quiet:
+        sys.stdout.write("".join(f"  {line}\n" for line in result.stdout.splitlines()))
+        if result.returncode != 0:
+            sys.stdout.write(result.stderr)
     return result
 
 
-def main() -> int:
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    inbox = OUT / "inbox"
+def write_config(helpdesk_url: str, support_url: str) -> None:
+    inbox = (OUT / "inbox").resolve()
     inbox.mkdir(parents=True)
-    sample = resources.files("ferryman") / "demo_data" / "tickets.csv"
-    (inbox / "tickets.csv").write_bytes(sample.read_bytes())
+    (inbox / "tickets.csv").write_bytes((resources.files("ferryman") / "demo_data" / "tickets.csv").read_bytes())
     config = {
         "state": {"url": f"sqlite:///{(OUT / 'state.db').resolve()}"},
         "log": {"format": "console", "level": "warning"},
         "systems": {
-            "helpdesk_export": {"connector": "csv", "directory": str(inbox.resolve())},
-            "exports": {"connector": "csv", "directory": str((OUT / "exports").resolve())},
+            # the sandbox plays a self-hosted install that allows 600 requests a minute
+            "helpdesk": {
+                "connector": "clientexec",
+                "base_url": helpdesk_url,
+                "api_key": "${CLIENTEXEC_APP_KEY}",
+                "rate_limit": "600/min",
+            },
+            "support": {"connector": "cerb", "base_url": support_url, "token": "${CERB_TOKEN}"},
+            "export": {"connector": "csv", "directory": str(inbox)},
+            "files": {
+                "connector": "csv",
+                "directory": str((OUT / "exports").resolve()),
+                "streams": {
+                    "helpdesk_tickets": "ticket",
+                    "helpdesk_invoices": "invoice",
+                    "support_tickets": "ticket",
+                    "export_tickets": "ticket",
+                },
+            },
         },
         "pipelines": {
-            "tickets-to-csv": {"from": "helpdesk_export.tickets", "to": "exports.tickets", "page_size": 50},
+            "helpdesk-tickets-to-csv": {
+                "from": "helpdesk.tickets",
+                "to": "files.helpdesk_tickets",
+                "schedule": {"every": "5m"},
+            },
+            "helpdesk-invoices-to-csv": {
+                "from": "helpdesk.invoices",
+                "to": "files.helpdesk_invoices",
+                "schedule": {"every": "15m"},
+            },
+            "support-tickets-to-csv": {
+                "from": "support.tickets",
+                "to": "files.support_tickets",
+                "schedule": {"every": "5m"},
+            },
+            "export-to-csv": {"from": "export.tickets", "to": "files.export_tickets"},
+            "contacts-both-ways": {
+                "from": "helpdesk.contacts",
+                "to": "support.contacts",
+                "direction": "both",
+                "match_on": ["email"],
+                "conflict": "newest_wins",
+                # organisation ids are local to each app, so they are not carried across
+                "mapping": {"organisation_key": None},
+                "schedule": {"every": "5m"},
+            },
         },
     }
     (OUT / "ferryman.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"Ferryman demo: config written to {OUT / 'ferryman.yaml'}")
 
-    steps = [
-        _ferryman("check"),
-        _ferryman("sync", "tickets-to-csv", "--no-progress"),
-        _ferryman("sync", "tickets-to-csv", "--no-progress"),
-        _ferryman("dlq", "list"),
-        _ferryman("status"),
-    ]
-    failed = [s for s in steps if s.returncode != 0]
-    target = OUT / "exports" / "tickets.csv"
-    rows = max(0, len(target.read_text().splitlines()) - 1) if target.exists() else 0
-    print("\nSummary")
-    print(f"  synced records:   {rows} rows in {target}")
-    print("  broken rows:      kept as dead letters with line numbers (ferryman dlq list)")
-    print(f"  state database:   {OUT / 'state.db'}")
-    print(f"  try yourself:     .venv/bin/ferryman --config {OUT / 'ferryman.yaml'} status")
-    if failed or rows == 0:
-        print("demo FAILED", file=sys.stderr)
+
+async def _edit_both_sides() -> tuple[str, str, str, str]:
+    """Change one linked contact's phone in each app, through the apps' own APIs."""
+    from ferryman.config import load_config
+    from ferryman.engine import Engine
+    from ferryman.state import StateStore
+    from ferryman.testing import collect
+
+    config = load_config(OUT / "ferryman.yaml", environ={**os.environ, **ENV})
+    store = StateStore.open(config.state.resolved_url())
+    engine = Engine(config, store)
+    try:
+        helpdesk, support = await engine.system("helpdesk"), await engine.system("support")
+        a_records, _ = await collect(helpdesk.read("contacts", None, 500))
+        b_records, _ = await collect(support.read("contacts", None, 500))
+        b_by_email = {r.email: r for r in b_records if not r.deleted}
+        both = [r for r in a_records if not r.deleted and r.email in b_by_email]  # linked by the first sync
+        first, second = both[0], b_by_email[both[-1].email]
+        await helpdesk.update("contacts", first.key, first.model_copy(update={"phone": "+1 555 0100"}))
+        await support.update("contacts", second.key, second.model_copy(update={"phone": "+1 555 0199"}))
+        return first.email or "", "+1 555 0100", second.email or "", "+1 555 0199"
+    finally:
+        await engine.aclose()
+
+
+async def _phones(email_a: str, email_b: str) -> dict[str, Any]:
+    from ferryman.config import load_config
+    from ferryman.engine import Engine
+    from ferryman.state import StateStore
+    from ferryman.testing import collect
+
+    config = load_config(OUT / "ferryman.yaml", environ={**os.environ, **ENV})
+    engine = Engine(config, StateStore.open(config.state.resolved_url()))
+    try:
+        out: dict[str, Any] = {}
+        for system in ("helpdesk", "support"):
+            records, _ = await collect((await engine.system(system)).read("contacts", None, 500))
+            for r in records:
+                if r.email in (email_a, email_b) and not r.deleted:
+                    out[f"{system} {r.email}"] = r.phone
+        return out
+    finally:
+        await engine.aclose()
+
+
+def rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open(newline="", encoding="utf-8") as fh:
+        return sum(1 for _ in csv.DictReader(fh))
+
+
+def main() -> int:
+    from ferryman import logs
+    from ferryman.sandbox import SimulatorThread
+    from ferryman_connectors.cerb.simulator import CerbSimulator
+    from ferryman_connectors.clientexec.simulator import ClientexecSimulator
+
+    logs.configure("error", "console")
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir()
+    failed: list[str] = []
+    with (
+        SimulatorThread(ClientexecSimulator(records=40, seed=3, rate_limit=600)) as helpdesk,
+        SimulatorThread(CerbSimulator(records=40, seed=4)) as support,
+    ):
+        say("Ferryman demo: two sandbox apps on loopback, state in SQLite, files in CSV")
+        say(f"  Clientexec sandbox (helpdesk): {helpdesk.url}")
+        say(f"  Cerb sandbox (support):        {support.url}")
+        write_config(helpdesk.url + "/api", support.url + "/rest")
+        say(f"  config: {OUT / 'ferryman.yaml'}")
+
+        def step(*args: str) -> subprocess.CompletedProcess[str]:
+            result = ferryman(*args)
+            if result.returncode != 0:
+                failed.append(" ".join(args))
+            return result
+
+        say("\n1. Apps to CSV")
+        step("check")
+        for name in ("helpdesk-tickets-to-csv", "helpdesk-invoices-to-csv", "support-tickets-to-csv"):
+            step("sync", name, "--no-progress")
+
+        say("\n2. A helpdesk export with two broken rows")
+        step("sync", "export-to-csv", "--no-progress")
+        step("dlq", "list")
+
+        say("\n3. Contacts in both directions between Clientexec and Cerb")
+        step("sync", "contacts-both-ways", "--no-progress")
+        email_a, phone_a, email_b, phone_b = asyncio.run(_edit_both_sides())
+        say(f"\n  edited in Clientexec: {email_a} phone -> {phone_a}")
+        say(f"  edited in Cerb:       {email_b} phone -> {phone_b}")
+        step("sync", "contacts-both-ways", "--no-progress")
+        phones = asyncio.run(_phones(email_a, email_b))
+        for where, phone in sorted(phones.items()):
+            say(f"  now {where}: {phone}")
+        arrived = phones.get(f"support {email_a}") == phone_a and phones.get(f"helpdesk {email_b}") == phone_b
+        say("  both edits arrived on the other side" if arrived else "  EDITS DID NOT ARRIVE")
+        if not arrived:
+            failed.append("two-way edits")
+        again = step("sync", "contacts-both-ways", "--no-progress")
+        if "created 0, updated 0" not in again.stdout:
+            failed.append("echo-free second run")
+        step("status")
+
+    exports = OUT / "exports"
+    say("\nSummary")
+    for name in ("helpdesk_tickets", "helpdesk_invoices", "support_tickets", "export_tickets"):
+        say(f"  {rows(exports / f'{name}.csv'):>4} rows  {exports / f'{name}.csv'}")
+    say(f"  state database: {OUT / 'state.db'}")
+    say(f"  try: .venv/bin/ferryman --config {OUT / 'ferryman.yaml'} status   (the sandboxes stop with the demo;")
+    say("       start one yourself with: .venv/bin/ferryman sandbox clientexec)")
+    if failed or rows(exports / "helpdesk_tickets.csv") == 0:
+        say(f"demo FAILED: {', '.join(failed) or 'no records synced'}")
         return 1
+    say("demo OK")
     return 0
 
 

@@ -451,8 +451,11 @@ async def run_two_way(
                 still_a.append(record)
         lone_b = [r for r in lone_b if r.key not in taken_b]
         lone_a = []
+        # a side read in full (first sync, --full) was matched in memory already: asking it
+        # again record by record would only cost requests
+        b_complete, a_complete = cursor_b is None, cursor_a is None
         for record in still_a:
-            found = await _lookup(b, forward.apply(record))
+            found = None if b_complete else await _lookup(b, forward.apply(record))
             if (
                 found is not None
                 and found.key not in linked_b_keys
@@ -465,7 +468,7 @@ async def run_two_way(
         still_b, lone_b = lone_b, []
         linked_a_keys = set(links) | {m[0].key for m in matches}
         for record in still_b:
-            found = await _lookup(a, reverse.apply(record))
+            found = None if a_complete else await _lookup(a, reverse.apply(record))
             if found is not None and found.key not in linked_a_keys and not store.links_for(a.ref, b.ref, [found.key]):
                 matches.append((found, record))
                 linked_a_keys.add(found.key)
@@ -519,7 +522,13 @@ async def run_two_way(
         cursors["a"] = best_a
     if best_b is not None and (cursor_b is None or best_b > cursor_b):
         cursors["b"] = best_b
-    commit = PageCommit(name, cursors=cursors, run_id=result.run_id, dead_letters=dead)
+    commit = PageCommit(
+        name,
+        cursors=cursors,
+        run_id=result.run_id,
+        dead_letters=dead,
+        counts={"read": len(a_changed) + len(b_changed), "dead_lettered": len(dead)},
+    )
     for side in (a, b):
         if side.transactional:
             commit.checkpoints[side.ref] = await side.connector.checkpoint(side.stream)
