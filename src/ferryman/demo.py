@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from ferryman.records import Contact
+
 OUT = Path("demo-output")
 ENV = {"CLIENTEXEC_APP_KEY": "sandbox-app-key", "CERB_TOKEN": "sandbox-token"}
 
@@ -121,8 +123,8 @@ async def _edit_both_sides() -> tuple[str, str, str, str]:
     engine = Engine(config, store)
     try:
         helpdesk, support = await engine.system("helpdesk"), await engine.system("support")
-        a_records, _ = await collect(helpdesk.read("contacts", None, 500))
-        b_records, _ = await collect(support.read("contacts", None, 500))
+        a_records = _contacts(await collect(helpdesk.read("contacts", None, 500)))
+        b_records = _contacts(await collect(support.read("contacts", None, 500)))
         b_by_email = {r.email: r for r in b_records if not r.deleted}
         both = [r for r in a_records if not r.deleted and r.email in b_by_email]  # linked by the first sync
         first, second = both[0], b_by_email[both[-1].email]
@@ -144,13 +146,16 @@ async def _phones(email_a: str, email_b: str) -> dict[str, Any]:
     try:
         out: dict[str, Any] = {}
         for system in ("helpdesk", "support"):
-            records, _ = await collect((await engine.system(system)).read("contacts", None, 500))
-            for r in records:
+            for r in _contacts(await collect((await engine.system(system)).read("contacts", None, 500))):
                 if r.email in (email_a, email_b) and not r.deleted:
                     out[f"{system} {r.email}"] = r.phone
         return out
     finally:
         await engine.aclose()
+
+
+def _contacts(read: tuple[list[Any], list[Any]]) -> list[Contact]:
+    return [r for r in read[0] if isinstance(r, Contact)]
 
 
 def rows(path: Path) -> int:
