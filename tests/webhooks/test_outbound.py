@@ -13,7 +13,6 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
-from ferryman_connectors.webhook import WebhookConnector
 from standardwebhooks.webhooks import Webhook
 
 from ferryman.connector import SystemContext
@@ -23,6 +22,7 @@ from ferryman.records import Ticket
 from ferryman.state import StateStore
 from ferryman.webhooks import OutboxWorker, build_event, endpoint_status, has_outbound, replay_dead_letters
 from ferryman.webhooks.outbox import T_OUTBOX, insert_events, jittered
+from ferryman_connectors.webhook import WebhookConnector
 from tests.webhooks.support import ENV, OLD_SECRET, SECRET, Receiver, drive, outbound_config
 
 FIELDS = ["key", "updated_at", "subject", "status", "deleted"]
