@@ -17,11 +17,13 @@ from xml.etree import ElementTree as ET
 import httpx
 import pytest
 import yaml
-from ferryman_connectors.harvest.simulator import HarvestSimulator
 
-from ferryman.connector import Cursor
+from ferryman.config import load_config
+from ferryman.connector import Cursor, SystemContext
 from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
+from ferryman_connectors.harvest import HarvestConnector
+from ferryman_connectors.harvest.simulator import HarvestSimulator
 from tests.conftest import ferryman_cmd, run_cli
 
 EMAIL = "api@sandbox.harvest.example"
@@ -395,13 +397,15 @@ def test_the_default_budget_at_harvests_real_window(tmp_path: Path, default_stat
     assert stats.throttled == 0 and stats.max_in_window <= 100
 
 
-def test_the_example_config_checks_out_against_the_sandbox(tmp_path: Path, sandbox_url: str) -> None:
+async def test_the_example_config_reaches_the_sandbox(tmp_path: Path, sandbox_url: str) -> None:
     example = Path(__file__).resolve().parents[2] / "config" / "harvest.example.yaml"
-    overrides = {
-        **ENV,
-        "FERRYMAN_SYSTEMS__HARVEST__BASE_URL": sandbox_url,
-        "FERRYMAN_STATE__URL": f"sqlite:///{tmp_path / 'state.db'}",
-    }
-    result = run_cli("--config", str(example), "check", env=overrides, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "harvest" in result.stdout and PASSWORD not in result.stdout + result.stderr
+    environ = {**ENV, "FERRYMAN_SYSTEMS__HARVEST__BASE_URL": sandbox_url}
+    config = load_config(example, environ=environ)
+    options = config.system_options("harvest")
+    assert (options.rate_limit.requests, options.rate_limit.per) == (100, 15)
+    connector = HarvestConnector(SystemContext("harvest", options, str(example), {}))
+    await connector.open()
+    try:
+        await connector.check()  # what `ferryman check` does for this system
+    finally:
+        await connector.close()
