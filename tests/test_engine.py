@@ -211,3 +211,20 @@ def test_payloads_in_dead_letters_are_json(tmp_path: Path, state_url: str) -> No
     asyncio.run(engine.run("p"))
     payload = engine.store.dead_letters("p")[0].payload
     assert orjson.loads(orjson.dumps(payload))["subject"] == "s0"
+
+
+async def test_an_unexpected_error_in_a_connector_fails_the_run_cleanly(
+    tmp_path: Path, state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(3)
+    engine = make_engine(tmp_path, state_url)
+
+    async def broken(self: Any, stream: str, record: Any) -> Any:
+        raise KeyError("a bug in a connector")
+
+    monkeypatch.setattr(fakes.MemoryConnector, "create", broken)
+    result = await engine.run("p")
+    assert result.outcome == "failed" and "internal error: KeyError" in (result.message or "")
+    assert engine.store.runs("p")[0]["outcome"] == "failed"
+    assert engine.store.lease_holder("p") is None
+    assert engine.store.get_cursor("p") is None

@@ -26,10 +26,8 @@ from ferryman.connector import Capability, Connector, Cursor, StreamInfo, System
 from ferryman.errors import (
     ConfigError,
     DeferredError,
-    FatalError,
     FerrymanError,
     RecordRejected,
-    RetriableError,
     ValidationFailed,
 )
 from ferryman.mapping import FieldMapping
@@ -202,10 +200,14 @@ class Engine:
                 result.message = redact(str(exc))
                 if exc.host:
                     self.store.set_not_before(exc.host, exc.not_before, result.message)
-            except (FatalError, RetriableError) as exc:
+            except (FerrymanError, OSError) as exc:
+                # the class says what went wrong; whatever it is, the run ends here with the
+                # cursor where the last committed page left it
                 result.outcome, result.message = "failed", redact(str(exc))
-            except ConfigError as exc:
-                result.outcome, result.message = "failed", redact(str(exc))
+            except Exception as exc:  # a bug: record it, keep the daemon alive, hide secrets
+                result.outcome = "failed"
+                result.message = redact(f"internal error: {type(exc).__name__}: {exc}")
+                bound.exception("run.internal_error")
             result.seconds = time.monotonic() - started
             if result.run_id is not None:
                 self.store.finish_run(result.run_id, result.outcome, result.message, result.not_before)
@@ -292,7 +294,7 @@ class Engine:
                     self._commit(commit, page_counts, result, dry_run)
                     break
                 if page.records:
-                    page_max = max(Cursor.of(r) for r in page.records)
+                    page_max = _newest_cursor(page.records)
                     if best is None or page_max > best:
                         best = page_max
                 if src_info.ordered and best is not None:
@@ -626,6 +628,12 @@ def _stored_fp(stored: Record, action: Action) -> str:
     if stored is action.record and action.fingerprint:
         return action.fingerprint
     return fingerprint(stored)
+
+
+def _newest_cursor(records: list[Record]) -> Cursor:
+    """``max(Cursor.of(r) for r in records)``, building cursors only for the newest timestamp."""
+    newest = max(r.updated_at for r in records)
+    return max(Cursor.of(r) for r in records if r.updated_at == newest)
 
 
 def _since(cursor: Cursor | None, overlap: timedelta) -> Cursor | None:
