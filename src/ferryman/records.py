@@ -9,7 +9,7 @@ converted to UTC on the way in.
 from __future__ import annotations
 
 import hashlib
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -33,6 +33,8 @@ __all__ = [
 
 
 def _to_utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:  # the usual case, and the cheapest check
+        return value
     return ensure_utc(value)
 
 
