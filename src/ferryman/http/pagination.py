@@ -54,9 +54,11 @@ def extract(body: Any, path: str, default: Any = None) -> Any:
     """
     if path in ("", "."):
         return body
+    if type(body) is dict and "." not in path:
+        return body.get(path, default)  # the hot case: one key of a JSON object
     current = body
     for part in path.split("."):
-        if isinstance(current, Mapping) and part in current:
+        if (type(current) is dict or isinstance(current, Mapping)) and part in current:
             current = current[part]
         elif isinstance(current, list) and re.fullmatch(r"-?\d+", part) and -len(current) <= int(part) < len(current):
             current = current[int(part)]
