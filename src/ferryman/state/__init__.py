@@ -59,6 +59,22 @@ _UPSERT_LINKS = (
 )
 
 
+_SELECT_LINKS = (
+    "SELECT src_key, dst_key, src_fp, dst_fp, write_count, window_start FROM links "
+    "WHERE src = %s AND dst = %s AND src_key IN ({keys})"
+)
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """A timestamp column read at driver level, as :class:`~ferryman.state.models.UtcDateTime`
+    gives it: aware UTC (SQLite keeps naive UTC text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def default_instance_name() -> str:
     return socket.gethostname()
 
@@ -242,24 +258,17 @@ class StateStore:
 
     # -- links ----------------------------------------------------------------------
     def links_for(self, src: str, dst: str, src_keys: Sequence[str]) -> dict[str, Link]:
+        """The links of these source keys (one query per 500 keys, at driver level: this runs
+        for every page of every run)."""
         found: dict[str, Link] = {}
         if not src_keys:
             return found
-        cols = (
-            T_LINKS.c.src_key,
-            T_LINKS.c.dst_key,
-            T_LINKS.c.src_fp,
-            T_LINKS.c.dst_fp,
-            T_LINKS.c.write_count,
-            T_LINKS.c.window_start,
-        )
+        mark = "?" if self.dialect == "sqlite" else "%s"
         with self.engine.connect() as conn:
             for chunk in _chunks(list(dict.fromkeys(src_keys)), 500):
-                rows = conn.execute(
-                    sa.select(*cols).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst, T_LINKS.c.src_key.in_(chunk))
-                )
-                for row in rows:
-                    found[row[0]] = Link(*row)
+                sql = _SELECT_LINKS.format(keys=", ".join([mark] * len(chunk))).replace("%s", mark)
+                for row in conn.exec_driver_sql(sql, (src, dst, *chunk)):
+                    found[row[0]] = Link(row[0], row[1], row[2], row[3], row[4], _aware(row[5]))
         return found
 
     def links_by_dst(self, src: str, dst: str, dst_keys: Sequence[str]) -> dict[str, Link]:
@@ -400,7 +409,7 @@ class StateStore:
                     conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.id.in_(chunk)))
             for letter in commit.dead_letters:
                 self._add_dead_letter(conn, commit.pipeline, letter)
-            if commit.resolved_refs:
+            if commit.resolved_refs and self._open_source_rejects(conn, commit.pipeline):
                 for chunk in _chunks(commit.resolved_refs, 500):
                     conn.execute(
                         sa.update(T_DLQ)
@@ -422,6 +431,16 @@ class StateStore:
                     .where(T_RUNS.c.id == commit.run_id)
                     .values({k: getattr(T_RUNS.c, k) + v for k, v in commit.counts.items() if v})
                 )
+
+    def _open_source_rejects(self, conn: Connection, pipeline: str) -> bool:
+        """Whether the pipeline has open dead letters of its source (rows that could not be
+        read): usually none, and then a page has no keys to mark resolved."""
+        query = (
+            sa.select(T_DLQ.c.id)
+            .where(T_DLQ.c.pipeline == pipeline, T_DLQ.c.status == "open", T_DLQ.c.dst.is_(None))
+            .limit(1)
+        )
+        return conn.execute(query).first() is not None
 
     # -- checkpoints -------------------------------------------------------------------
     def get_checkpoint(self, pipeline: str, dst: str) -> dict[str, Any] | None:
