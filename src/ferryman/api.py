@@ -122,11 +122,21 @@ async def keyset_pages(
     inclusive = True
     while True:
         records, rejects, more = await fetch(query_since, page_number)
-        fresh = [r for r in records if last is None or Cursor.of(r) > last or (inclusive and Cursor.of(r) == last)]
+        if last is None:
+            fresh = list(records)
+        else:
+            # Cursor.of(r) > last, with the cheap comparison first (most records are newer)
+            bound, edge = last.updated_at, last
+            fresh = [
+                r
+                for r in records
+                if r.updated_at > bound
+                or (r.updated_at == bound and (Cursor.of(r) > edge or (inclusive and Cursor.of(r) == edge)))
+            ]
         if fresh or rejects:
             yield Page(fresh, rejects)
         if fresh:
-            last = max(Cursor.of(r) for r in fresh)
+            last = _newest_cursor(fresh)
             inclusive = False
         if not more or not records:
             return
@@ -135,6 +145,12 @@ async def keyset_pages(
             query_since, page_number = newest, 1
         else:
             page_number += 1
+
+
+def _newest_cursor(records: list[Record]) -> Cursor:
+    """``max(Cursor.of(r) for r in records)``, building cursors only for the newest timestamp."""
+    newest = max(r.updated_at for r in records)
+    return max(Cursor.of(r) for r in records if r.updated_at == newest)
 
 
 def sort_natural(records: list[Record]) -> list[Record]:
