@@ -146,3 +146,53 @@ async def test_restart_truncates_an_uncommitted_tail(tmp_path: Path, state_url: 
     keys = [r["key"] for r in published(tmp_path)]
     assert sorted(keys) == ["0", "1", "2", "3", "4", "5"]
     assert torn not in (tmp_path / "out" / "tickets.csv").read_bytes()
+
+
+def test_fast_encoding_writes_the_cells_a_json_dump_gives(tmp_path: Path) -> None:
+    """The writer builds cells from field values (the hot path of a big sync); they must be
+    exactly what a JSON-mode dump of the record gives: Z timestamps with and without
+    microseconds, plain decimals, dates, true/false, extra as sorted JSON (pydantic's JSON
+    form for datetimes and Decimals in it), and quoting of awkward text."""
+    from datetime import UTC, date, datetime, timedelta, timezone
+    from decimal import Decimal
+
+    from ferryman.connector import SystemContext
+    from ferryman.records import Contact, Invoice
+    from ferryman_connectors.csv import CsvConnector, CsvOptions, _json_cell
+
+    stamp = datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC)
+    records = {
+        "tickets": [
+            Ticket(key="1", updated_at=stamp, subject='Comma, "quote"\nnewline', status="open"),
+            Ticket(
+                key="2",
+                updated_at=stamp.replace(microsecond=120),
+                deleted=True,
+                closed_at=datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))),
+                extra={"b": [1, 2.5, None, True], "a": {"z": "ü", "y": "x"}},
+            ),
+        ],
+        "contacts": [
+            Contact(key="c1", updated_at=stamp, email="a@example.com", extra={"when": stamp, "n": Decimal("1.10")}),
+            Contact(key="c2", updated_at=stamp, extra={"raw": b"bytes", "when": date(2026, 1, 2)}),
+        ],
+        "invoices": [
+            Invoice(
+                key="i1",
+                updated_at=stamp,
+                amount=Decimal("1234.50"),
+                balance_due=Decimal("0.00"),
+                issued_on=date(2026, 1, 31),
+                currency="EUR",
+                status="paid",
+            ),
+            Invoice(key="i2", updated_at=stamp, amount=Decimal("1E+3")),
+        ],
+    }
+    connector = CsvConnector(SystemContext("out", CsvOptions(directory=tmp_path), None, {}))
+    for stream, batch in records.items():
+        fields = connector._fields(stream)
+        assert connector._cell_plan(stream) is not None, f"{stream} fell back to dumping records"
+        expected = [[_json_cell(d.get(f)) for f in fields] for d in (r.model_dump(mode="json") for r in batch)]
+        got = list(csv.reader(connector._encode(stream, batch).decode().splitlines(keepends=True)))
+        assert got == expected, stream
