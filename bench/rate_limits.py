@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ferryman_connectors.rest.simulator import GenericSimulator
 
 from ferryman import logs
 from ferryman.config import load_config
 from ferryman.engine import Engine
 from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
+from ferryman_connectors.rest.simulator import GenericSimulator
 
 TARGETS = {"configured": 1.05, "unconfigured": 1.10}
 

@@ -23,8 +23,6 @@ import httpx
 import pytest
 import respx
 import yaml
-from ferryman_connectors.rest import Mapper, RestConnector, RestOptions, StreamSpec, format_time
-from ferryman_connectors.rest.simulator import GenericSimulator
 
 from ferryman import cli
 from ferryman.config import load_config
@@ -35,6 +33,8 @@ from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
 from ferryman.testing import ConnectorContract, ContractSetup, collect
 from ferryman.timeutil import utcnow
+from ferryman_connectors.rest import Mapper, RestConnector, RestOptions, StreamSpec, format_time
+from ferryman_connectors.rest.simulator import GenericSimulator
 from tests.conftest import ferryman_cmd, run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "rest.example.yaml"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -25,12 +26,12 @@ from urllib.parse import quote
 import httpx
 import pytest
 import yaml
-from ferryman_connectors.rest.simulator import GenericSimulator
 
 from ferryman import cli
 from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
 from ferryman.timeutil import parse_datetime, utcnow
+from ferryman_connectors.rest.simulator import GenericSimulator
 from tests.conftest import run_cli
 
 L = 12  # requests the app admits per window
@@ -78,6 +79,20 @@ def status(config: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> str:
 def exported(tmp_path: Path) -> list[dict[str, str]]:
     with (tmp_path / "out" / "contacts.csv").open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``cli.main`` configures process-wide logging (handlers, quiet httpx); undo it afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {n: lg.level for n, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, logger in logging.root.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(levels.get(name, logging.NOTSET))
 
 
 @pytest.fixture
