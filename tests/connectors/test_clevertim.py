@@ -9,9 +9,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from ferryman_connectors.clevertim import ClevertimConnector
-from ferryman_connectors.clevertim._mapping import contact_fields, merge_case, merge_contact
-from ferryman_connectors.clevertim.simulator import ClevertimSimulator
 
 from ferryman.connector import Cursor, SystemContext
 from ferryman.errors import NotSupportedError, RecordRejected, RetriableError
@@ -19,6 +16,9 @@ from ferryman.records import Contact, Organisation, Ticket
 from ferryman.sandbox import SimulatorThread
 from ferryman.testing import ConnectorContract, ContractSetup, collect
 from ferryman.timeutil import utcnow
+from ferryman_connectors.clevertim import ClevertimConnector
+from ferryman_connectors.clevertim._mapping import contact_fields, merge_case, merge_contact
+from ferryman_connectors.clevertim.simulator import ClevertimSimulator
 
 TOKEN = "sandbox-token"
 

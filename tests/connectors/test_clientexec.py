@@ -10,6 +10,13 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+
+from ferryman.connector import SystemContext
+from ferryman.errors import AuthError, RecordRejected
+from ferryman.records import Contact, Invoice, Ticket
+from ferryman.sandbox import SimulatorThread
+from ferryman.testing import ConnectorContract, ContractSetup, collect
+from ferryman.timeutil import utcnow
 from ferryman_connectors.clientexec import ClientexecConnector
 from ferryman_connectors.clientexec._mapping import (
     MappingSettings,
@@ -21,13 +28,6 @@ from ferryman_connectors.clientexec._mapping import (
     ticket_to_native,
 )
 from ferryman_connectors.clientexec.simulator import ClientexecSimulator, format_money
-
-from ferryman.connector import SystemContext
-from ferryman.errors import AuthError, RecordRejected
-from ferryman.records import Contact, Invoice, Ticket
-from ferryman.sandbox import SimulatorThread
-from ferryman.testing import ConnectorContract, ContractSetup, collect
-from ferryman.timeutil import utcnow
 
 KEY = "sandbox-app-key"
 NEW_YORK = MappingSettings(timezone="America/New_York")

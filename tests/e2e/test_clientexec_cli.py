@@ -20,9 +20,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 import yaml
-from ferryman_connectors.clientexec.simulator import ClientexecSimulator
 
 from ferryman.sandbox import SimulatorThread
+from ferryman_connectors.clientexec.simulator import ClientexecSimulator
 from tests.conftest import ferryman_cmd, run_cli
 
 KEY = "sandbox-app-key"
