@@ -3,6 +3,7 @@ global state between tests, and helpers to run the ``ferryman`` CLI as a process
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -92,11 +93,21 @@ def _state(backend: str, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _clean_globals() -> Iterator[None]:
+    """Every test starts from the same process-wide state: no registered secrets, empty
+    metrics, and the logging setup it found (``logs.configure`` changes stdlib logging for
+    the whole process: root handlers and the httpx logger's level)."""
     redact.clear_secrets()
     metrics.reset()
+    root = logging.getLogger()
+    saved_root = (root.level, list(root.handlers))
+    named = {n: logging.getLogger(n).level for n in ("httpx", "httpcore", "apscheduler", "aiohttp.access", "alembic")}
     yield
     redact.clear_secrets()
     structlog.reset_defaults()
+    root.setLevel(saved_root[0])
+    root.handlers[:] = saved_root[1]
+    for name, level in named.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def ferryman_cmd() -> list[str]:

@@ -72,3 +72,14 @@ def test_parse_duration(text: str | int, seconds: float) -> None:
 def test_parse_duration_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("5 parsecs")
+
+
+def test_log_events_keep_record_keys_but_mask_secret_fields() -> None:
+    from ferryman.redact import redact_obj, redact_url
+
+    event = redact_obj({"event": "record.dead_lettered", "key": "T-1001", "api_key": "abc123", "token": "t0k3n"})
+    assert event["key"] == "T-1001" and event["api_key"] == "***" and event["token"] == "***"
+    assert (
+        redact_url("https://desk.example/api/Tickets?key=s3cr3t&page=2")
+        == "https://desk.example/api/Tickets?key=***&page=2"
+    )

@@ -166,11 +166,12 @@ def open_store(config: Any) -> Any:
     return StateStore.open(config.state.resolved_url(), instance=config.instance)
 
 
-def services() -> dict[str, Any]:
-    """Process-wide services shared by every system: the HTTP registry (rate limits, deferrals)."""
-    from ferryman.http import HttpRegistry
+def services(config: Any, store: Any) -> dict[str, Any]:
+    """Process-wide services shared by every system: the HTTP registry (rate limits and
+    deferrals, shared through the database on PostgreSQL) and the configuration."""
+    from ferryman.state.budget import make_registry
 
-    return {"http": HttpRegistry()}
+    return {"http": make_registry(store), "config": config}
 
 
 def _fmt_time(value: Any) -> str:
@@ -192,7 +193,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 async def _sync(args: argparse.Namespace, config: Any, store: Any) -> int:
     from ferryman.engine import Engine
 
-    engine = Engine(config, store, services=services())
+    engine = Engine(config, store, services=services(config, store))
     bar = None
     progress = None
     if sys.stderr.isatty() and not args.no_progress and not args.dry_run:
@@ -329,7 +330,7 @@ async def _check(config: Any) -> int:
 
     store = open_store(config)
     print(f"state {redact(store.url)}: ok (schema v{store.schema_version()})")
-    engine = Engine(config, store, services=services())
+    engine = Engine(config, store, services=services(config, store))
     failures = 0
     try:
         for name in config.systems:
@@ -429,7 +430,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 async def _replay(config: Any, store: Any, ids: list[int]) -> int:
     from ferryman.engine import Engine
 
-    engine = Engine(config, store, services=services())
+    engine = Engine(config, store, services=services(config, store))
     try:
         results = await engine.replay(ids)
     finally:
@@ -451,7 +452,7 @@ async def _resolve(config: Any, store: Any, letter_id: int, side: str) -> int:
     from ferryman.redact import redact
     from ferryman.twoway import resolve_conflict
 
-    engine = Engine(config, store, services=services())
+    engine = Engine(config, store, services=services(config, store))
     try:
         message = await resolve_conflict(engine, letter_id, side)  # type: ignore[arg-type]
     except FerrymanError as exc:

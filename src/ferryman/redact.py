@@ -113,13 +113,18 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: (MASK if k.lower() in SECRET_NAMES else redact(v)) for k, v in headers.items()}
 
 
+#: field names masked in structured data (log events); ``key`` alone is a record key there,
+#: while in a URL query (``?key=``) it is an API key and masked by :func:`redact_url`
+SECRET_FIELDS = SECRET_NAMES - {"key"}
+
+
 def redact_obj(value: Any) -> Any:
     """Recursively scrub strings inside dicts, lists and tuples (log event dicts)."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
         return {
-            k: (MASK if isinstance(k, str) and k.lower() in SECRET_NAMES and v else redact_obj(v))
+            k: (MASK if isinstance(k, str) and k.lower() in SECRET_FIELDS and v else redact_obj(v))
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):

@@ -90,6 +90,9 @@ class RecordingBudget:
     async def not_before(self, key: str) -> datetime | None:
         return self.blocks.get(key)
 
+    async def late(self, key: str, seconds: float) -> None:
+        self.calls.append(("late", key))
+
 
 async def test_any_rate_budget_backend_plugs_in(api) -> None:
     budget = RecordingBudget()

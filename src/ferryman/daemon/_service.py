@@ -165,9 +165,10 @@ class Daemon:
         self._stop_runs = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.store = StateStore.open(self.config.state.resolved_url(), instance=self.config.instance)
-        from ferryman.http import HttpRegistry
+        from ferryman.state.budget import make_registry
 
-        self.registry = HttpRegistry()
+        # shared through the database when several instances share a PostgreSQL state store
+        self.registry = make_registry(self.store)
         self._gen = self._generation(self.config)
         self._set_token(self.config)
         runner = await self._start_api()
@@ -256,7 +257,7 @@ class Daemon:
 
     # -- runs ----------------------------------------------------------------------------------
     def _generation(self, config: FerrymanConfig) -> _Generation:
-        return _Generation(config, Engine(config, self.store, services={"http": self.registry}))
+        return _Generation(config, Engine(config, self.store, services={"http": self.registry, "config": config}))
 
     async def _run(self, gen: _Generation, name: str, trigger: str) -> RunResult:
         metrics.set_gauge("ferryman_pipeline_running", 1, pipeline=name)

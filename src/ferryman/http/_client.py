@@ -91,6 +91,10 @@ class _Call:
         return ""
 
 
+#: a slot used later than this (seconds) moves the shared schedule on (see RateBudget.late)
+LATE_AFTER = 0.002
+
+
 class HttpClient:
     """One per system: an :class:`httpx.AsyncClient` with politeness and error mapping.
 
@@ -340,10 +344,14 @@ class HttpClient:
         not_before = await self.registry.not_before(self.host)
         if not_before is not None and not_before > now:
             await self._pause((not_before - now).total_seconds(), not_before, "host deferred")
-        wait = await self.limiter.acquire(self._clock.now())
+        asked = self._clock.now()
+        wait = await self.limiter.acquire(asked)
         if wait > 0:
             self.registry.metrics.add_wait(self.system, wait)
             await self._clock.sleep(wait)
+        lateness = (self._clock.now() - asked).total_seconds() - max(wait, 0.0)
+        if lateness > LATE_AFTER:
+            await self.limiter.late(lateness)
         # A 429 seen by another pipeline while we slept blocks us too.
         while (block := await self.limiter.not_before()) is not None and block > (now := self._clock.now()):
             await self._pause((block - now).total_seconds(), block, "rate budget blocked")

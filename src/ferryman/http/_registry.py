@@ -43,6 +43,14 @@ class RateBudget(Protocol):
         """The block set on ``key``, if any (it may lie in the past)."""
         ...
 
+    async def late(self, key: str, seconds: float) -> None:
+        """A slot of ``key`` was used ``seconds`` late: move the schedule on by as much.
+
+        Without this, a request sent late (a busy event loop, a loaded host) lands close
+        to the slots after it, and a server counting an exact sliding window sees one too
+        many. Shifting the schedule keeps later slots spaced from the late send."""
+        ...
+
 
 class InMemoryRateBudget:
     """A :class:`RateBudget` for one process: GCRA (a virtual-scheduling token bucket).
@@ -85,6 +93,11 @@ class InMemoryRateBudget:
     async def not_before(self, key: str) -> datetime | None:
         return self._blocked.get(key)
 
+    async def late(self, key: str, seconds: float) -> None:
+        with self._lock:
+            if key in self._tat and seconds > 0:
+                self._tat[key] += seconds
+
 
 class RateLimiter:
     """A handle on one key of a :class:`RateBudget`: what :class:`HttpClient` waits on."""
@@ -105,6 +118,11 @@ class RateLimiter:
     async def not_before(self) -> datetime | None:
         """The block on this budget, if any."""
         return await self.budget.not_before(self.key)
+
+    async def late(self, seconds: float) -> None:
+        """Our slot was used ``seconds`` late; later slots move on by as much."""
+        if self.limit is not None:
+            await self.budget.late(self.key, seconds)
 
 
 Labels = tuple[tuple[str, str], ...]

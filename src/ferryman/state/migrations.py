@@ -165,7 +165,16 @@ def _v2_webhooks(op: Operations) -> None:
     op.create_index("ix_webhook_seen_received", "webhook_seen", ["system", "received_at"])
 
 
+def _v3_rate_budgets(op: Operations) -> None:
+    op.create_table(
+        "rate_budgets",
+        sa.Column("key", sa.String(500), primary_key=True),
+        sa.Column("tat", sa.Float, nullable=False),
+        sa.Column("blocked_until", UtcDateTime(), nullable=True),
+    )
+
+
 #: Step N brings the schema from version N-1 to N.
-STEPS: list[Callable[[Operations], None]] = [_v1_initial, _v2_webhooks]
+STEPS: list[Callable[[Operations], None]] = [_v1_initial, _v2_webhooks, _v3_rate_budgets]
 
 LATEST = len(STEPS)

@@ -225,3 +225,12 @@ class WebhookSeenRow(SQLModel, table=True):
     system: str = Field(primary_key=True, max_length=200)
     webhook_id: str = Field(primary_key=True, max_length=255)
     received_at: datetime = _ts()
+
+
+class RateBudgetRow(SQLModel, table=True):
+    """A rate budget shared by every instance: GCRA's theoretical arrival time and any block."""
+
+    __tablename__ = "rate_budgets"
+    key: str = Field(primary_key=True, max_length=500)
+    tat: float = Field(default=0.0, sa_column=sa.Column(sa.Float, nullable=False))  # epoch seconds
+    blocked_until: datetime | None = _ts(nullable=True)
