@@ -263,6 +263,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  dead letters open: {row['dead_letters']}")
         if row.get("running_on"):
             print(f"  running on {row['running_on']}")
+        for hook in row["webhooks"]:
+            held = f", held back until {hook['not_before']}" if hook.get("not_before") else ""
+            why = f": {redact(hook['reason'])}" if hook.get("reason") else ""
+            print(
+                f"  webhook    {hook['system']} {hook['url']} {hook['state']}{why}{held} "
+                f"(pending {hook['pending']}, delivered {hook['delivered']}, dead {hook['dead']})"
+            )
         for deferral in row["deferred"]:
             print(
                 f"  deferred   {deferral['host']} until {deferral['not_before']}: {redact(deferral.get('reason') or '')}"
@@ -278,6 +285,11 @@ def status_rows(config: Any, store: Any) -> list[dict[str, Any]]:
     runs = store.last_runs()
     dead = store.count_dead_letters()
     deferrals = store.deferrals()
+    endpoints: dict[str, dict[str, Any]] = {}
+    if any(system.connector == "webhook" for system in config.systems.values()):
+        from ferryman.webhooks import endpoint_status
+
+        endpoints = {row["system"]: row for row in endpoint_status(config, store)}
     rows = []
     for name, pipeline in config.pipelines.items():
         if pipeline.direction == "both":
@@ -304,6 +316,7 @@ def status_rows(config: Any, store: Any) -> list[dict[str, Any]]:
                 "cursor": cursor_text,
                 "dead_letters": dead.get(name, 0),
                 "running_on": holder[0] if holder else None,
+                "webhooks": [endpoints[t.split(".", 1)[0]] for t in pipeline.to if t.split(".", 1)[0] in endpoints],
                 "deferred": [
                     {
                         "host": d["host"],
@@ -430,9 +443,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 async def _replay(config: Any, store: Any, ids: list[int]) -> int:
     from ferryman.engine import Engine
 
+    letters = store.dead_letters(status="open", ids=ids)
+    webhook_ids = [x.id for x in letters if x.kind == "webhook"]
+    record_ids = [x.id for x in letters if x.kind != "webhook"]
+    results: list[tuple[int, str, str]] = []
+    if webhook_ids:
+        # an outbound event is resent as it was, with its original webhook-id
+        from ferryman.webhooks import replay_dead_letters
+
+        results += await replay_dead_letters(config, store, webhook_ids)
     engine = Engine(config, store, services=services(config, store))
     try:
-        results = await engine.replay(ids)
+        if record_ids:
+            results += await engine.replay(record_ids)
     finally:
         await engine.aclose()
     failed = 0
