@@ -273,3 +273,20 @@ async def test_randomized_changes_on_both_sides_converge_without_duplicates_or_e
     made = writes("crm") + writes("desk") - base_writes
     assert made <= changes + conflicts, f"{made} writes for {changes} changes and {conflicts} conflicts"
     assert not [x for x in engine.store.dead_letters("sync") if x.kind in ("loop", "rejected")]
+
+
+async def test_a_stopped_two_way_run_commits_nothing_half_done_and_the_next_run_finishes(
+    tmp_path: Path, state_url: str
+) -> None:
+    import asyncio
+
+    for i in range(250):
+        fakes.put("crm", "contacts", contact(f"c{i}", f"p{i}@example.com"))
+    engine = engine_for(tmp_path, state_url)
+    stop = asyncio.Event()
+    stop.set()  # SIGTERM arrived: stop after the chunk in hand
+    result = await engine.run("sync", stop=stop)
+    assert result.outcome == "stopped"
+    assert engine.store.get_cursor("sync", "a") is None
+    done = await engine.run("sync")
+    assert done.outcome == "ok" and len(live("desk")) == 250

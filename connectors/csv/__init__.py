@@ -31,6 +31,7 @@ Options::
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import operator
@@ -263,7 +264,9 @@ class CsvConnector(Connector):
         records: list[Record] = []
         rejects: list[Reject] = []
         updated_column = self._header_for(stream)["updated_at"]
-        for line, row, problem in self._rows(stream):
+        for count, (line, row, problem) in enumerate(self._rows(stream), 1):
+            if count % 5000 == 0:
+                await asyncio.sleep(0)  # a big file must not starve the daemon's loop (watchdog)
             key = (row or {}).get(self._header_for(stream)["key"]) or None
             if problem is not None:
                 rejects.append(Reject(f"line {line}", problem, raw=row, key=key))

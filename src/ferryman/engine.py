@@ -190,7 +190,7 @@ class Engine:
                 if two_way:
                     from ferryman.twoway import run_two_way
 
-                    await run_two_way(self, name, pipeline, result, full=full, dry_run=dry_run, echo=echo)
+                    await run_two_way(self, name, pipeline, result, full=full, dry_run=dry_run, echo=echo, stop=stop)
                 else:
                     await self._run_pages(
                         name, pipeline, source, src_info, targets, result, full, dry_run, stop, progress, echo
@@ -212,7 +212,6 @@ class Engine:
             if result.run_id is not None:
                 self.store.finish_run(result.run_id, result.outcome, result.message, result.not_before)
             metrics.inc("ferryman_runs_total", pipeline=name, outcome=result.outcome)
-            metrics.inc("ferryman_run_duration_seconds_sum", result.seconds, pipeline=name)
             cursor = self.store.get_cursor(name)
             result.cursor = cursor
             if cursor is not None:

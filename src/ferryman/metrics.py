@@ -18,7 +18,6 @@ HELP: dict[str, str] = {
     "ferryman_records_skipped_total": "Records skipped because the target already holds them",
     "ferryman_records_dead_lettered_total": "Records sent to the dead-letter table",
     "ferryman_runs_total": "Pipeline runs by outcome",
-    "ferryman_run_duration_seconds_sum": "Total seconds spent in runs",
     "ferryman_cursor_lag_seconds": "Now minus the pipeline cursor's updated_at",
 }
 

@@ -21,6 +21,7 @@ Planning (:func:`plan_pairs`) is a pure function; all I/O is in :func:`run_two_w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -368,8 +369,12 @@ async def run_two_way(
     full: bool,
     dry_run: bool,
     echo: Callable[[str], None] | None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """One run of a two-way pipeline; fills ``result`` (the caller holds the lease)."""
+    """One run of a two-way pipeline; fills ``result`` (the caller holds the lease).
+
+    ``stop`` (SIGTERM in the daemon) ends the run after the chunk in hand: its links are
+    committed, the cursors are not, so the next run re-reads and finishes the work."""
     store = engine.store
     (a_sys, a_stream), (b_sys, b_stream) = pipeline.source_ref(), pipeline.target_refs()[0]
     a_conn, b_conn = await engine.system(a_sys), await engine.system(b_sys)
@@ -516,7 +521,16 @@ async def run_two_way(
             _count(result.counts, x.op)
         return
 
-    await _execute(engine, name, a, b, actions, dead, result, forward)
+    finished = await _execute(engine, name, a, b, actions, dead, result, forward, stop)
+    if not finished:
+        result.outcome = "stopped"
+        result.message = "stopped after committing the chunk in hand; the next run continues"
+        for side in (a, b):
+            if side.transactional:
+                data = await side.connector.finish(side.stream)
+                if data is not None:
+                    store.set_checkpoint(name, side.ref, data)
+        return
     cursors: dict[str, Cursor] = {}
     if best_a is not None and (cursor_a is None or best_a > cursor_a):
         cursors["a"] = best_a
@@ -573,10 +587,15 @@ async def _execute(
     dead: list[NewDeadLetter],
     result: RunResult,
     forward: FieldMapping,
-) -> None:
+    stop: asyncio.Event | None = None,
+) -> bool:
+    """Write the plan chunk by chunk; False when ``stop`` ended it early."""
     store = engine.store
     pair = (a.ref, b.ref)
     for start in range(0, len(actions), CHUNK):
+        if stop is not None and stop.is_set():
+            return False
+        await asyncio.sleep(0)  # let the daemon's loop breathe (watchdog, control API, signals)
         chunk = actions[start : start + CHUNK]
         commit = PageCommit(name, run_id=result.run_id)
         creates = [x for x in chunk if x.op in ("create_a", "create_b")]
@@ -629,6 +648,7 @@ async def _execute(
             for op in ("created", "updated", "deleted"):
                 if counts.get(op):
                     metrics.inc("ferryman_records_written_total", counts[op], pipeline=name, op=op)
+    return True
 
 
 async def _apply(
