@@ -14,10 +14,6 @@ import httpx
 import pytest
 import respx
 import yaml
-from ferryman_connectors.aspnet_helpdesk import AspnetHelpdeskConnector, AspnetHelpdeskOptions
-from ferryman_connectors.aspnet_helpdesk._mapping import Refs, customer_changes, ticket_changes, ticket_status
-from ferryman_connectors.aspnet_helpdesk._schema import DEFAULT_NAMESPACE
-from ferryman_connectors.aspnet_helpdesk.simulator import AspnetHelpdeskSimulator
 from structlog.testing import capture_logs
 
 from ferryman.config import load_config
@@ -29,6 +25,10 @@ from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
 from ferryman.testing import ConnectorContract, ContractSetup, collect
 from ferryman.timeutil import utcnow
+from ferryman_connectors.aspnet_helpdesk import AspnetHelpdeskConnector, AspnetHelpdeskOptions
+from ferryman_connectors.aspnet_helpdesk._mapping import Refs, customer_changes, ticket_changes, ticket_status
+from ferryman_connectors.aspnet_helpdesk._schema import DEFAULT_NAMESPACE
+from ferryman_connectors.aspnet_helpdesk.simulator import AspnetHelpdeskSimulator
 
 KEY = "sandbox-key"
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

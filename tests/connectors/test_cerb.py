@@ -12,16 +12,6 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
-from ferryman_connectors.cerb import CerbConnector, CerbNotFound, cerb_error
-from ferryman_connectors.cerb._auth import CerbAuth, sort_query
-from ferryman_connectors.cerb._mapping import (
-    contact_fields,
-    org_to_cerb,
-    priority_to_importance,
-    ticket_fields,
-    ticket_to_cerb,
-)
-from ferryman_connectors.cerb.simulator import CerbSimulator
 
 from ferryman.connector import Cursor, SystemContext
 from ferryman.errors import (
@@ -36,6 +26,16 @@ from ferryman.records import Contact, Organisation, Ticket
 from ferryman.sandbox import SimulatorThread
 from ferryman.testing import ConnectorContract, ContractSetup, collect
 from ferryman.timeutil import utcnow
+from ferryman_connectors.cerb import CerbConnector, CerbNotFound, cerb_error
+from ferryman_connectors.cerb._auth import CerbAuth, sort_query
+from ferryman_connectors.cerb._mapping import (
+    contact_fields,
+    org_to_cerb,
+    priority_to_importance,
+    ticket_fields,
+    ticket_to_cerb,
+)
+from ferryman_connectors.cerb.simulator import CerbSimulator
 
 TOKEN = {"token": "sandbox-token"}
 SIGNED = {"auth": "cerb_auth", "access_key": "sandbox-access", "secret_key": "sandbox-secret"}

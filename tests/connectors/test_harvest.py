@@ -13,6 +13,13 @@ from xml.etree import ElementTree as ET
 import httpx
 import pytest
 import respx
+
+from ferryman.connector import Cursor, SystemContext
+from ferryman.errors import FatalError, MalformedResponseError, RecordRejected
+from ferryman.records import Contact, Invoice, Organisation
+from ferryman.sandbox import SimulatorThread
+from ferryman.testing import ConnectorContract, ContractSetup, collect
+from ferryman.timeutil import utcnow
 from ferryman_connectors.harvest import HarvestConnector, HarvestOptions
 from ferryman_connectors.harvest._common import (
     LineItem,
@@ -27,13 +34,6 @@ from ferryman_connectors.harvest._common import (
 )
 from ferryman_connectors.harvest._mapping import contact_payload, invoice_fields
 from ferryman_connectors.harvest.simulator import HarvestSimulator, parse_updated_since, rails_decimal
-
-from ferryman.connector import Cursor, SystemContext
-from ferryman.errors import FatalError, MalformedResponseError, RecordRejected
-from ferryman.records import Contact, Invoice, Organisation
-from ferryman.sandbox import SimulatorThread
-from ferryman.testing import ConnectorContract, ContractSetup, collect
-from ferryman.timeutil import utcnow
 
 EMAIL = "api@sandbox.harvest.example"
 PASSWORD = "sandbox-password"

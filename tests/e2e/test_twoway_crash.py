@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import ferryman_connectors.cerb as cerb
 import pytest
 import yaml
-from ferryman_connectors.cerb.simulator import CerbSimulator
 
+import ferryman_connectors.cerb as cerb
 from ferryman.connector import SystemContext
 from ferryman.records import Contact
 from ferryman.sandbox import SimulatorThread
 from ferryman.testing import collect
+from ferryman_connectors.cerb.simulator import CerbSimulator
 from tests.conftest import ferryman_cmd
 
 FIELDS = ("first_name", "last_name", "title", "phone", "mobile")

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from ferryman_connectors.rest.simulator import GenericSimulator, parse_since
 
 from ferryman.sandbox import SimulatorThread
+from ferryman_connectors.rest.simulator import GenericSimulator, parse_since
 
 KEY = {"X-API-Key": "sandbox-key"}
 

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 from aiohttp import web
-from ferryman_connectors.rest.simulator import GenericSimulator
 
 from ferryman.sandbox import (
     Simulator,
@@ -26,6 +25,7 @@ from ferryman.sandbox import (
     parse_retry_after,
     retry_after_header,
 )
+from ferryman_connectors.rest.simulator import GenericSimulator
 
 KEY = {"X-API-Key": "sandbox-key"}
 
