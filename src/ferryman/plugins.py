@@ -23,14 +23,27 @@ class Plugin:
     error: str | None = None
 
 
+def _plugin(ep: EntryPoint) -> Plugin:
+    try:
+        return Plugin(ep.name, ep, ep.load())
+    except Exception as exc:  # a broken third-party plugin must not stop the rest
+        return Plugin(ep.name, ep, None, f"{type(exc).__name__}: {exc}")
+
+
 def _load(group: str) -> dict[str, Plugin]:
     found: dict[str, Plugin] = {}
     for ep in sorted(entry_points(group=group), key=lambda e: e.name):
-        try:
-            found[ep.name] = Plugin(ep.name, ep, ep.load())
-        except Exception as exc:  # a broken third-party plugin must not stop the rest
-            found[ep.name] = Plugin(ep.name, ep, None, f"{type(exc).__name__}: {exc}")
+        found[ep.name] = _plugin(ep)
     return found
+
+
+@cache
+def _one_connector(kind: str) -> Plugin | None:
+    """Only the connector asked for: importing every installed one costs a command's start-up."""
+    chosen = None
+    for ep in entry_points(group=CONNECTOR_GROUP, name=kind):
+        chosen = ep  # as in _load, the last one of a name wins
+    return _plugin(chosen) if chosen is not None else None
 
 
 @cache
@@ -47,9 +60,10 @@ def simulators() -> dict[str, Plugin]:
 
 def connector_class(kind: str) -> Any:
     """The connector class for ``connector: KIND``; raises ``KeyError`` with a clear message."""
-    found = connectors()
-    plugin = found.get(kind)
+    # once every connector is loaded (``ferryman connectors``, tests adding one), use that list
+    plugin = connectors().get(kind) if connectors.cache_info().currsize else _one_connector(kind)
     if plugin is None:
+        found = connectors()
         known = ", ".join(sorted(n for n, p in found.items() if p.obj is not None))
         raise KeyError(f"unknown connector {kind!r}; installed: {known or 'none'}")
     if plugin.obj is None:
