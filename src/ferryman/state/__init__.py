@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from ferryman.connector import Cursor
@@ -34,10 +35,11 @@ from ferryman.state.models import (
     LinkRow,
     RunRow,
     SchemaVersion,
+    SlotRow,
 )
 from ferryman.timeutil import UTC, utcnow
 
-__all__ = ["DeadLetter", "Link", "PageCommit", "StateStore", "default_instance_name"]
+__all__ = ["DeadLetter", "Link", "PageCommit", "SlotClaim", "StateStore", "default_instance_name", "host_id"]
 
 T_CURSORS = CursorRow.__table__  # type: ignore[attr-defined]
 T_LINKS = LinkRow.__table__  # type: ignore[attr-defined]
@@ -48,6 +50,10 @@ T_CHECKPOINTS = CheckpointRow.__table__  # type: ignore[attr-defined]
 T_HOSTS = HostRow.__table__  # type: ignore[attr-defined]
 T_LEASES = LeaseRow.__table__  # type: ignore[attr-defined]
 T_SCHEMA = SchemaVersion.__table__  # type: ignore[attr-defined]
+T_SLOTS = SlotRow.__table__  # type: ignore[attr-defined]
+
+HOST_ID_ENV = "FERRYMAN_HOST_ID"
+SLOT_RETENTION = timedelta(days=7)
 
 
 _UPSERT_LINKS = (
@@ -79,6 +85,17 @@ def default_instance_name() -> str:
     return socket.gethostname()
 
 
+def host_id() -> str:
+    """The machine named in lease holders: ``$FERRYMAN_HOST_ID``, else the host name.
+
+    Holders with the same host id are taken to share one process table, so a lease whose
+    holder's process is gone is free at once. Set a distinct id where that is not true
+    (containers with one host name but separate pid namespaces); tests set it to stand
+    for another machine, whose dead holders are only taken over when their lease expires.
+    """
+    return os.environ.get(HOST_ID_ENV) or socket.gethostname()
+
+
 def _start_token(pid: int) -> str:
     """The process's start time in clock ticks since boot ('' where /proc is unavailable);
     with the pid it names one process, even after the pid is reused."""
@@ -92,7 +109,7 @@ def _start_token(pid: int) -> str:
 def _holder_is_dead(holder: str) -> bool:
     """True only when the holder is certainly a process of this host that no longer runs."""
     parts = holder.split("|")
-    if len(parts) != 4 or parts[1] != socket.gethostname():
+    if len(parts) != 4 or parts[1] != host_id():
         return False
     try:
         pid = int(parts[2])
@@ -105,8 +122,21 @@ def _holder_is_dead(holder: str) -> bool:
 
 
 def describe_holder(holder: str) -> str:
+    """``instance (pid N)``, or ``instance on HOST (pid N)`` when the host id is another name."""
     parts = holder.split("|")
-    return f"{parts[0]} (pid {parts[2]})" if len(parts) == 4 else holder
+    if len(parts) != 4:
+        return holder
+    where = "" if parts[1] == parts[0] else f" on {parts[1]}"
+    return f"{parts[0]}{where} (pid {parts[2]})"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotClaim:
+    """What :meth:`StateStore.claim_slot` decided about one scheduled slot."""
+
+    outcome: Literal["claimed", "taken", "busy"]
+    #: taken: the instance that claimed the slot; busy: who holds the pipeline's lease
+    by: str | None = None
 
 
 @dataclass(slots=True)
@@ -174,7 +204,7 @@ class StateStore:
         pid = os.getpid()
         #: who holds leases: instance name, host, pid and process start, so a restart on the
         #: same host can tell that a lease's holder died (kill -9) and take over at once
-        self.holder = f"{self.instance}|{socket.gethostname()}|{pid}|{_start_token(pid)}"
+        self.holder = f"{self.instance}|{host_id()}|{pid}|{_start_token(pid)}"
         self.engine: Engine = _make_engine(url)
         self.dialect = self.engine.dialect.name
 
@@ -649,39 +679,99 @@ class StateStore:
     # -- leases -----------------------------------------------------------------------
     def acquire_lease(self, pipeline: str, ttl: timedelta, holder: str | None = None) -> bool:
         """Take or renew the pipeline's lease; False when another holder's lease is live."""
-        holder = holder or self.holder
-        now = utcnow()
         with self.engine.begin() as conn:
-            if self.dialect == "sqlite":
-                conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE is set by the engine's begin hook
-            row = conn.execute(
-                sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at)
-                .where(T_LEASES.c.pipeline == pipeline)
-                .with_for_update()
-            ).first()
-            if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            sa.insert(T_LEASES).values(
-                                pipeline=pipeline, holder=holder, acquired_at=now, expires_at=now + ttl
-                            )
+            return self._take_lease(conn, pipeline, ttl, holder or self.holder) is None
+
+    def _take_lease(self, conn: Connection, pipeline: str, ttl: timedelta, holder: str) -> str | None:
+        """Take or renew the lease inside ``conn``'s transaction; None when taken, else the
+        holder of the live lease that stands in the way ('' when not known yet)."""
+        now = utcnow()
+        if self.dialect == "sqlite":
+            conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE is set by the engine's begin hook
+        row = conn.execute(
+            sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at).where(T_LEASES.c.pipeline == pipeline).with_for_update()
+        ).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        sa.insert(T_LEASES).values(
+                            pipeline=pipeline, holder=holder, acquired_at=now, expires_at=now + ttl
                         )
-                except sa.exc.IntegrityError:
-                    return False
-                return True
-            if row[0] != holder and row[1] > now and not _holder_is_dead(row[0]):
-                return False
-            values: dict[str, Any] = {"holder": holder, "expires_at": now + ttl}
-            if row[0] != holder:
-                values["acquired_at"] = now
-            conn.execute(sa.update(T_LEASES).where(T_LEASES.c.pipeline == pipeline).values(**values))
-            return True
+                    )
+            except sa.exc.IntegrityError:
+                return ""
+            return None
+        if row[0] != holder and row[1] > now and not _holder_is_dead(row[0]):
+            return str(row[0])
+        values: dict[str, Any] = {"holder": holder, "expires_at": now + ttl}
+        if row[0] != holder:
+            values["acquired_at"] = now
+        conn.execute(sa.update(T_LEASES).where(T_LEASES.c.pipeline == pipeline).values(**values))
+        return None
+
+    def renew_lease(self, pipeline: str, ttl: timedelta, holder: str | None = None) -> bool:
+        """Extend a lease this holder has; never takes one. False: the lease is not ours (any more)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(T_LEASES)
+                .where(T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == (holder or self.holder))
+                .values(expires_at=utcnow() + ttl)
+            )
+            return bool(result.rowcount == 1)
 
     def release_lease(self, pipeline: str, holder: str | None = None) -> None:
         holder = holder or self.holder
         with self.engine.begin() as conn:
             conn.execute(sa.delete(T_LEASES).where(T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == holder))
+
+    # -- scheduled slots ---------------------------------------------------------------
+    def claim_slot(self, pipeline: str, slot_at: datetime, ttl: timedelta) -> SlotClaim:
+        """Claim the scheduled slot ``slot_at`` and take the pipeline's lease, in one transaction.
+
+        Every instance computes the same slots, so the primary key decides: the first insert
+        of ``(pipeline, slot_at)`` wins, a concurrent one waits for it and then does nothing.
+        When the lease is held elsewhere (a run still going) nothing is kept: the slot is
+        skipped, as one instance skips a slot that comes while the pipeline runs.
+        """
+        now = utcnow()
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        claim = (
+            insert(T_SLOTS)
+            .values(pipeline=pipeline, slot_at=slot_at, instance=self.instance, claimed_at=now)
+            .on_conflict_do_nothing()
+            .returning(T_SLOTS.c.instance)  # a row only when this insert made the claim
+        )
+        where = (T_SLOTS.c.pipeline == pipeline, T_SLOTS.c.slot_at == slot_at)
+        with self.engine.connect() as conn, conn.begin() as transaction:
+            if conn.execute(claim).first() is None:
+                by = conn.execute(sa.select(T_SLOTS.c.instance).where(*where)).scalar()
+                return SlotClaim("taken", by)
+            blocking = self._take_lease(conn, pipeline, ttl, self.holder)
+            if blocking is not None:
+                transaction.rollback()
+                return SlotClaim("busy", describe_holder(blocking) if blocking else None)
+            conn.execute(
+                sa.delete(T_SLOTS).where(T_SLOTS.c.pipeline == pipeline, T_SLOTS.c.slot_at < now - SLOT_RETENTION)
+            )
+        return SlotClaim("claimed")
+
+    def slot_ran(self, pipeline: str, slot_at: datetime, run_id: int) -> None:
+        """Note which run served a claimed slot."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(T_SLOTS)
+                .where(T_SLOTS.c.pipeline == pipeline, T_SLOTS.c.slot_at == slot_at)
+                .values(run_id=run_id)
+            )
+
+    def slots(self, pipeline: str | None = None) -> list[dict[str, Any]]:
+        """Claimed slots, oldest first (kept for a week)."""
+        query = sa.select(T_SLOTS).order_by(T_SLOTS.c.pipeline, T_SLOTS.c.slot_at)
+        if pipeline:
+            query = query.where(T_SLOTS.c.pipeline == pipeline)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     def lease_holder(self, pipeline: str) -> tuple[str, datetime] | None:
         with self.engine.connect() as conn:

@@ -174,7 +174,18 @@ def _v3_rate_budgets(op: Operations) -> None:
     )
 
 
+def _v4_slots(op: Operations) -> None:
+    op.create_table(
+        "slots",
+        sa.Column("pipeline", sa.String(200), primary_key=True),
+        sa.Column("slot_at", UtcDateTime(), primary_key=True),
+        sa.Column("instance", sa.String(200), nullable=False),
+        sa.Column("claimed_at", UtcDateTime(), nullable=False),
+        sa.Column("run_id", sa.Integer, nullable=True),
+    )
+
+
 #: Step N brings the schema from version N-1 to N.
-STEPS: list[Callable[[Operations], None]] = [_v1_initial, _v2_webhooks, _v3_rate_budgets]
+STEPS: list[Callable[[Operations], None]] = [_v1_initial, _v2_webhooks, _v3_rate_budgets, _v4_slots]
 
 LATEST = len(STEPS)

@@ -234,3 +234,21 @@ class RateBudgetRow(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=500)
     tat: float = Field(default=0.0, sa_column=sa.Column(sa.Float, nullable=False))  # epoch seconds
     blocked_until: datetime | None = _ts(nullable=True)
+
+
+# -- several instances (schema v4) ---------------------------------------------------------
+
+
+class SlotRow(SQLModel, table=True):
+    """A scheduled fire time of a pipeline, claimed by the one instance that runs it.
+
+    The primary key is the claim: every instance computes the same slots from the
+    schedule, and only the first insert of ``(pipeline, slot_at)`` succeeds.
+    """
+
+    __tablename__ = "slots"
+    pipeline: str = Field(primary_key=True, max_length=200)
+    slot_at: datetime = Field(sa_column=sa.Column(UtcDateTime(), primary_key=True))
+    instance: str = Field(max_length=200)
+    claimed_at: datetime = _ts()
+    run_id: int | None = None
