@@ -52,6 +52,8 @@ __all__ = [
 DEFAULT_CONFIG_PATH = "/etc/ferryman/ferryman.yaml"
 ENV_PREFIX = "FERRYMAN_"
 
+DEFAULT_LEASE_TTL = timedelta(seconds=60)
+
 Secret = SecretStr
 """Type of config fields that hold secrets: only references may fill them."""
 
@@ -73,6 +75,18 @@ class StateConfig(_Model):
         default=None,
         description="sqlite:///path or postgresql://...; default $STATE_DIRECTORY/ferryman.db or ./var/ferryman.db",
     )
+    lease_ttl: Duration = Field(
+        default=DEFAULT_LEASE_TTL,
+        description="how long a run's lease lasts unless renewed (every third of it); a pipeline whose "
+        "instance died on another host moves to another instance after this long",
+    )
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _lease_ttl(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
 
     def resolved_url(self) -> str:
         if self.url:
