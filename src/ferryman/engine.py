@@ -21,7 +21,7 @@ import orjson
 import structlog
 
 from ferryman import metrics
-from ferryman.config import FerrymanConfig, PipelineConfig
+from ferryman.config import DEFAULT_LEASE_TTL, FerrymanConfig, PipelineConfig
 from ferryman.connector import Capability, Connector, Cursor, StreamInfo, SystemContext
 from ferryman.errors import (
     ConfigError,
@@ -39,7 +39,7 @@ from ferryman.timeutil import format_utc, utcnow
 
 log = structlog.get_logger("ferryman.engine")
 
-LEASE_TTL = timedelta(seconds=60)
+LEASE_TTL = DEFAULT_LEASE_TTL  # the default; a run uses the config's state.lease_ttl
 
 __all__ = ["Engine", "RunResult"]
 
@@ -150,7 +150,7 @@ class Engine:
         result = RunResult(name, "ok", counts=_counts())
         bound = log.bind(pipeline=name)
 
-        if not dry_run and not self.store.acquire_lease(name, LEASE_TTL):
+        if not dry_run and not self.store.acquire_lease(name, self.config.state.lease_ttl):
             holder = self.store.lease_holder(name)
             result.outcome = "busy"
             result.message = f"already running on {holder[0] if holder else 'another instance'}"
@@ -305,8 +305,9 @@ class Engine:
                 self._commit(commit, page_counts, result, dry_run)
                 if progress:
                     progress(len(page.records), result.counts)
-                if not dry_run and time.monotonic() - last_lease > LEASE_TTL.total_seconds() / 3:
-                    self.store.acquire_lease(name, LEASE_TTL)
+                ttl = self.config.state.lease_ttl
+                if not dry_run and time.monotonic() - last_lease > ttl.total_seconds() / 3:
+                    self.store.acquire_lease(name, ttl)
                     last_lease = time.monotonic()
                 # Give the event loop a turn between pages: in the daemon, signals, the
                 # watchdog and the control API wait on it, and a run whose connectors do
@@ -536,7 +537,7 @@ class Engine:
             if name not in self.config.pipelines:
                 results += [(x.id, "skipped", f"pipeline {name!r} is no longer configured") for x in group]
                 continue
-            if not self.store.acquire_lease(name, LEASE_TTL):
+            if not self.store.acquire_lease(name, self.config.state.lease_ttl):
                 results += [(x.id, "busy", "the pipeline is running; try again when it is done") for x in group]
                 continue
             try:
