@@ -129,3 +129,16 @@ def test_a_section_with_every_key_commented_out_means_defaults(tmp_path: Path) -
     text = "state:\n  # url: sqlite:///x.db\nlog:\n" + BASE % {"dir": tmp_path}
     config = load_config(write(tmp_path, text), environ={})
     assert config.state.url is None and config.log.level == "info"
+
+
+def test_an_unknown_timezone_is_a_config_error_wherever_it_is(tmp_path: Path) -> None:
+    text = (BASE % {"dir": tmp_path}).replace(
+        "to: out.tickets}", "to: out.tickets, schedule: {cron: '*/5 * * * *', timezone: Mars/Olympus}}"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert info.value.path == "pipelines.t2c.schedule.timezone" and "unknown timezone 'Mars/Olympus'" in str(info.value)
+    text = BASE.replace("directory: %(dir)s/in}", "directory: %(dir)s/in, timezone: Europe/Berlinn}") % {"dir": tmp_path}
+    with pytest.raises(ConfigError, match="Europe/Berlinn") as info:
+        load_config(write(tmp_path, text), environ={})
+    assert info.value.path == "systems.inbox.timezone"

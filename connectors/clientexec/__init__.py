@@ -43,7 +43,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
-from zoneinfo import ZoneInfo
 
 import httpx
 from pydantic import Field, field_validator
@@ -55,6 +54,7 @@ from ferryman.errors import FatalError, MalformedResponseError, NotSupportedErro
 from ferryman.http import ApiKeyHeader, ApiKeyQuery, HttpOptions, RateLimitOptions
 from ferryman.http.codecs import loads_json
 from ferryman.records import Contact, Invoice, Record, Ticket
+from ferryman.timeutil import ZoneName
 
 from ._mapping import (
     DEFAULT_INVOICE_STATUS_CODES,
@@ -102,7 +102,7 @@ class ClientexecOptions(HttpOptions):
     rate_limit: RateLimitOptions | None = Field(
         RateLimitOptions(requests=200, per=60), description="hosted Clientexec allows at least 200 requests/minute"
     )
-    timezone: str = Field("UTC", description="the install's timezone: formatted dates are local to it")
+    timezone: ZoneName = Field("UTC", description="the install's timezone: formatted dates are local to it")
     date_format: str = Field("%m/%d/%Y", description="the install's date format (strftime), e.g. %d/%m/%Y")
     decimal_separator: Literal[".", ","] = Field(
         ".", description="how the install formats amounts: 1,234.56 or 1.234,56"
@@ -126,15 +126,6 @@ class ClientexecOptions(HttpOptions):
     invoice_status_codes: dict[_InvoiceStatus, str] = Field(
         default_factory=lambda: dict(DEFAULT_INVOICE_STATUS_CODES)  # type: ignore[arg-type]
     )
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except Exception:
-            raise ValueError(f"unknown timezone {value!r} (use an IANA name like America/New_York)") from None
-        return value
 
     @field_validator("date_format")
     @classmethod

@@ -52,7 +52,7 @@ from pydantic import Field, PlainSerializer, ValidationError, WrapSerializer, fi
 from ferryman.connector import Capability, Connector, ConnectorOptions, Cursor, Page, Reject, StreamInfo, record_order
 from ferryman.errors import FatalError, ValidationFailed
 from ferryman.records import Money, Record, UtcDateTime, record_type
-from ferryman.timeutil import UTC, format_utc, parse_datetime
+from ferryman.timeutil import UTC, ZoneName, format_utc, parse_datetime
 
 csv.field_size_limit(16 * 1024 * 1024)
 
@@ -67,7 +67,7 @@ class CsvOptions(ConnectorOptions):
     files: dict[str, str] = Field(default_factory=dict)
     streams: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STREAMS))
     columns: dict[str, dict[str, str]] = Field(default_factory=dict)
-    timezone: str | None = None
+    timezone: ZoneName | None = None
     delimiter: str = Field(default=",", min_length=1, max_length=1)
 
     @field_validator("streams")
@@ -75,18 +75,6 @@ class CsvOptions(ConnectorOptions):
     def _kinds(cls, value: dict[str, str]) -> dict[str, str]:
         for kind in value.values():
             record_type(kind)
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            from zoneinfo import ZoneInfo
-
-            try:
-                ZoneInfo(value)
-            except Exception:
-                raise ValueError(f"unknown timezone {value!r} (use an IANA name like Europe/Berlin)") from None
         return value
 
 

@@ -91,7 +91,7 @@ from ferryman.http.pagination import (
 )
 from ferryman.records import Record, record_type
 from ferryman.redact import redact_url, register_secret
-from ferryman.timeutil import UTC, format_utc, from_epoch, parse_datetime, utcnow
+from ferryman.timeutil import UTC, ZoneName, format_utc, from_epoch, parse_datetime, utcnow
 
 __all__ = ["Mapper", "RestConnector", "RestOptions", "StreamSpec", "format_time", "parse_time"]
 
@@ -162,19 +162,10 @@ def _check_format(value: str) -> str:
     return value
 
 
-def _check_zone(value: str) -> str:
-    try:
-        _zone(value)
-    except Exception:
-        raise ValueError(f"unknown timezone {value!r} (use an IANA name like Europe/Berlin, or UTC)") from None
-    return value
-
-
 TimeFormat = Annotated[str, AfterValidator(_check_format)]
 """``iso_z``, ``iso_offset``, ``YYYY-MM-DD HH:MM:SS``, ``epoch`` or a strftime pattern."""
 
-Zone = Annotated[str, AfterValidator(_check_zone)]
-"""An IANA timezone name, or ``UTC``."""
+Zone = ZoneName
 
 
 # -- options ---------------------------------------------------------------------------------------

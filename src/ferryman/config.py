@@ -37,7 +37,7 @@ from pydantic import (
 
 from ferryman.errors import ConfigError
 from ferryman.redact import register_secret
-from ferryman.timeutil import parse_duration
+from ferryman.timeutil import ZoneName, parse_duration
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -111,19 +111,7 @@ class ScheduleConfig(_Model):
     every: Duration | None = None
     cron: str | None = None
     jitter: Duration = timedelta(0)
-    timezone: str | None = Field(default=None, description="IANA zone the cron expression is read in; default UTC")
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            from zoneinfo import ZoneInfo
-
-            try:
-                ZoneInfo(value)
-            except Exception:
-                raise ValueError(f"unknown timezone {value!r} (use an IANA name like Europe/Berlin)") from None
-        return value
+    timezone: ZoneName | None = Field(default=None, description="IANA zone the cron expression is read in; default UTC")
 
     @model_validator(mode="after")
     def _one_of(self) -> ScheduleConfig:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Annotated
 from zoneinfo import ZoneInfo
+
+from pydantic import AfterValidator
 
 __all__ = [
     "UTC",
     "NaiveDatetimeError",
+    "ZoneName",
+    "check_zone",
     "ensure_utc",
     "format_utc",
     "from_epoch",
@@ -123,3 +128,16 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     if pos == 0 or text[pos:].strip():
         raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h30m)")
     return timedelta(seconds=total)
+
+
+def check_zone(value: str) -> str:
+    """``value`` if it names an IANA timezone (``Europe/Berlin``, ``UTC``); a clear error otherwise."""
+    try:
+        ZoneInfo(value)
+    except Exception:
+        raise ValueError(f"unknown timezone {value!r} (use an IANA name like Europe/Berlin, or UTC)") from None
+    return value
+
+
+ZoneName = Annotated[str, AfterValidator(check_zone)]
+"""A config field holding an IANA timezone name, checked when the config loads."""

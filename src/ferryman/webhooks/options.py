@@ -32,7 +32,7 @@ from ferryman.connector import ConnectorOptions
 from ferryman.http import is_loopback
 from ferryman.records import RECORD_TYPES, record_type
 from ferryman.redact import redact_url
-from ferryman.timeutil import parse_duration
+from ferryman.timeutil import ZoneName, parse_duration
 from ferryman.webhooks.signing import WebhookSecret
 
 __all__ = [
@@ -86,7 +86,7 @@ class IntakeStreamOptions(_Model):
         description="canonical field -> dotted path inside the record; unmapped fields go to extra. "
         "Default: the payload already has the canonical shape",
     )
-    timezone: str | None = Field(None, description="for timestamps without an offset")
+    timezone: ZoneName | None = Field(None, description="for timestamps without an offset")
 
     @field_validator("kind")
     @classmethod
