@@ -756,6 +756,20 @@ class StateStore:
             )
         return SlotClaim("claimed")
 
+    def abandon_slot(self, pipeline: str, slot_at: datetime) -> None:
+        """Give back a slot this instance claimed but will not run (it is stopping): the
+        claim and the lease go together, as they came."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.delete(T_SLOTS).where(
+                    T_SLOTS.c.pipeline == pipeline,
+                    T_SLOTS.c.slot_at == slot_at,
+                    T_SLOTS.c.instance == self.instance,
+                    T_SLOTS.c.run_id.is_(None),
+                )
+            )
+            conn.execute(sa.delete(T_LEASES).where(T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == self.holder))
+
     def slot_ran(self, pipeline: str, slot_at: datetime, run_id: int) -> None:
         """Note which run served a claimed slot."""
         with self.engine.begin() as conn:
