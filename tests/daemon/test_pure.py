@@ -14,7 +14,7 @@ from ferryman import metrics
 from ferryman.config import FerrymanConfig, ScheduleConfig
 from ferryman.daemon._listen import parse_listen, state_directory, write_token
 from ferryman.daemon._metrics import RunDurations, render
-from ferryman.daemon._schedule import check_schedule, cron_trigger, first_fire
+from ferryman.daemon._schedule import check_schedule, cron_trigger, last_slot, missed_slot, next_slot
 from ferryman.errors import ConfigError
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)  # a Sunday
@@ -28,19 +28,39 @@ def cron(expr: str, **extra: str) -> ScheduleConfig:
     return ScheduleConfig.model_validate({"cron": expr, **extra})
 
 
-def test_an_interval_runs_at_start_when_it_never_ran_or_missed_its_time() -> None:
-    assert first_fire(every("1h"), None, NOW) == (True, NOW + timedelta(hours=1))
-    assert first_fire(every("1h"), NOW - timedelta(hours=3), NOW) == (True, NOW + timedelta(hours=1))
-    # ran 10 minutes ago: the schedule continues from that run, not from the restart
-    last = NOW - timedelta(minutes=10)
-    assert first_fire(every("1h"), last, NOW) == (False, last + timedelta(hours=1))
+def test_interval_slots_count_from_the_epoch_so_every_instance_agrees() -> None:
+    # whenever a process started, `every: 7m` fires at the same instants
+    later = NOW + timedelta(minutes=3, seconds=17, microseconds=5)
+    slot = next_slot(every("7m"), later)
+    assert slot is not None and (slot - datetime(1970, 1, 1, tzinfo=UTC)) % timedelta(minutes=7) == timedelta(0)
+    assert later < slot <= later + timedelta(minutes=7)
+    assert next_slot(every("1h"), NOW) == NOW + timedelta(hours=1), "strictly after"
+    assert next_slot(every("1h"), NOW - timedelta(microseconds=1)) == NOW
+    assert last_slot(every("1h"), NOW + timedelta(minutes=59)) == NOW
+    assert last_slot(every("2s"), NOW + timedelta(seconds=3)) == NOW + timedelta(seconds=2)
+
+
+def test_cron_slots_either_side_of_now() -> None:
+    assert next_slot(cron("*/5 * * * *"), NOW) == NOW + timedelta(minutes=5)
+    assert last_slot(cron("*/5 * * * *"), NOW + timedelta(minutes=4)) == NOW
+    assert last_slot(cron("0 2 * * *"), NOW) == datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
+    assert last_slot(cron("0 0 1 1 *"), NOW) == datetime(2026, 1, 1, tzinfo=UTC), "a yearly one too"
+    assert last_slot(cron("0 2 * * *", timezone="Europe/Berlin"), NOW) == datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
+
+
+def test_an_interval_runs_at_start_when_it_never_ran_or_missed_a_slot() -> None:
+    assert missed_slot(every("1h"), None, NOW + timedelta(minutes=10)) == NOW
+    assert missed_slot(every("1h"), NOW - timedelta(hours=3), NOW + timedelta(minutes=10)) == NOW, "coalesced"
+    # ran at (or after) the latest slot: nothing to catch up, the next slot comes as usual
+    assert missed_slot(every("1h"), NOW + timedelta(seconds=1), NOW + timedelta(minutes=10)) is None
+    assert missed_slot(every("1h"), NOW - timedelta(minutes=1), NOW + timedelta(minutes=10)) == NOW
 
 
 def test_a_cron_schedule_catches_up_only_on_a_missed_fire_time() -> None:
     daily = cron("0 2 * * *")
-    assert first_fire(daily, None, NOW)[0]
-    assert first_fire(daily, datetime(2026, 11, 21, 2, 0, tzinfo=UTC), NOW)[0], "today's 02:00 was missed"
-    assert not first_fire(daily, datetime(2026, 11, 22, 2, 0, 5, tzinfo=UTC), NOW)[0]
+    assert missed_slot(daily, None, NOW) == datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
+    assert missed_slot(daily, datetime(2026, 11, 21, 2, 0, tzinfo=UTC), NOW), "today's 02:00 was missed"
+    assert missed_slot(daily, datetime(2026, 11, 22, 2, 0, 5, tzinfo=UTC), NOW) is None
 
 
 @pytest.mark.parametrize(
@@ -64,10 +84,8 @@ def test_cron_ranges_steps_and_timezone() -> None:
         t = every_other.get_next_fire_time(None, t + timedelta(seconds=1))
         fires.append(t.strftime("%a"))
     assert fires == ["Tue", "Thu", "Sat", "Sun"]
-    from ferryman.daemon._schedule import regular_trigger
-
-    berlin = regular_trigger(cron("0 2 * * *", timezone="Europe/Berlin"), start=NOW)
-    assert berlin.get_next_fire_time(None, NOW).astimezone(UTC).hour == 1  # 02:00 CET
+    berlin = next_slot(cron("0 2 * * *", timezone="Europe/Berlin"), NOW)
+    assert berlin == datetime(2026, 11, 23, 1, 0, tzinfo=UTC)  # 02:00 CET
 
 
 @pytest.mark.parametrize("expr", ["0 2 * *", "61 * * * *", "0 2 * * 9", "0 2 * * mon-"])

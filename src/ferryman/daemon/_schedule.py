@@ -1,7 +1,8 @@
-"""When pipelines run: APScheduler triggers from ``schedule:`` and the start-up catch-up.
+"""When pipelines run: the slots of a ``schedule:`` and the start-up catch-up.
 
-Pure functions over the config and the time of the last run, so they are tested without
-a scheduler or a clock.
+A slot is one scheduled fire time. Instances sharing a state store compute the same slots
+and claim each one in the database, so it runs once across them all. Pure functions over
+the config and the time of the last run, so they are tested without a scheduler or a clock.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ import re
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from ferryman.config import ScheduleConfig
 from ferryman.errors import ConfigError
 
-__all__ = ["cron_trigger", "first_fire", "regular_trigger"]
+__all__ = ["check_schedule", "cron_trigger", "last_slot", "missed_slot", "next_slot"]
 
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _DOW_PART = re.compile(r"^(?:(?P<all>\*)|(?P<lo>\d)(?:-(?P<hi>\d))?)(?:/(?P<step>\d+))?$")
@@ -70,33 +69,52 @@ def _cron_weekdays(field: str) -> str:
     return ",".join(dict.fromkeys(names))
 
 
-def regular_trigger(schedule: ScheduleConfig, *, start: datetime) -> BaseTrigger:
-    """The pipeline's recurring trigger; an interval's first fire time is ``start``."""
-    jitter = int(schedule.jitter.total_seconds()) or None
-    if schedule.every is not None:
-        return IntervalTrigger(seconds=schedule.every.total_seconds(), start_date=start, timezone=UTC, jitter=jitter)
-    assert schedule.cron is not None
-    return cron_trigger(schedule.cron, zone=_zone(schedule), jitter=jitter)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LOOKBACK = (timedelta(hours=1), timedelta(days=1), timedelta(days=32), timedelta(days=367), timedelta(days=8 * 366))
 
 
-def first_fire(schedule: ScheduleConfig, last_started: datetime | None, now: datetime) -> tuple[bool, datetime]:
-    """(run right away?, start of the regular schedule) for a pipeline whose last run began
-    at ``last_started`` (None: it never ran).
+def next_slot(schedule: ScheduleConfig, after: datetime) -> datetime | None:
+    """The first scheduled time strictly after ``after`` (aware UTC; None: there is none).
 
-    A pipeline that never ran, or missed a fire time since its last run (the daemon was
-    down), runs once at start-up: the missed runs are coalesced into that one. Otherwise
-    an interval continues from the last run (last + every), not from the restart.
+    Intervals count from the Unix epoch, not from when this process started, so every
+    instance sharing a state store computes the same slots: ``every: 5m`` fires at :00,
+    :05, :10... UTC. Jitter is not part of the slot; it delays the run after its slot.
     """
     if schedule.every is not None:
-        if last_started is None or last_started + schedule.every <= now:
-            return True, now + schedule.every
-        return False, last_started + schedule.every
+        return EPOCH + ((after - EPOCH) // schedule.every + 1) * schedule.every
+    fire = _cron(schedule).get_next_fire_time(None, after + timedelta(microseconds=1))
+    return None if fire is None else fire.astimezone(UTC)
+
+
+def last_slot(schedule: ScheduleConfig, now: datetime) -> datetime | None:
+    """The latest scheduled time at or before ``now`` (None: none in the last eight years)."""
+    if schedule.every is not None:
+        return EPOCH + ((now - EPOCH) // schedule.every) * schedule.every
+    trigger = _cron(schedule)
+    for back in _LOOKBACK:  # widening windows: a few steps for "* * * * *" and for "0 0 1 1 *"
+        fire = trigger.get_next_fire_time(None, now - back)
+        if fire is None or fire > now:
+            continue
+        while (following := trigger.get_next_fire_time(None, fire + timedelta(seconds=1))) is not None and (
+            following <= now
+        ):
+            fire = following
+        return fire.astimezone(UTC)
+    return None
+
+
+def missed_slot(schedule: ScheduleConfig, last_started: datetime | None, now: datetime) -> datetime | None:
+    """The slot to run at start-up, if any: the latest one, when the pipeline has not run
+    since it (or never ran). Several missed slots are coalesced into that one run."""
+    slot = last_slot(schedule, now)
+    if slot is None or (last_started is not None and last_started >= slot):
+        return None
+    return slot
+
+
+def _cron(schedule: ScheduleConfig) -> CronTrigger:
     assert schedule.cron is not None
-    if last_started is None:
-        return True, now
-    trigger = cron_trigger(schedule.cron, zone=_zone(schedule))
-    missed = trigger.get_next_fire_time(None, last_started + timedelta(microseconds=1))
-    return (missed is not None and missed <= now), now
+    return cron_trigger(schedule.cron, zone=_zone(schedule))
 
 
 def check_schedule(schedule: ScheduleConfig, *, file: str | None, where: str) -> None:

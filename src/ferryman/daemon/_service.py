@@ -6,6 +6,14 @@ listener, then ``READY=1`` to systemd, then the schedule. A pipeline runs at mos
 at a time in this process (the daemon keeps one task per pipeline) and across processes
 (the engine's database lease: a run that comes back *busy* is logged, not an error).
 
+Several instances may share a PostgreSQL state store with the same config. Each scheduled
+fire time (a *slot*, the same on every instance: see :mod:`._schedule`) is claimed in the
+database together with the pipeline's lease, so it runs on exactly one instance; the
+others log ``run.skipped_claimed``. Triggers (the control API, webhook intakes) are not
+slots: they always ask for a run. While a run goes on, a heartbeat renews its lease every
+third of ``state.lease_ttl``; if the lease was lost all the same (this process stalled
+longer than that and another instance took over), the run stops after the page in hand.
+
 Signals: SIGTERM or SIGINT sends ``STOPPING=1`` and drains (each run finishes the page in
 hand and commits; runs still going after ``drain_timeout`` are cancelled, which loses no
 record either: the cursor only covers committed pages), then exits 0. A second one stops
@@ -19,15 +27,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
 
 from ferryman import logs, metrics
 from ferryman.config import FerrymanConfig, load_config
@@ -41,7 +52,7 @@ from ._api import Refused, build_app
 from ._listen import Listen, parse_listen, token_path, write_token
 from ._metrics import RunDurations, render
 from ._notify import Notifier
-from ._schedule import check_schedule, first_fire, regular_trigger
+from ._schedule import check_schedule, missed_slot, next_slot
 
 log = structlog.get_logger("ferryman.daemon")
 
@@ -94,11 +105,13 @@ class Daemon:
         self._token: str | None = None
         self._token_file: Path | None = None
         self._running: dict[str, asyncio.Task[RunResult]] = {}
+        self._run_stops: set[asyncio.Event] = set()
         self._rerun: set[str] = set()
         self._not_before: dict[str, Any] = {}
         self._durations = RunDurations()
         self._stopping = False
         self._closers: set[asyncio.Task[None]] = set()
+        self._fires: set[asyncio.Task[None]] = set()  # slots being tried (maybe in their jitter)
         self._intake: Any = None
         self._outbox: tuple[asyncio.Event, asyncio.Task[None]] | None = None
 
@@ -107,7 +120,9 @@ class Daemon:
     def token(self) -> str | None:
         return self._token
 
-    def start_run(self, name: str, trigger: str) -> tuple[asyncio.Task[RunResult], bool]:
+    def start_run(
+        self, name: str, trigger: str, *, slot: datetime | None = None
+    ) -> tuple[asyncio.Task[RunResult], bool]:
         if self._stopping:
             raise Refused("stopping", "the daemon is stopping")
         pipeline = self._gen.config.pipelines.get(name)
@@ -120,7 +135,7 @@ class Daemon:
         if running is not None:
             return running, False
         gen = self._gen
-        task = asyncio.get_running_loop().create_task(self._run(gen, name, trigger), name=f"run:{name}")
+        task = asyncio.get_running_loop().create_task(self._run(gen, name, trigger, slot), name=f"run:{name}")
         self._running[name] = task
         gen.tasks.add(task)
         task.add_done_callback(lambda t: self._run_done(gen, name, t))
@@ -162,7 +177,6 @@ class Daemon:
         """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean drain)."""
         loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
-        self._stop_runs = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.store = StateStore.open(self.config.state.resolved_url(), instance=self.config.instance)
         from ferryman.state.budget import make_registry
@@ -217,7 +231,8 @@ class Daemon:
         self._stopping = True
         self.notifier.notify("STOPPING=1", "STATUS=stopping: finishing the pages in hand")
         log.info("daemon.stopping", signal=why, running=sorted(self._running))
-        self._stop_runs.set()
+        for stop in self._run_stops:
+            stop.set()
         self._stop_requested.set()
 
     async def reload(self) -> bool:
@@ -259,10 +274,17 @@ class Daemon:
     def _generation(self, config: FerrymanConfig) -> _Generation:
         return _Generation(config, Engine(config, self.store, services={"http": self.registry, "config": config}))
 
-    async def _run(self, gen: _Generation, name: str, trigger: str) -> RunResult:
+    async def _run(self, gen: _Generation, name: str, trigger: str, slot: datetime | None = None) -> RunResult:
         metrics.set_gauge("ferryman_pipeline_running", 1, pipeline=name)
+        stop = asyncio.Event()  # set on SIGTERM, or when the lease is lost
+        if self._stopping:
+            stop.set()
+        self._run_stops.add(stop)
+        keeper = asyncio.get_running_loop().create_task(
+            self._keep_lease(name, gen.config.state.lease_ttl, stop), name=f"lease:{name}"
+        )
         try:
-            result = await gen.engine.run(name, trigger=trigger, stop=self._stop_runs)
+            result = await gen.engine.run(name, trigger=trigger, stop=stop)
         except ConfigError as exc:
             result = RunResult(name, "failed", message=redact(str(exc)))
             log.error("run.config_error", pipeline=name, error=result.message)
@@ -270,9 +292,38 @@ class Daemon:
             result = RunResult(name, "failed", message=f"internal error: {redact(str(exc))}")
             log.exception("run.crashed", pipeline=name)
         finally:
+            keeper.cancel()
+            self._run_stops.discard(stop)
             metrics.set_gauge("ferryman_pipeline_running", 0, pipeline=name)
+        if slot is not None and result.run_id is not None:
+            try:
+                await asyncio.to_thread(self.store.slot_ran, name, slot, result.run_id)
+            except Exception as exc:  # bookkeeping only: the run itself is recorded
+                log.warning("slot.not_noted", pipeline=name, slot=format_utc(slot), error=redact(str(exc)))
         self._after_run(result)
         return result
+
+    async def _keep_lease(self, name: str, ttl: timedelta, stop: asyncio.Event) -> None:
+        """Renew the run's lease every third of its TTL, whatever the run is waiting on (a
+        slow page, a rate limit); the engine only renews between pages."""
+        held = False
+        while True:
+            await asyncio.sleep(ttl.total_seconds() / 3)
+            try:
+                renewed = await asyncio.to_thread(self.store.renew_lease, name, ttl)
+            except Exception as exc:  # the database is away: try again, the lease has time left
+                log.warning("lease.renew_failed", pipeline=name, error=redact(str(exc)))
+                continue
+            if renewed:
+                held = True
+            elif held:
+                log.error(
+                    "lease.lost",
+                    pipeline=name,
+                    note="not renewed in time, another instance may have taken over: stopping after the page in hand",
+                )
+                stop.set()
+                return
 
     def _after_run(self, result: RunResult) -> None:
         name = result.pipeline
@@ -322,43 +373,89 @@ class Daemon:
         for name, pipeline in gen.config.pipelines.items():
             if not pipeline.enabled or pipeline.schedule is None:
                 continue
-            started = (last.get(name) or {}).get("started_at")
-            due, start = first_fire(pipeline.schedule, started, now)
-            self.scheduler.add_job(
-                self._fire,
-                trigger=regular_trigger(pipeline.schedule, start=start),
-                args=[name],
-                id=name,
-                name=name,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-                replace_existing=True,
-            )
+            self._arm(name, now)
             count += 1
-            if due:
-                log.info("run.catch_up", pipeline=name, last_started=format_utc(started) if started else None)
-                self._fire_now(name, "startup" if startup else "reload")
+            started = (last.get(name) or {}).get("started_at")
+            missed = missed_slot(pipeline.schedule, started, now)
+            if missed is not None:
+                log.info(
+                    "run.catch_up",
+                    pipeline=name,
+                    slot=format_utc(missed),
+                    last_started=format_utc(started) if started else None,
+                )
+                self._try_slot(name, missed, "startup" if startup else "reload")
         return count
 
-    async def _fire(self, name: str) -> None:
-        """A scheduled time came: start a run unless one is going or the app asked us to wait."""
+    def _arm(self, name: str, after: datetime) -> None:
+        """Schedule the pipeline's first slot after ``after``, as the current config says."""
+        pipeline = self._gen.config.pipelines.get(name)
+        if pipeline is None or not pipeline.enabled or pipeline.schedule is None:
+            return
+        slot = next_slot(pipeline.schedule, after)
+        if slot is None:
+            return
+        self.scheduler.add_job(
+            self._on_slot,
+            trigger=DateTrigger(slot, timezone=UTC),
+            args=[name, slot],
+            id=name,
+            name=name,
+            misfire_grace_time=None,
+            replace_existing=True,
+        )
+
+    async def _on_slot(self, name: str, slot: datetime) -> None:
+        """A slot came: arm the next one, then try this one (in its own task: jitter may
+        hold it longer than the scheduler should wait)."""
         if self._stopping:
+            return
+        self._arm(name, max(slot, utcnow()))  # a late wake-up coalesces the slots it missed
+        self._try_slot(name, slot, "schedule")
+
+    def _try_slot(self, name: str, slot: datetime, trigger: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._fire(name, slot, trigger), name=f"slot:{name}")
+        self._fires.add(task)
+        task.add_done_callback(self._fires.discard)
+
+    async def _fire(self, name: str, slot: datetime, trigger: str) -> None:
+        """Run the slot here if this instance claims it: not while a run goes on or the app
+        asked us to wait; after the schedule's jitter; never when another instance has it."""
+        pipeline = self._gen.config.pipelines.get(name)
+        if self._stopping or pipeline is None or pipeline.schedule is None:
             return
         not_before = self._not_before.get(name)
         if not_before is not None and utcnow() < not_before:
             log.debug("run.skipped", pipeline=name, reason=f"deferred until {format_utc(not_before)}")
             return
-        self._fire_now(name, "schedule")
-
-    def _fire_now(self, name: str, trigger: str) -> None:
-        try:
-            _, started = self.start_run(name, trigger)
-        except Refused as exc:
-            log.info("run.not_started", pipeline=name, reason=str(exc))
+        jitter = pipeline.schedule.jitter.total_seconds()
+        if jitter and trigger == "schedule":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), random.uniform(0, jitter))
+            if self._stopping:
+                return
+        if name in self._running:
+            log.debug("run.skipped", pipeline=name, slot=format_utc(slot), reason="already running")
             return
-        if not started:
-            log.debug("run.skipped", pipeline=name, reason="already running")
+        try:
+            claim = await asyncio.to_thread(self.store.claim_slot, name, slot, self._gen.config.state.lease_ttl)
+        except Exception as exc:
+            log.error("run.not_started", pipeline=name, slot=format_utc(slot), reason=redact(str(exc)))
+            return
+        if claim.outcome == "taken":
+            log.info("run.skipped_claimed", pipeline=name, slot=format_utc(slot), claimed_by=claim.by)
+            return
+        if claim.outcome == "busy":
+            log.info("run.busy", pipeline=name, slot=format_utc(slot), message=f"already running on {claim.by}")
+            return
+        try:
+            _, started = self.start_run(name, trigger, slot=slot)
+        except Refused as exc:  # stopping (or reloaded) since the claim: give the slot back
+            log.info("run.not_started", pipeline=name, slot=format_utc(slot), reason=str(exc))
+            await asyncio.to_thread(self.store.abandon_slot, name, slot)
+            return
+        if not started:  # a triggered run began meanwhile: it holds the lease and serves the slot
+            log.debug("run.skipped", pipeline=name, slot=format_utc(slot), reason="already running")
 
     # -- control API ---------------------------------------------------------------------------
     def _set_token(self, config: FerrymanConfig) -> None:
@@ -436,6 +533,8 @@ class Daemon:
     # -- shutdown ------------------------------------------------------------------------------
     async def _drain(self) -> None:
         self.scheduler.shutdown(wait=False)
+        if self._fires:  # slots in their jitter wake up and give up; claims in flight end
+            await asyncio.wait(set(self._fires), timeout=HEALTH_DB_TIMEOUT)
         tasks = {t for t in self._running.values()}
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout)
