@@ -290,3 +290,30 @@ async def test_a_stopped_two_way_run_commits_nothing_half_done_and_the_next_run_
     assert engine.store.get_cursor("sync", "a") is None
     done = await engine.run("sync")
     assert done.outcome == "ok" and len(live("desk")) == 250
+
+
+class Crash(BaseException):
+    """kill -9 stands-in: nothing below the engine catches it."""
+
+
+async def test_a_create_interrupted_by_a_crash_is_linked_not_repeated(
+    tmp_path: Path, state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes.put("crm", "contacts", contact("c1", "from-crm@example.com"))
+    fakes.put("desk", "contacts", contact("d1", "from-desk@example.com"))
+    engine = engine_for(tmp_path, state_url)
+    real_create = fakes.MemoryConnector.create
+
+    async def create_then_die(self: Any, stream: str, record: Any) -> Any:
+        await real_create(self, stream, record)
+        raise Crash  # the app has the record; we die before committing the link
+
+    monkeypatch.setattr(fakes.MemoryConnector, "create", create_then_die)
+    with pytest.raises(Crash):
+        await engine.run("sync")
+    monkeypatch.setattr(fakes.MemoryConnector, "create", real_create)
+    engine.store.release_lease("sync")  # as a restart on this host would find it dead
+    result = await engine.run("sync")
+    assert result.outcome == "ok", result.message
+    assert set(live("crm")) == set(live("desk")) == {"from-crm@example.com", "from-desk@example.com"}
+    assert (await engine.run("sync")).counts["created"] == 0

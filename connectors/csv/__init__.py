@@ -465,15 +465,20 @@ class CsvConnector(Connector):
         assert sink.fh is not None
         _close(sink)
         if sink.has_updates:
+            # Compacted straight into the published file; the partial is never rewritten,
+            # so it always still matches the offset committed for it (a crash between here
+            # and the unlink just publishes it again, compacted again, next time).
             self._compact(stream, sink)
-        os.replace(sink.partial, sink.path)
+            sink.partial.unlink()
+        else:
+            os.replace(sink.partial, sink.path)
         _fsync_dir(sink.path.parent)
         sink.updates_path.unlink(missing_ok=True)
         self._sinks[stream] = _Sink(sink.path, seed=True)
         return {"state": "published"}
 
     def _compact(self, stream: str, sink: _Sink) -> None:
-        """Keep only each updated key's last row; rows of other keys are untouched."""
+        """Publish the partial keeping only each updated key's last row (others untouched)."""
         updated = {orjson.loads(line) for line in sink.updates_path.read_bytes().splitlines() if line.strip()}
         key_column = self._header_for(stream)["key"]
         last: dict[str, int] = {}
@@ -496,7 +501,7 @@ class CsvConnector(Connector):
                 writer.writerow(cells)
             dst.flush()
             os.fsync(dst.fileno())
-        os.replace(tmp, sink.partial)
+        os.replace(tmp, sink.path)
 
     async def close(self) -> None:
         for sink in self._sinks.values():
@@ -510,9 +515,19 @@ def _close(sink: _Sink) -> None:
 
 
 def _truncate(path: Path, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes, the length committed for it.
+
+    A file shorter than that was changed behind our back: extending it would fill it with
+    zeros, so that is refused with what to do instead."""
     if not path.exists():
         path.write_bytes(b"")
         return
+    actual = path.stat().st_size
+    if actual < size:
+        raise FatalError(
+            f"{path} is {actual} bytes but {size} were committed: it was changed outside Ferryman; "
+            "remove it and run `ferryman reset PIPELINE` to rebuild the file from the source"
+        )
     with path.open("r+b") as fh:
         fh.truncate(size)
         fh.flush()

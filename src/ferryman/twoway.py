@@ -603,10 +603,12 @@ async def _execute(
         if creates:
             items = []
             for x in creates:
-                side = b if x.op == "create_b" else a
+                # labelled by the side the record came FROM ("a:KEY" is created on B), which
+                # is how _reconcile reads it back
+                origin = "a" if x.op == "create_b" else "b"
                 src_key = x.a_key if x.op == "create_b" else x.b_key
                 assert x.write is not None and src_key is not None
-                items.append((f"{side.label}:{src_key}", x.a_fp or x.b_fp or "", x.write.model_dump_json()))
+                items.append((f"{origin}:{src_key}", x.a_fp or x.b_fp or "", x.write.model_dump_json()))
             ids = store.record_intents(name, f"{a.ref}<->{b.ref}", items)
             intent_ids = {id(x): i for x, i in zip(creates, ids, strict=True)}
         counts: dict[str, int] = {}
@@ -728,6 +730,7 @@ async def _reconcile(engine: Engine, name: str, a: _Side, b: _Side) -> None:
     """Creates a crash interrupted: find them on their side and link them, or forget them."""
     store = engine.store
     for intent in store.intents(name, f"{a.ref}<->{b.ref}"):
+        # "a:KEY": A's record KEY was being created on B; "b:KEY": B's record on A
         label, _, src_key = intent["src_key"].partition(":")
         side, other = (b, a) if label == "a" else (a, b)
         record = side.info.record_type.model_validate_json(intent["payload"])

@@ -196,3 +196,34 @@ def test_fast_encoding_writes_the_cells_a_json_dump_gives(tmp_path: Path) -> Non
         expected = [[_json_cell(d.get(f)) for f in fields] for d in (r.model_dump(mode="json") for r in batch)]
         got = list(csv.reader(connector._encode(stream, batch).decode().splitlines(keepends=True)))
         assert got == expected, stream
+
+
+async def test_a_crash_while_publishing_compacted_rows_leaves_nothing_torn(
+    tmp_path: Path, state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishing with updates compacts the rows; a crash at the moment of publishing must
+    leave the partial matching its committed offset (no zeros, no lost rows after restart)."""
+    import ferryman_connectors.csv as csv_connector
+
+    engine = setup(tmp_path, state_url, HEADER + "1,2026-01-01T00:00:00Z,a,open,x@example.com\n")
+    await engine.run("p")
+    (tmp_path / "in" / "tickets.csv").write_text(
+        HEADER + "1,2026-01-02T00:00:00Z,a2,open,x@example.com\n2,2026-01-02T00:00:01Z,b,open,y@example.com\n"
+    )
+    target = tmp_path / "out" / "tickets.csv"
+    real_replace = csv_connector.os.replace
+
+    def crash(src: object, dst: object) -> None:
+        if Path(str(dst)) == target:
+            raise OSError("simulated crash while publishing")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(csv_connector.os, "replace", crash)
+    crashed = await engine.run("p")
+    assert crashed.outcome == "failed"
+    monkeypatch.setattr(csv_connector.os, "replace", real_replace)
+    await engine.aclose()
+    again = await Engine(engine.config, engine.store).run("p")
+    assert again.outcome == "ok", again.message
+    assert b"\x00" not in target.read_bytes()
+    assert sorted((r["key"], r["subject"]) for r in published(tmp_path)) == [("1", "a2"), ("2", "b")]
