@@ -317,3 +317,28 @@ async def test_a_create_interrupted_by_a_crash_is_linked_not_repeated(
     assert result.outcome == "ok", result.message
     assert set(live("crm")) == set(live("desk")) == {"from-crm@example.com", "from-desk@example.com"}
     assert (await engine.run("sync")).counts["created"] == 0
+
+
+async def test_an_edit_to_a_record_whose_create_was_interrupted_still_travels(
+    tmp_path: Path, state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash right after the desk accepted a create; someone edits the new desk record;
+    the restart links the pair and carries that edit back, instead of adopting it as agreed."""
+    fakes.put("crm", "contacts", contact("c1", "someone@example.com", title="original"))
+    engine = engine_for(tmp_path, state_url)
+    real_create = fakes.MemoryConnector.create
+
+    async def create_then_die(self: Any, stream: str, record: Any) -> Any:
+        await real_create(self, stream, record)
+        raise Crash
+
+    monkeypatch.setattr(fakes.MemoryConnector, "create", create_then_die)
+    with pytest.raises(Crash):
+        await engine.run("sync")
+    monkeypatch.setattr(fakes.MemoryConnector, "create", real_create)
+    engine.store.release_lease("sync")
+    desk_key = live("desk")["someone@example.com"].key
+    edit("desk", desk_key, title="edited in the desk after the crash")
+    result = await engine.run("sync")
+    assert result.outcome == "ok", result.message
+    assert live("crm")["someone@example.com"].title == "edited in the desk after the crash"

@@ -46,7 +46,18 @@ log = structlog.get_logger("ferryman.twoway")
 
 CHUNK = 100
 Op = Literal[
-    "create_a", "create_b", "update_a", "update_b", "delete_a", "delete_b", "unlink", "link", "conflict", "loop", "skip"
+    "create_a",
+    "create_b",
+    "update_a",
+    "update_b",
+    "update_both",
+    "delete_a",
+    "delete_b",
+    "unlink",
+    "link",
+    "conflict",
+    "loop",
+    "skip",
 ]
 
 
@@ -57,7 +68,8 @@ class PairAction:
     op: Op
     a_key: str | None
     b_key: str | None
-    write: Record | None = None  # what to write, in the written side's shape
+    write: Record | None = None  # what to write, in the written side's shape (B's for update_both)
+    write_a: Record | None = None  # update_both: what to write to A
     a_fp: str | None = None  # fingerprints to store on the link afterwards (B-shape)
     b_fp: str | None = None
     reason: str = ""
@@ -192,7 +204,24 @@ def plan_pairs(
             )
             return
         merged_fp = fingerprint(merged)
-        if merged_fp != b_fp:
+        to_b, to_a = merged_fp != b_fp, merged_fp != a_fp
+        if to_b and to_a:
+            # one action for both writes: the link is committed only when both sides hold the
+            # merge, never with one side written and the other still marked as agreed
+            actions.append(
+                PairAction(
+                    "update_both",
+                    a_key,
+                    b_key,
+                    write=merged.model_copy(update={"key": b_key}),
+                    write_a=reverse(merged).model_copy(update={"key": a_key}),
+                    a_fp=merged_fp,
+                    b_fp=merged_fp,
+                    reason="conflict resolved",
+                    link=link,
+                )
+            )
+        elif to_b:
             actions.append(
                 PairAction(
                     "update_b",
@@ -205,7 +234,7 @@ def plan_pairs(
                     link=link,
                 )
             )
-        if merged_fp != a_fp:
+        elif to_a:
             actions.append(
                 PairAction(
                     "update_a",
@@ -570,6 +599,7 @@ def _count(counts: dict[str, int], op: str) -> None:
         "create_b": "created",
         "update_a": "updated",
         "update_b": "updated",
+        "update_both": "updated",
         "delete_a": "deleted",
         "delete_b": "deleted",
         "conflict": "dead_lettered",
@@ -714,6 +744,14 @@ async def _apply(
         stored = await a.connector.update(a.stream, x.a_key, x.write)
         new_links.append(Link(x.a_key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, count, window))
         bump("updated")
+    elif x.op == "update_both":
+        assert x.write is not None and x.write_a is not None and x.a_key and x.b_key
+        stored_b = await b.connector.update(b.stream, x.b_key, x.write)
+        stored_a = await a.connector.update(a.stream, x.a_key, x.write_a)
+        new_links.append(
+            Link(x.a_key, x.b_key, fingerprint(forward.apply(stored_a)), fingerprint(stored_b), count, window)
+        )
+        counts["updated"] = counts.get("updated", 0) + 2
     elif x.op == "delete_b":
         assert x.a_key and x.b_key
         await b.connector.delete(b.stream, x.b_key)
@@ -737,8 +775,11 @@ async def _reconcile(engine: Engine, name: str, a: _Side, b: _Side) -> None:
         found = await _lookup(side, record)
         link = None
         if found is not None:
+            # Both sides get the fingerprint of what WE wrote, not of what the app holds now:
+            # if someone edited the new record since, that edit must still count as a change
+            # (and travel to the other side), not be adopted as already agreed.
             if label == "a":
-                link = Link(src_key, found.key, intent["fingerprint"], fingerprint(found))
+                link = Link(src_key, found.key, intent["fingerprint"], intent["fingerprint"])
             else:
                 link = Link(found.key, src_key, intent["fingerprint"], intent["fingerprint"])
         store.resolve_intent(intent["id"], src=a.ref, dst=b.ref, link=link)
