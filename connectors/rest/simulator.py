@@ -474,7 +474,7 @@ class GenericSimulator(Simulator):
             table: Table | _Matching = self.table(stream)
             filters = {name: value for name, value in query.items() if name in SCHEMAS[stream]}
             if filters:
-                table = _Matching(table, filters)
+                table = _Matching(self.table(stream), filters)
             render = RENDER[stream]
             if style in ("page", "link"):
                 page = self._int_param(query, "page", 1, 1, None)
