@@ -70,6 +70,7 @@ class PairAction:
     b_key: str | None
     write: Record | None = None  # what to write, in the written side's shape (B's for update_both)
     write_a: Record | None = None  # update_both: what to write to A
+    replaces_a: str | None = None  # create_a re-creating a deleted A record: the old A key to unlink
     a_fp: str | None = None  # fingerprints to store on the link afterwards (B-shape)
     b_fp: str | None = None
     reason: str = ""
@@ -168,14 +169,26 @@ def plan_pairs(
                 return
             loser_deleted = (side == "a" and b.deleted) or (side == "b" and a.deleted)
             if loser_deleted:
-                side_record = shaped if side == "a" else b
-                op: Op = "update_b" if side == "a" else "update_a"
-                target = side_record if side == "a" else reverse(b)
-                actions.append(
-                    PairAction(
-                        op, a_key, b_key, write=target, a_fp=a_fp, b_fp=b_fp, reason="edit wins over delete", link=link
+                # the record is gone on the losing side: create it there again (an update of
+                # a deleted record is refused by real apps) and link the new copy instead
+                reason = "edit wins over delete: created again"
+                if side == "a":
+                    actions.append(
+                        PairAction("create_b", a_key, None, write=shaped, a_fp=a_fp, reason=reason, link=link)
                     )
-                )
+                else:
+                    actions.append(
+                        PairAction(
+                            "create_a",
+                            None,
+                            b_key,
+                            write=reverse(b),
+                            b_fp=b_fp,
+                            reason=reason,
+                            link=link,
+                            replaces_a=a_key,
+                        )
+                    )
             elif policy.deletes_enabled:
                 actions.append(
                     PairAction(
@@ -732,6 +745,8 @@ async def _apply(
     elif x.op == "create_a":
         assert x.write is not None and x.b_key
         stored = await a.connector.create(a.stream, x.write)
+        if x.replaces_a:
+            unlinks.append(x.replaces_a)
         new_links.append(Link(stored.key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, 1, utcnow()))
         bump("created")
     elif x.op == "update_b":
