@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import logging
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,6 +44,16 @@ __all__ = ["IDEMPOTENT_METHODS", "HttpClient", "ResponseHook"]
 # Importing it here keeps every send on its slot.
 with contextlib.suppress(ImportError):
     import anyio._backends._asyncio  # noqa: F401
+
+# httpcore runs ``import sniffio`` on every request to tell asyncio from trio, and falls
+# back to asyncio when it is missing (anyio 4.16 no longer installs it). A failing import
+# is not cached: each request searched every sys.path entry again, about an eighth of the
+# CPU of a push. Marking the module absent makes that import fail at once, with the same
+# outcome.
+try:
+    import sniffio  # noqa: F401
+except ImportError:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 log = structlog.get_logger("ferryman.http")
 
