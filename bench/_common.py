@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -73,20 +74,53 @@ class Child:
 
 
 def run_child(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:
-    """Run ``cmd`` to the end; its own CPU time and peak RSS come from ``wait4`` (this child only)."""
+    """Run ``cmd`` to the end. Its CPU time comes from ``wait4`` (this child only); its peak
+    RSS from ``VmHWM`` polled while it runs, because ``ru_maxrss`` also counts the memory of
+    this (forking) process before the child's exec."""
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-child-{os.getpid()}-{time.monotonic_ns()}"
     with open(f"{out_path}.out", "w+") as out, open(f"{out_path}.err", "w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=child_env(env), cwd=cwd)
+        peak = PeakRss(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
+        peak.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     for suffix in (".out", ".err"):
         Path(f"{out_path}{suffix}").unlink(missing_ok=True)
-    return Child(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, stdout, stderr)
+    return Child(wall, usage.ru_utime + usage.ru_stime, peak.mb, proc.returncode, stdout, stderr)
+
+
+class PeakRss:
+    """The largest ``VmHWM`` (peak resident set of the current program image) a process shows
+    while it runs, polled every 10 ms from a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.mb = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        # Popen returns once the child has exec'd, so every reading is of the child's own image.
+        path = Path(f"/proc/{self.pid}/status")
+        while not self._done.is_set():
+            try:
+                text = path.read_text()
+                for line in text.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.mb = max(self.mb, int(line.split()[1]) / 1024)
+            except (OSError, ValueError):
+                pass
+            self._done.wait(0.01)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def median(values: Sequence[float]) -> float:
