@@ -9,8 +9,10 @@ one full ``ferryman sync`` into CSV:
   time and that of ``ferryman status`` on the same config, which is start-up and nothing
   else);
 - **K changes** (default 1,000, made through the app's API): the next sync must cost
-  requests in proportion to K (about K / page size + 1), not to N, and deliver exactly K
-  updated records.
+  requests in proportion to the changes, not to N, and deliver exactly K updated records.
+  A run reads from its cursor minus the pipeline's overlap (2 minutes), so the changes of
+  the earlier repeats, made seconds before, are read again and skipped: with C the changes
+  inside that window, at most C + one page of records and C / page size + 2 requests.
 
 Requests are the sandbox's own count (``/__sandbox/stats``).
 """
@@ -18,11 +20,13 @@ Requests are the sandbox's own count (``/__sandbox/stats``).
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{median([x[2] for x in idle]):.2f} s / {median(status):.2f} s",
         )
 
-        busy: list[tuple[int, float, float]] = []
+        busy: list[tuple[int, float, float, int, int]] = []
+        first_change = time.monotonic()
         for i in range(repeat):
             change(sandbox, n, k, seed=i)
             sandbox.reset_stats()
@@ -105,14 +110,27 @@ def main(argv: list[str] | None = None) -> int:
             counts = summary(run)
             if counts["updated"] != k:
                 raise RuntimeError(f"expected {k} updates, got {counts}")
-            busy.append((sandbox.requests(), counts["seconds"], run.wall))
-        requests = max(x[0] for x in busy)
-        allowed = k // PAGE + 2
+            # A run reads from its cursor minus the pipeline's 2-minute overlap: the changes of
+            # the earlier repeats, made moments before, are read again (and skipped unchanged).
+            window = k * (i + 1) if time.monotonic() - first_change < 110 else None
+            busy.append((sandbox.requests(), counts["seconds"], run.wall, int(counts["read"]), window or k))
+        ok_requests = all(r <= math.ceil(c / PAGE) + 2 for r, _, _, _, c in busy)
+        ok_reads = all(read <= c + PAGE for _, _, _, read, c in busy)
         report.add(
-            f"{n:,}, {k:,} changes: requests (worst run)",
-            str(requests),
-            f"<= {allowed} (K/page + 2)",
-            requests <= allowed,
+            f"{n:,}, {k:,} changes: requests per run",
+            " / ".join(str(x[0]) for x in busy),
+            "<= C/page + 2",
+            ok_requests,
+        )
+        report.add(
+            f"{n:,}, {k:,} changes: records read per run",
+            " / ".join(f"{x[3]:,}" for x in busy),
+            "<= C + page",
+            ok_reads,
+        )
+        report.note(
+            f"C = changes inside the 2-minute overlap before each run ({' / '.join(f'{x[4]:,}' for x in busy)}): "
+            "the repeats come seconds apart, so each run re-reads the earlier repeats' changes"
         )
         report.add(f"{n:,}, {k:,} changes: run time", f"{median([x[1] for x in busy]):.2f} s")
         report.note(
