@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from ferryman.connector import Cursor
 from ferryman.errors import StateError
+from ferryman.holders import HOST_ID_ENV, default_instance_name, describe_holder, host_id  # noqa: F401 (re-exported)
+from ferryman.holders import holder_is_dead as _holder_is_dead
+from ferryman.holders import start_token as _start_token
 from ferryman.redact import redact
 from ferryman.state import migrations
 from ferryman.state.models import (
@@ -52,7 +54,6 @@ T_LEASES = LeaseRow.__table__  # type: ignore[attr-defined]
 T_SCHEMA = SchemaVersion.__table__  # type: ignore[attr-defined]
 T_SLOTS = SlotRow.__table__  # type: ignore[attr-defined]
 
-HOST_ID_ENV = "FERRYMAN_HOST_ID"
 SLOT_RETENTION = timedelta(days=7)
 
 
@@ -79,55 +80,6 @@ def _aware(value: datetime | str | None) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def default_instance_name() -> str:
-    return socket.gethostname()
-
-
-def host_id() -> str:
-    """The machine named in lease holders: ``$FERRYMAN_HOST_ID``, else the host name.
-
-    Holders with the same host id are taken to share one process table, so a lease whose
-    holder's process is gone is free at once. Set a distinct id where that is not true
-    (containers with one host name but separate pid namespaces); tests set it to stand
-    for another machine, whose dead holders are only taken over when their lease expires.
-    """
-    return os.environ.get(HOST_ID_ENV) or socket.gethostname()
-
-
-def _start_token(pid: int) -> str:
-    """The process's start time in clock ticks since boot ('' where /proc is unavailable);
-    with the pid it names one process, even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _holder_is_dead(holder: str) -> bool:
-    """True only when the holder is certainly a process of this host that no longer runs."""
-    parts = holder.split("|")
-    if len(parts) != 4 or parts[1] != host_id():
-        return False
-    try:
-        pid = int(parts[2])
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, PermissionError):
-        return False
-    return bool(parts[3]) and _start_token(pid) != parts[3]
-
-
-def describe_holder(holder: str) -> str:
-    """``instance (pid N)``, or ``instance on HOST (pid N)`` when the host id is another name."""
-    parts = holder.split("|")
-    if len(parts) != 4:
-        return holder
-    where = "" if parts[1] == parts[0] else f" on {parts[1]}"
-    return f"{parts[0]}{where} (pid {parts[2]})"
 
 
 @dataclass(frozen=True, slots=True)
