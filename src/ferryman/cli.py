@@ -6,7 +6,6 @@ Heavy modules are imported inside each command so that ``ferryman --help`` start
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -59,7 +58,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="if the pipeline is running elsewhere, wait for it to finish")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
-    p = sub.add_parser("status", help="per pipeline: last run, outcome, counts, cursor, dead letters")
+    p = sub.add_parser(
+        "status",
+        help="per pipeline: last run, outcome, counts, cursor, dead letters (reads the config's pipelines; "
+        "`check` validates the systems)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     sub.add_parser("check", help="validate the config and reach every configured system")
@@ -155,11 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- shared setup --------------------------------------------------------------------------
 
 
-def load(args: argparse.Namespace) -> Any:
+def load(args: argparse.Namespace, *, systems: bool = True) -> Any:
     from ferryman import logs
     from ferryman.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config, systems=systems)
     logs.configure(args.log_level or config.log.level, args.log_format or config.log.format)
     return config
 
@@ -188,6 +191,8 @@ def _fmt_time(value: Any) -> str:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    import asyncio
+
     config = load(args)
     config.pipeline(args.pipeline)
     store = open_store(config)
@@ -195,6 +200,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 async def _sync(args: argparse.Namespace, config: Any, store: Any) -> int:
+    import asyncio
+
     from ferryman.engine import Engine
 
     engine = Engine(config, store, services=services(config, store))
@@ -243,9 +250,11 @@ async def _sync(args: argparse.Namespace, config: Any, store: Any) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load(args)
-    store = open_store(config)
-    rows = status_rows(config, store)
+    rows = _light_status_rows(args)
+    if rows is None:
+        config = load(args)
+        store = open_store(config)
+        rows = status_rows(config, store)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
@@ -281,6 +290,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print("no pipelines configured")
     return EXIT_OK
+
+
+def _light_status_rows(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """Status without SQLAlchemy or connectors, where that gives the same answer: a SQLite
+    state database at the current schema and no webhook systems (whose endpoint state needs
+    their options). ``None``: use the full path."""
+    config = load(args, systems=False)
+    if any(system.connector == "webhook" for system in config.systems.values()):
+        return None
+    from ferryman.status import StatusReader
+
+    reader = StatusReader.open(config.state.resolved_url())
+    if reader is None:
+        return None
+    try:
+        return status_rows(config, reader)
+    finally:
+        reader.close()
 
 
 def status_rows(config: Any, store: Any) -> list[dict[str, Any]]:
@@ -335,6 +362,8 @@ def status_rows(config: Any, store: Any) -> list[dict[str, Any]]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import asyncio
+
     config = load(args)
     print(f"config {config.file}: ok ({len(config.systems)} systems, {len(config.pipelines)} pipelines)")
     return asyncio.run(_check(config))
@@ -414,6 +443,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
+    import asyncio
+
     config = load(args)
     store = open_store(config)
     if args.dlq_command == "list":

@@ -226,12 +226,15 @@ class FerrymanConfig(_Model):
     # Filled by load_config: each system's options validated by its connector's model.
     _options: dict[str, Any] = {}
     _file: str | None = None
+    _systems_checked: bool = True
 
     @property
     def file(self) -> str | None:
         return self._file
 
     def system_options(self, name: str) -> Any:
+        if not self._systems_checked:
+            raise RuntimeError("this config was loaded with systems=False: its systems' options were not validated")
         return self._options[name]
 
     def pipeline(self, name: str) -> PipelineConfig:
@@ -246,9 +249,15 @@ class FerrymanConfig(_Model):
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None, systems: bool = True
 ) -> FerrymanConfig:
-    """Read, override, resolve and validate the configuration; raise ConfigError on any problem."""
+    """Read, override, resolve and validate the configuration; raise ConfigError on any problem.
+
+    ``systems=False`` validates everything but the systems' connector options (and what
+    needs a connector to check: which streams a system has): no connector is imported.
+    ``ferryman status`` reads the config that way, to start fast; ``system_options()`` of
+    such a config raises.
+    """
     env = os.environ if environ is None else environ
     file = str(path or env.get("FERRYMAN_CONFIG") or DEFAULT_CONFIG_PATH)
     try:
@@ -281,11 +290,13 @@ def load_config(
 
     _check_names(config, file)
     options: dict[str, Any] = {}
-    for name, system in config.systems.items():
-        options[name] = _validate_system(name, system, file, referenced)
+    if systems:
+        for name, system in config.systems.items():
+            options[name] = _validate_system(name, system, file, referenced)
     config._options = options
+    config._systems_checked = systems
     _check_secret_literals(config, (), file, referenced)
-    _check_pipelines(config, file)
+    _check_pipelines(config, file, streams=systems)
     return config
 
 
@@ -424,9 +435,8 @@ def _from_env(where: tuple[str, ...]) -> bool:
     return any(k.upper().replace("-", "_") == wanted for k in os.environ)
 
 
-def _check_pipelines(config: FerrymanConfig, file: str) -> None:
-    from ferryman.connector import Capability
-
+def _check_pipelines(config: FerrymanConfig, file: str, *, streams: bool = True) -> None:
+    """References, one writer per target and, with ``streams``, each stream's capabilities."""
     written_by: dict[str, str] = {}
     for name, pipeline in config.pipelines.items():
         refs = [("from", pipeline.source)] + [(f"to.{i}", t) for i, t in enumerate(pipeline.to)]
@@ -436,15 +446,17 @@ def _check_pipelines(config: FerrymanConfig, file: str) -> None:
             if system not in config.systems:
                 known = ", ".join(sorted(config.systems)) or "none"
                 raise ConfigError(f"unknown system {system!r} (systems: {known})", file=file, path=where)
-            streams = _streams_of(config, system)
-            if streams is not None and stream not in streams:
+            known_streams = _streams_of(config, system) if streams else None
+            if known_streams is not None and stream not in known_streams:
                 raise ConfigError(
-                    f"system {system!r} has no stream {stream!r} (streams: {', '.join(sorted(streams))})",
+                    f"system {system!r} has no stream {stream!r} (streams: {', '.join(sorted(known_streams))})",
                     file=file,
                     path=where,
                 )
-            if streams is not None:
-                info = streams[stream]
+            if known_streams is not None:
+                from ferryman.connector import Capability
+
+                info = known_streams[stream]
                 needed = Capability.READ if key == "from" else Capability.CREATE
                 if not info.can(needed):
                     raise ConfigError(
@@ -461,10 +473,12 @@ def _check_pipelines(config: FerrymanConfig, file: str) -> None:
                         path=where,
                     )
                 written_by[ref] = name
-        if pipeline.direction == "both":
+        if pipeline.direction == "both" and streams:
+            from ferryman.connector import Capability
+
             for ref in (pipeline.source, pipeline.to[0]):
-                streams = _streams_of(config, ref.split(".", 1)[0])
-                info = streams.get(ref.split(".", 1)[1]) if streams else None
+                sides = _streams_of(config, ref.split(".", 1)[0])
+                info = sides.get(ref.split(".", 1)[1]) if sides else None
                 if info is not None and not (info.can(Capability.READ) and info.can(Capability.CREATE)):
                     raise ConfigError(
                         f"{ref} must be readable and writable for a two-way pipeline",
