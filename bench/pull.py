@@ -8,10 +8,14 @@ For each size N a ``sandbox generic`` process serves N contacts from precomputed
   that does nothing with the bytes: how fast the simulator serves, so that it is known
   not to be the bottleneck;
 - **the baseline** (``bench._baseline``): httpx + orjson + csv.writer, no state;
+- **the contract baseline** (``bench._contract_baseline``): the same, plus only the work the
+  delivery contract requires, written directly (validated records, a fingerprint and a link
+  row per record, one fsynced CSV append and one SQLite transaction per page): the contract's
+  own cost, reported next to the target ratio to tell it from the engine's;
 - **ferryman sync** of a ``rest`` contacts stream into a ``csv`` system, from a fresh state
   database each time.
 
-Baseline and Ferryman alternate, ``--repeat`` times each, and the medians are compared:
+The three alternate, ``--repeat`` times each, and the medians are compared:
 Ferryman's throughput as a ratio of the baseline's (target >= 0.75), and Ferryman's peak
 RSS (target < 100 MB at 1,000,000 records, and flat as N grows). Both are child
 processes, so their figures include interpreter start-up; their CPU and RSS come from
@@ -147,6 +151,7 @@ def measure_size(report: Report, n: int, repeat: int, work: Path) -> dict[str, f
         sim_ms = median([a[2] for a in alone])
 
         baseline: list[tuple[float, float, float]] = []
+        floor: list[tuple[float, float, float]] = []
         ferry: list[tuple[float, float, float]] = []
         requests: dict[str, int] = {}
         for i in range(repeat):
@@ -157,6 +162,17 @@ def measure_size(report: Report, n: int, repeat: int, work: Path) -> dict[str, f
             if got != n:
                 raise RuntimeError(f"the baseline wrote {got} records, expected {n}")
             baseline.append((b.wall, b.cpu, b.max_rss_mb))
+
+            floor_dir = work / f"contract-{i}"
+            shutil.rmtree(floor_dir, ignore_errors=True)
+            c = run_child([sys.executable, "-m", "bench._contract_baseline", sandbox.url, str(floor_dir)]).check(
+                "contract baseline"
+            )
+            got = int(c.stdout.split()[-1])
+            if got != n:
+                raise RuntimeError(f"the contract baseline wrote {got} records, expected {n}")
+            floor.append((c.wall, c.cpu, c.max_rss_mb))
+            shutil.rmtree(floor_dir, ignore_errors=True)
 
             run_dir = work / f"ferryman-{i}"
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -171,6 +187,7 @@ def measure_size(report: Report, n: int, repeat: int, work: Path) -> dict[str, f
             ferry.append((f.wall, f.cpu, f.max_rss_mb))
             print(
                 f"  run {i + 1}: baseline {b.wall:.2f} s (cpu {b.cpu:.2f} s, {b.max_rss_mb:.0f} MB); "
+                f"contract baseline {c.wall:.2f} s (cpu {c.cpu:.2f} s, {c.max_rss_mb:.0f} MB); "
                 f"ferryman {f.wall:.2f} s (cpu {f.cpu:.2f} s, {f.max_rss_mb:.0f} MB)",
                 flush=True,
             )
@@ -178,6 +195,7 @@ def measure_size(report: Report, n: int, repeat: int, work: Path) -> dict[str, f
 
     b_wall, b_cpu, b_rss = (median([x[k] for x in baseline]) for k in range(3))
     f_wall, f_cpu, f_rss = (median([x[k] for x in ferry]) for k in range(3))
+    c_wall, c_cpu, c_rss = (median([x[k] for x in floor]) for k in range(3))
     ratio = (n / f_wall) / (n / b_wall)
     tag = f"{n:,}"
     report.add(f"{tag}: simulator alone (records served)", fmt_rate(sim_rate))
@@ -193,6 +211,9 @@ def measure_size(report: Report, n: int, repeat: int, work: Path) -> dict[str, f
         ratio >= THROUGHPUT_TARGET,
     )
     report.add(f"{tag}: ferryman / baseline CPU per record", fmt_ratio(f_cpu / b_cpu))
+    report.add(f"{tag}: contract baseline (wall, CPU, RSS)", f"{fmt_rate(n / c_wall)}, {c_cpu:.1f} s, {c_rss:.0f} MB")
+    report.add(f"{tag}: contract baseline / baseline throughput (wall)", fmt_ratio(b_wall / c_wall))
+    report.add(f"{tag}: ferryman / contract baseline throughput (wall)", fmt_ratio(c_wall / f_wall))
     return {"n": n, "rss": f_rss, "ratio": ratio}
 
 
