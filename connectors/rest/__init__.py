@@ -64,10 +64,10 @@ the stream's ``timezone``, and refused without one), epoch seconds, or the field
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -91,7 +91,7 @@ from ferryman.http.pagination import (
 )
 from ferryman.records import Record, record_type
 from ferryman.redact import redact_url, register_secret
-from ferryman.timeutil import UTC, ZoneName, format_utc, from_epoch, parse_datetime, utcnow
+from ferryman.timeutil import UTC, ZoneName, ensure_utc, format_utc, from_epoch, parse_datetime, utcnow
 
 __all__ = ["Mapper", "RestConnector", "RestOptions", "StreamSpec", "format_time", "parse_time"]
 
@@ -548,6 +548,91 @@ def _fields_holding(rtype: type[Record], wanted: type) -> frozenset[str]:
     return frozenset(n for n, f in rtype.model_fields.items() if _holds(f.annotation, wanted))
 
 
+# Per-field conversions of a native value (after the value map), chosen once per field by
+# Mapper.__init__. A ValueError names what is wrong; Mapper.to_canonical adds the field.
+
+
+def _read_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dict | list):
+        raise ValueError("not an id")
+    return str(value)
+
+
+def _read_decimal(value: Any) -> Any:
+    return Decimal(repr(value)) if isinstance(value, float) else value  # never let a float's binary error into money
+
+
+def _read_text(value: Any) -> Any:
+    if type(value) is str or value is None:
+        return value  # the common case, settled before the isinstance checks
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # a numeric id or code in a text field (customer_id: 12)
+    return value
+
+
+def _read_decimal_text(value: Any) -> Any:
+    # No record type has a field both money and text today; if one does, a float is money
+    # first and an int becomes text, in the original order.
+    return _read_text(_read_decimal(value))
+
+
+def _time_reader(fmt: str | None, zone: tzinfo | None) -> Callable[[Any], datetime | None]:
+    """The reader of one timestamp field: :func:`parse_time`, with a shortcut for ISO strings.
+
+    Most APIs send ``2026-03-01T09:30:15Z``: ``datetime.fromisoformat`` reads that directly
+    (Python 3.11 accepts the ``Z``), without parse_datetime's strip and regex. Only a
+    result that parse_datetime would give too is returned from the shortcut; anything it
+    cannot settle (a ValueError, a naive time without a zone) goes through ``parse_time``,
+    so epoch strings, other layouts and every error message stay exactly as they are.
+
+    Why the two agree: parse_datetime strips the text, turns a final ``z``/``Z`` into
+    ``+00:00`` and, without a ``T``, the first space into ``T``, then calls fromisoformat
+    too. fromisoformat refuses surrounding whitespace and a lowercase ``z`` (both then take
+    the fallback), reads a final ``Z`` exactly as ``+00:00``, and the space is replaced here
+    the same way. tests/connectors/test_rest.py holds this to the original code.
+    """
+
+    def read(value: Any) -> datetime | None:
+        return None if value is None or value == "" else parse_time(value, fmt, zone)
+
+    if fmt not in (None, "iso_z", "iso_offset"):  # parse_time reads these three alike: ISO 8601
+        return read
+
+    def read_iso(value: Any) -> datetime | None:
+        if type(value) is not str or not value:
+            return read(value)
+        text = value
+        if "T" not in text and " " in text:
+            text = text.replace(" ", "T", 1)  # as parse_datetime does, for "2026-03-01 09:30:15"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return parse_time(value, fmt, zone)
+        offset = parsed.tzinfo
+        if offset is UTC:  # "Z" and "+00:00" parse to the UTC singleton itself
+            return parsed
+        if offset is None:
+            if zone is None:
+                return parse_time(value, fmt, zone)  # raises parse_datetime's own NaiveDatetimeError
+            parsed = parsed.replace(tzinfo=zone)
+        return ensure_utc(parsed)
+
+    return read_iso
+
+
+class _Reader(NamedTuple):
+    """How one canonical field is read from a native record, decided once per stream."""
+
+    name: str
+    path: str
+    key: str | None  # the native key when the path is a single key (read with dict.get)
+    values: Callable[[Any], Any] | None  # FieldSpec.to_canonical, when the field has a value map
+    convert: Callable[[Any], Any] | None  # None: the value is kept as it is
+    required: bool  # key and updated_at: a record without them is refused
+
+
 class Mapper:
     """Native dicts ↔ canonical records for one stream: pure, no I/O."""
 
@@ -560,50 +645,71 @@ class Mapper:
         self._decimals = _fields_holding(self.rtype, Decimal)
         self._texts = _fields_holding(self.rtype, str)
         self._consumed = [f.native.split(".") for f in self.fields.values() if f.read]
+        # With only top-level paths (the usual case) leftovers are a plain key filter.
+        self._consumed_keys = (
+            frozenset(path[0] for path in self._consumed) if all(len(p) == 1 for p in self._consumed) else None
+        )
+        self._key_path = self.fields["key"].native
+        self._readers = [self._reader(name, spec) for name, spec in self.fields.items() if spec.read]
+
+    def _reader(self, name: str, spec: FieldSpec) -> _Reader:
+        path = spec.native
+        key = path if path and "." not in path else None  # extract() treats "" as the body itself
+        return _Reader(
+            name,
+            path,
+            key,
+            spec.to_canonical if spec.values else None,
+            self._converter(name, spec),
+            name in ("key", "updated_at"),
+        )
+
+    def _converter(self, name: str, spec: FieldSpec) -> Callable[[Any], Any] | None:
+        if name == "key":
+            return _read_key
+        if name in self._datetimes:
+            return _time_reader(spec.format, self.zone)
+        if name in self._decimals:
+            return _read_decimal_text if name in self._texts else _read_decimal
+        if name in self._texts:
+            return _read_text
+        return None
 
     def native_id(self, native: Any) -> str | None:
         if not isinstance(native, Mapping):
             return None
-        value = extract(native, self.fields["key"].native)
+        value = extract(native, self._key_path)
         return None if value is None or isinstance(value, dict | list) else str(value)
 
     def to_canonical(self, native: Mapping[str, Any]) -> dict[str, Any]:
         """The canonical field values of a native record (raises ValueError saying which field is wrong)."""
         data: dict[str, Any] = {}
-        for name, spec in self.fields.items():
-            if not spec.read:
-                continue
-            value = extract(native, spec.native, _MISSING)
+        # A JSON object is a plain dict: its single keys are read with dict.get, the rest by extract().
+        get = native.get if type(native) is dict else None
+        for name, path, key, values, convert, required in self._readers:
+            value = get(key, _MISSING) if get is not None and key is not None else extract(native, path, _MISSING)
             if value is _MISSING:
-                if name in ("key", "updated_at"):
-                    raise ValueError(f"{name}: no {spec.native!r} in the record")
+                if required:
+                    raise ValueError(f"{name}: no {path!r} in the record")
                 continue
-            value = spec.to_canonical(value)
-            try:
-                data[name] = self._read_value(name, spec, value)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
+            if values is not None:
+                value = values(value)
+            if convert is not None:
+                try:
+                    value = convert(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+            data[name] = value
         if data.get("key") in (None, ""):
-            raise ValueError(f"key: {self.fields['key'].native!r} is empty")
+            raise ValueError(f"key: {self._key_path!r} is empty")
         if data.get("deleted") is None:
             data.pop("deleted", None)
-        data["extra"] = _leftovers(native, self._consumed)
+        keys = self._consumed_keys
+        if keys is not None and get is not None:
+            data["extra"] = {k: v for k, v in native.items() if k not in keys}
+        else:
+            data["extra"] = _leftovers(native, self._consumed)
         return data
-
-    def _read_value(self, name: str, spec: FieldSpec, value: Any) -> Any:
-        if value is None:
-            return None
-        if name == "key":
-            if isinstance(value, dict | list):
-                raise ValueError("not an id")
-            return str(value)
-        if name in self._datetimes:
-            return None if value == "" else parse_time(value, spec.format, self.zone)
-        if name in self._decimals and isinstance(value, float):
-            return Decimal(repr(value))  # never let a float's binary error into money
-        if isinstance(value, int | float) and not isinstance(value, bool) and name in self._texts:
-            return str(value)  # a numeric id or code in a text field (customer_id: 12)
-        return value
 
     def record(self, native: Any, ref_prefix: str) -> Record | Reject:
         """A canonical record, or a :class:`Reject` naming the native id and what is wrong."""

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import math
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -25,14 +27,16 @@ import respx
 import yaml
 
 from ferryman import cli
+from ferryman.api import to_record
 from ferryman.config import load_config
 from ferryman.connector import Capability, Cursor, Reject, SystemContext, record_order
 from ferryman.errors import AuthError, ConfigError, MalformedResponseError, RecordRejected
+from ferryman.http.pagination import extract
 from ferryman.records import Contact, Invoice, Ticket
 from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
 from ferryman.testing import ConnectorContract, ContractSetup, collect
-from ferryman.timeutil import utcnow
+from ferryman.timeutil import from_epoch, parse_datetime, utcnow
 from ferryman_connectors.rest import Mapper, RestConnector, RestOptions, StreamSpec, format_time
 from ferryman_connectors.rest.simulator import GenericSimulator
 from tests.conftest import ferryman_cmd, run_cli
@@ -405,6 +409,338 @@ def test_write_nulls_sends_null_for_empty_fields() -> None:
     assert Mapper(StreamSpec.model_validate(base), None).to_native(contact) == {"email": "a@example.com"}
     nulls = StreamSpec.model_validate({**base, "write_nulls": True})
     assert Mapper(nulls, None).to_native(contact) == {"email": "a@example.com", "phone": None}
+
+
+# -- mapping: the per-field readers give exactly what the original mapping gave ---------------------
+#
+# The reference below is the mapping as it was before Mapper precomputed one reader per
+# field (connectors/rest/__init__.py: to_canonical, _read_value, _leftovers, parse_time), kept
+# here unchanged but for names, so that the faster code is held to its records, rejects and
+# error messages.
+
+
+def _ref_parse_time(value: Any, fmt: str | None = None, zone: tzinfo | None = None) -> datetime:
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"not a timestamp: {value!r}")
+    if isinstance(value, int | float | Decimal):
+        return from_epoch(float(value))
+    if not isinstance(value, str):
+        raise ValueError(f"not a timestamp: {value!r}")
+    if fmt == "epoch":
+        return from_epoch(value.strip())
+    if fmt == "YYYY-MM-DD HH:MM:SS":
+        return parse_datetime(value, assume_tz=zone, fmt="%Y-%m-%d %H:%M:%S")
+    if fmt is not None and "%" in fmt:
+        return parse_datetime(value, assume_tz=zone, fmt=fmt)
+    return parse_datetime(value, assume_tz=zone)
+
+
+def _ref_leftovers(native: Mapping[str, Any], consumed: list[list[str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in native.items():
+        below = [path[1:] for path in consumed if path[0] == name]
+        if not below:
+            out[name] = value
+        elif all(below) and isinstance(value, Mapping):
+            rest = _ref_leftovers(value, below)
+            if rest:
+                out[name] = rest
+    return out
+
+
+def _ref_holds(annotation: Any, wanted: type) -> bool:
+    if annotation is wanted:
+        return True
+    return any(_ref_holds(arg, wanted) for arg in get_args(annotation) if not isinstance(arg, str | int | float))
+
+
+class ReferenceMapper:
+    """The original native -> canonical mapping (slow, and kept only as the yardstick)."""
+
+    _MISSING: Any = object()
+
+    def __init__(self, spec: StreamSpec, zone: tzinfo | None) -> None:
+        self.rtype = spec.record_type
+        self.zone = zone
+        self.fields = spec.field_specs()
+        self._datetimes = self.rtype.datetime_fields()
+        self._decimals = frozenset(n for n, f in self.rtype.model_fields.items() if _ref_holds(f.annotation, Decimal))
+        self._texts = frozenset(n for n, f in self.rtype.model_fields.items() if _ref_holds(f.annotation, str))
+        self._consumed = [f.native.split(".") for f in self.fields.values() if f.read]
+
+    def native_id(self, native: Any) -> str | None:
+        if not isinstance(native, Mapping):
+            return None
+        value = extract(native, self.fields["key"].native)
+        return None if value is None or isinstance(value, dict | list) else str(value)
+
+    def to_canonical(self, native: Mapping[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for name, spec in self.fields.items():
+            if not spec.read:
+                continue
+            value = extract(native, spec.native, self._MISSING)
+            if value is self._MISSING:
+                if name in ("key", "updated_at"):
+                    raise ValueError(f"{name}: no {spec.native!r} in the record")
+                continue
+            value = spec.to_canonical(value)
+            try:
+                data[name] = self._read_value(name, spec, value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        if data.get("key") in (None, ""):
+            raise ValueError(f"key: {self.fields['key'].native!r} is empty")
+        if data.get("deleted") is None:
+            data.pop("deleted", None)
+        data["extra"] = _ref_leftovers(native, self._consumed)
+        return data
+
+    def _read_value(self, name: str, spec: Any, value: Any) -> Any:
+        if value is None:
+            return None
+        if name == "key":
+            if isinstance(value, dict | list):
+                raise ValueError("not an id")
+            return str(value)
+        if name in self._datetimes:
+            return None if value == "" else _ref_parse_time(value, spec.format, self.zone)
+        if name in self._decimals and isinstance(value, float):
+            return Decimal(repr(value))
+        if isinstance(value, int | float) and not isinstance(value, bool) and name in self._texts:
+            return str(value)
+        return value
+
+    def record(self, native: Any, ref_prefix: str) -> Any:
+        key = self.native_id(native)
+        ref = f"{ref_prefix} {key}" if key else ref_prefix
+        if not isinstance(native, Mapping):
+            return Reject(ref, f"expected a JSON object, found {type(native).__name__}", raw=native, key=key)
+        result = to_record(self.rtype, lambda: self.to_canonical(native), ref=ref, key=key)
+        if isinstance(result, Reject):
+            return Reject(result.ref, result.reason, raw=dict(native), key=key)
+        return result
+
+
+def _outcome(call: Callable[..., Any], *args: Any) -> str:
+    """What a call gave, down to types and timezone objects (repr), or the error it raised."""
+    try:
+        result = call(*args)
+    except Exception as exc:  # the error itself is what is compared
+        return f"raised {type(exc).__name__}: {exc}"
+    if isinstance(result, Reject):
+        return f"reject {result.ref!r} {result.reason!r} {result.raw!r} {result.key!r}"
+    if hasattr(result, "model_dump"):
+        dumped = result.model_dump()
+        return (
+            f"{type(result).__name__} {dumped!r} {[type(v.tzinfo) for v in dumped.values() if isinstance(v, datetime)]}"
+        )
+    return repr(result)
+
+
+def assert_maps_like_the_reference(spec: StreamSpec, zone: tzinfo | None, natives: list[Any]) -> None:
+    fast, slow = Mapper(spec, zone), ReferenceMapper(spec, zone)
+    for native in natives:
+        assert _outcome(fast.record, native, "rec") == _outcome(slow.record, native, "rec"), native
+        if isinstance(native, Mapping):
+            assert _outcome(fast.to_canonical, native) == _outcome(slow.to_canonical, native), native
+
+
+ZONES: list[tzinfo | None] = [None, UTC, ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")]
+
+TIMESTAMPS: list[Any] = [
+    "2026-03-01T09:30:15Z",
+    "2026-03-01T09:30:15.123456Z",
+    "2026-03-01T09:30:15+00:00",
+    "2026-03-01T09:30:15-00:00",
+    "2026-03-01T09:30:15+02:00",
+    "2026-03-01T09:30:15-05:30",
+    "2026-03-01T09:30:15z",
+    "2026-03-01T09:30:15",  # naive: the stream's timezone, or refused
+    "2026-03-01 09:30:15",
+    "2026-03-01 09:30:15Z",
+    "2026-03-01",
+    "2026-03-01Z",
+    "2026-03-29T02:30:00",  # a Berlin local time that does not exist (DST gap)
+    " 2026-03-01T09:30:15Z ",
+    "2026-03-01T09:30:15Z\n",
+    "",
+    "   ",
+    "soon",
+    "1767225600",
+    "1767225600.5",
+    "-5",
+    1767225600,
+    1767225600.5,
+    0,
+    True,
+    False,
+    None,
+    [],
+    {"at": "2026-03-01T09:30:15Z"},
+    "01/03/2026 09:30",
+    "2026-03-01T24:00:00Z",
+    "2026-13-01T00:00:00Z",
+    "2026-03-01T09:30:15+01:00Z",
+    "2026-03-01x09:30:15 Z",
+    "2026-03-01t09:30:15 +01:00",
+    "2026-03-01T10 Z",
+    "20260301T093015Z",
+    "2026-W09-7",
+    "\ud800",
+]
+
+CONTACTS = StreamSpec.model_validate(
+    {
+        "record": "contact",
+        "path": "/contacts",
+        "fields": {
+            "email": "email",
+            "first_name": "first_name",
+            "last_name": "last_name",
+            "phone": "phone",
+            "organisation": "company",
+            "created_at": "created_at",
+        },
+    }
+)
+
+CONTACT = {
+    "id": 17,
+    "updated_at": "2026-03-01T09:30:15Z",
+    "created_at": "2026-01-01T00:00:00Z",
+    "email": "ana@example.com",
+    "first_name": "Ana",
+    "last_name": "Lopez",
+    "phone": 4930123456,  # a number in a text field
+    "company": "Acme",
+    "tags": ["vip"],
+    "address": {"city": "Berlin", "street": None},
+}
+
+
+def _variants(base: dict[str, Any], name: str, values: list[Any]) -> list[dict[str, Any]]:
+    return [{**base, name: value} for value in values]
+
+
+def test_contact_mapping_matches_the_reference_for_plain_records_and_every_timestamp_form() -> None:
+    natives: list[Any] = [CONTACT, {**CONTACT, "deleted": True}, {**CONTACT, "deleted": None}]
+    natives += _variants(CONTACT, "updated_at", TIMESTAMPS) + _variants(CONTACT, "created_at", TIMESTAMPS)
+    natives += _variants(CONTACT, "id", [17, "17", "", None, True, 1.5, [], {"id": 1}, 10**30])
+    natives += _variants(CONTACT, "phone", [4930123456, 49.5, True, None, "", {"n": 1}, Decimal("1.5"), 2**70])
+    natives += [{k: v for k, v in CONTACT.items() if k != drop} for drop in ("id", "updated_at", "email")]
+    natives += [{}, [CONTACT], "text", None, 17, MappingProxyType(CONTACT), MappingProxyType({"id": 1})]
+    natives += [{**CONTACT, "deleted": "yes"}, {**CONTACT, 5: "an int key"}]
+    for zone in ZONES:
+        assert_maps_like_the_reference(CONTACTS, zone, natives)
+    for fmt in ("iso_z", "iso_offset", "YYYY-MM-DD HH:MM:SS", "epoch", "%d/%m/%Y %H:%M"):
+        spec = StreamSpec.model_validate(
+            {**CONTACTS.model_dump(exclude_unset=True), "fields": {"updated_at": {"native": "at", "format": fmt}}}
+        )
+        for zone in (None, ZoneInfo("Europe/Berlin")):
+            assert_maps_like_the_reference(spec, zone, _variants({"id": 1, "x": {"y": 1}}, "at", TIMESTAMPS))
+
+
+def test_ticket_mapping_matches_the_reference_for_nested_paths_value_maps_and_leftovers() -> None:
+    native = {
+        "ticket_id": 981,
+        "title": "VPN down",
+        "state": -1,
+        "requester": {"email": "ana@example.com", "name": "Ana"},
+        "meta": {"modified": "2026-02-01 10:00:00", "created": 1767225600, "source": "email"},
+        "closed": "01/02/2026 10:05",
+        "tags": ["vpn"],
+    }
+    natives: list[Any] = [native, MappingProxyType(native)]
+    natives += _variants(native, "state", [-1, "-1", "new", "solved", "escalated", None, 1.0, True, ["x"], {"y": 1}])
+    natives += _variants(native, "requester", [{"email": "b@example.com"}, {}, "ana@example.com", None, [1]])
+    natives += _variants(native, "meta", [{"modified": t, "created": t} for t in TIMESTAMPS] + ["flat", None])
+    natives += _variants(native, "closed", ["01/02/2026 10:05", "2026-02-01T10:05:00Z", "", None, 5])
+    natives += [{k: v for k, v in native.items() if k != drop} for drop in ("ticket_id", "meta", "requester")]
+    for zone in ZONES:
+        assert_maps_like_the_reference(TICKET_SPEC, zone, natives)
+
+
+# YAML's own typing of value-map keys: -1 and 2 are numbers, "3" and "n/a" strings, ~ is None.
+ODD_SPEC = StreamSpec.model_validate(
+    yaml.safe_load(
+        """
+        record: ticket
+        path: /t
+        fields:
+          key: {native: ref, values: {"0": zero}}
+          status: {native: s, values: {-1: closed, "3": pending, 2: open, n/a: closed}}
+          priority: {native: p, values: {1: high, "2": low}, default: normal}
+          type: {native: kind, read: false}
+          closed_at: {native: done, values: {"0000-00-00 00:00:00": ~}, format: "YYYY-MM-DD HH:MM:SS"}
+          subject: ""
+          description: "a."
+          assignee: a.b.c
+        """
+    )
+)
+
+
+def test_odd_configurations_map_like_the_reference() -> None:
+    base = {"ref": 1, "updated_at": "2026-03-01T09:30:15Z", "s": -1, "p": 1, "kind": "bug", "done": None}
+    natives: list[Any] = [base, {**base, "a": {"b": {"c": "me", "d": 1}, "e": 2}}, {**base, "a": "flat"}]
+    natives += _variants(base, "ref", [0, "0", "", None])
+    natives += _variants(base, "s", [-1, "-1", 2, "2", 3, "3", "n/a", "other", None, [1]])
+    natives += _variants(base, "p", [1, "1", 2, "2", 3, None, True])
+    natives += _variants(base, "done", ["0000-00-00 00:00:00", "2026-03-01 09:30:15", "2026-03-01T09:30:15Z", ""])
+    for zone in (None, ZoneInfo("Europe/Berlin")):
+        assert_maps_like_the_reference(ODD_SPEC, zone, natives)
+
+
+def test_invoice_mapping_matches_the_reference_for_money_and_numbers_in_text() -> None:
+    spec = StreamSpec.model_validate(
+        {
+            "record": "invoice",
+            "path": "/invoices",
+            "fields": {
+                "amount": "total",
+                "balance_due": "due",
+                "customer_key": "client.id",
+                "number": "no",
+                "issued_on": "issued",
+                "status": {"native": "state", "values": {"settled": "paid"}},
+            },
+        }
+    )
+    native = {"id": 7, "updated_at": 1767225600, "total": 0.1, "due": 10, "client": {"id": 42}, "no": 1001}
+    natives: list[Any] = [native, {**native, "state": "settled"}, {**native, "state": "open", "issued": "2026-03-01"}]
+    natives += _variants(native, "total", [0.1, 1e-7, 1e22, 3, "12.50", True, None, float("nan"), float("inf")])
+    natives += _variants(native, "no", [1001, 10.5, "INV-1", False, None, -0.0])
+    natives += _variants(native, "client", [{"id": "c-1"}, {"id": 4.2}, {"id": None}, {}, None])
+    natives += _variants(native, "issued", ["2026-03-01", "2026-03-01T00:00:00Z", 5, None])
+    for zone in (None, UTC):
+        assert_maps_like_the_reference(spec, zone, natives)
+    # without `fields` every canonical field maps to the native field of the same name
+    plain = StreamSpec.model_validate({"record": "invoice", "path": "/invoices"})
+    everything = {"id": 1, "updated_at": "2026-03-01T09:30:15+02:00", "amount": 9.99, "currency": "EUR", "x": 1}
+    assert_maps_like_the_reference(plain, None, [everything, {**everything, "balance_due": 0.3, "notes": 5}])
+
+
+def test_timestamp_shortcut_matches_the_reference_parse_for_many_iso_like_strings() -> None:
+    """Every combination of ISO-ish pieces, exotic ones included, reads as parse_datetime reads it."""
+    dates = ["2026-03-01", "20260301", "2026-W09-7", "2026-03", "2026-3-1", ""]
+    separators = ["T", "t", " ", "x", ""]
+    times = ["09", "09:30", "0930", "09:30:15", "09:30:15.5", "09:30:15,123456", "093015.123", "24:00", ""]
+    offsets = ["", "Z", "z", "+00:00", "-00:00", "+02:00", "+0200", "+02", "-05:30", " Z", " +01:00", "+00:00Z", "ZZ"]
+    pads = [("", ""), (" ", ""), ("", " "), ("", "\n"), ("\t", "\t")]
+    texts = [
+        f"{before}{d}{sep}{t}{off}{after}"
+        for d, sep, t, off, (before, after) in itertools.product(dates, separators, times, offsets, pads)
+    ]
+    for fmt in (None, "iso_z", "iso_offset"):
+        spec = StreamSpec.model_validate(
+            {"record": "contact", "path": "/c", "fields": {"created_at": {"native": "at", "format": fmt}}}
+        )
+        for zone in (None, ZoneInfo("Europe/Berlin")):
+            fast, slow = Mapper(spec, zone), ReferenceMapper(spec, zone)
+            for text in texts:
+                native = {"id": 1, "updated_at": "2026-03-01T09:30:15Z", "at": text}
+                assert _outcome(fast.to_canonical, native) == _outcome(slow.to_canonical, native), text
 
 
 # -- configuration errors name the key path ---------------------------------------------------------
