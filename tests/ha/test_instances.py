@@ -28,7 +28,9 @@ from tests.daemon.support import Daemon, csv_system, read_keys, short_dir, write
 
 pytestmark = pytest.mark.postgres
 
-T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+# Slots near now: claims older than the retention (7 days) are pruned as later slots are
+# claimed, so a fixed date here turned these tests into a time bomb a week after it was written.
+T0 = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
 LEASE_TTL = 4.0  # seconds: state.lease_ttl in these tests (60 by default)
 
 
@@ -86,6 +88,16 @@ def test_a_slot_is_claimed_once_and_with_the_lease(state_url: str) -> None:
     two.abandon_slot("p", T0 + timedelta(minutes=1))
     assert one.lease_holder("p") is None
     assert one.claim_slot("p", T0 + timedelta(minutes=1), ttl).outcome == "claimed"
+
+
+def test_a_slot_older_than_the_retention_stays_claimed(state_url: str) -> None:
+    """A missed run coalesced after a long outage: its claim is not pruned as it is made."""
+    one, two = StateStore.open(state_url, instance="one"), StateStore.open(state_url, instance="two")
+    ttl = timedelta(seconds=30)
+    long_ago = T0 - timedelta(days=30)
+    assert one.claim_slot("p", long_ago, ttl).outcome == "claimed"
+    one.release_lease("p")
+    assert (two.claim_slot("p", long_ago, ttl).outcome, two.claim_slot("p", long_ago, ttl).by) == ("taken", "one")
 
 
 def test_two_stores_racing_for_the_same_slots_claim_each_once(state_url: str) -> None:

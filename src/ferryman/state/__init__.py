@@ -703,8 +703,15 @@ class StateStore:
             if blocking is not None:
                 transaction.rollback()
                 return SlotClaim("busy", describe_holder(blocking) if blocking else None)
+            # Old claims are pruned, but never the one just made: a slot older than the
+            # retention (a missed run coalesced after a long outage) must stay claimed, or
+            # another instance could claim and run it again.
             conn.execute(
-                sa.delete(T_SLOTS).where(T_SLOTS.c.pipeline == pipeline, T_SLOTS.c.slot_at < now - SLOT_RETENTION)
+                sa.delete(T_SLOTS).where(
+                    T_SLOTS.c.pipeline == pipeline,
+                    T_SLOTS.c.slot_at < now - SLOT_RETENTION,
+                    T_SLOTS.c.slot_at != slot_at,
+                )
             )
         return SlotClaim("claimed")
 
