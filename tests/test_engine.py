@@ -228,3 +228,70 @@ async def test_an_unexpected_error_in_a_connector_fails_the_run_cleanly(
     assert engine.store.runs("p")[0]["outcome"] == "failed"
     assert engine.store.lease_holder("p") is None
     assert engine.store.get_cursor("p") is None
+
+
+def _take_over(state_url: str, pipeline: str) -> StateStore:
+    """Another instance takes the pipeline over, as it would once this run's lease expired."""
+    import sqlalchemy as sa
+
+    from ferryman.state import T_LEASES
+
+    other = StateStore.open(state_url, instance="elsewhere")
+    with other.transaction() as conn:
+        conn.execute(
+            sa.update(T_LEASES)
+            .where(T_LEASES.c.pipeline == pipeline)
+            .values(holder=other.holder, expires_at=datetime.now(UTC) + timedelta(minutes=5))
+        )
+    return other
+
+
+async def test_a_run_whose_lease_moved_commits_nothing_more(tmp_path: Path, state_url: str) -> None:
+    seed(300)
+    engine = make_engine(tmp_path, state_url)
+    pages: list[int] = []
+
+    def progress(n: int, counts: dict[str, int]) -> None:
+        pages.append(n)
+        if len(pages) == 1:  # the run stalls after its first page; meanwhile its lease moves
+            _take_over(state_url, "p")
+
+    result = await engine.run("p", progress=progress)
+    assert result.outcome == "failed" and "lease passed to elsewhere" in (result.message or "")
+    assert pages == [100]
+    cursor = engine.store.get_cursor("p")
+    assert cursor is not None and cursor.key == "t00099"  # the first page's commit, not the second's
+    # the second page's creates stay as intents: the new holder reconciles them, never doubles them
+    assert len(engine.store.intents("p", "b.tickets")) == 100
+    assert engine.store.lease_holder("p") is not None  # the new holder's lease is left alone
+
+
+async def test_a_file_target_is_not_published_past_a_refused_commit(tmp_path: Path, state_url: str) -> None:
+    seed(300)
+    doc = {
+        "state": {"url": state_url},
+        "systems": {"a": fakes.options(store="a"), "out": {"connector": "csv", "directory": str(tmp_path / "out")}},
+        "pipelines": {"p": {"from": "a.tickets", "to": "out.tickets", "page_size": 100}},
+    }
+    path = tmp_path / "f.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    engine = Engine(load_config(path, environ={}), StateStore.open(state_url))
+    calls: list[int] = []
+
+    def progress(n: int, counts: dict[str, int]) -> None:
+        calls.append(n)
+        if len(calls) == 1:
+            _take_over(state_url, "p")
+
+    result = await engine.run("p", progress=progress)
+    await engine.aclose()
+    assert result.outcome == "failed"
+    assert not (tmp_path / "out" / "tickets.csv").exists()  # nothing published from a refused page
+
+    other_store = StateStore.open(state_url, instance="elsewhere")
+    other_store.release_lease("p", holder=_take_over(state_url, "p").holder)
+    again = Engine(load_config(path, environ={}), StateStore.open(state_url))
+    assert (await again.run("p")).outcome == "ok"
+    await again.aclose()
+    keys = [line.split(",")[0] for line in (tmp_path / "out" / "tickets.csv").read_text().splitlines()[1:]]
+    assert sorted(keys) == [f"t{i:05d}" for i in range(300)]  # every record exactly once

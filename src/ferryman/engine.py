@@ -27,6 +27,7 @@ from ferryman.errors import (
     ConfigError,
     DeferredError,
     FerrymanError,
+    LeaseLost,
     RecordRejected,
     ValidationFailed,
 )
@@ -257,6 +258,19 @@ class Engine:
         best = cursor
         halted: str | None = None
         last_lease = time.monotonic()
+        # A commit that failed (the database went away, the lease moved) leaves sinks holding
+        # rows past their committed checkpoint: they are not published, exactly as after a
+        # crash, and the next run's restore() cuts them back to what was committed.
+        publish = True
+
+        def commit_page(commit: PageCommit, page_counts: dict[str, int]) -> None:
+            nonlocal publish
+            try:
+                self._commit(commit, page_counts, result, dry_run)
+            except BaseException:
+                publish = False
+                raise
+
         try:
             async for page in source.read(src_info.name, since, pipeline.page_size):
                 commit = PageCommit(name, run_id=result.run_id)
@@ -290,7 +304,7 @@ class Engine:
                     result.outcome = "halted"
                     result.message = halted
                     log.error("run.halted", pipeline=name, reason=halted)
-                    self._commit(commit, page_counts, result, dry_run)
+                    commit_page(commit, page_counts)
                     break
                 if page.records:
                     page_max = _newest_cursor(page.records)
@@ -302,12 +316,17 @@ class Engine:
                 for target in targets:
                     if target.transactional and not dry_run:
                         commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
-                self._commit(commit, page_counts, result, dry_run)
+                commit_page(commit, page_counts)
                 if progress:
                     progress(len(page.records), result.counts)
                 ttl = self.config.state.lease_ttl
                 if not dry_run and time.monotonic() - last_lease > ttl.total_seconds() / 3:
-                    self.store.acquire_lease(name, ttl)
+                    if not self.store.acquire_lease(name, ttl):
+                        holder = self.store.lease_holder(name)
+                        raise LeaseLost(
+                            f"pipeline {name}: its lease passed to {holder[0] if holder else 'another instance'} "
+                            "during the run (it stalled past state.lease_ttl); stopping after the last commit"
+                        )
                     last_lease = time.monotonic()
                 # Give the event loop a turn between pages: in the daemon, signals, the
                 # watchdog and the control API wait on it, and a run whose connectors do
@@ -320,9 +339,9 @@ class Engine:
             else:
                 if not src_info.ordered and best is not None and not dry_run:
                     # an unordered source only moves its cursor after a complete pass
-                    self.store.commit_page(PageCommit(name, cursor=best))
+                    commit_page(PageCommit(name, cursor=best), _counts())
         finally:
-            if not dry_run:
+            if not dry_run and publish:
                 for target in targets:
                     if target.transactional:
                         data = await target.connector.finish(target.stream)

@@ -5,6 +5,7 @@
     FerrymanError
     ├── ConfigError                 bad configuration: exit 78, systemd must not restart-loop
     ├── StateError                  the state store is unusable (schema too new, locked...)
+    │   └── LeaseLost               another instance holds the pipeline now: nothing of ours commits
     └── ConnectorError              raised by connectors and the HTTP layer
         ├── FatalError              stop the run, cursor untouched (bad credentials, misconfig)
         │   ├── AuthError           401/403
@@ -41,6 +42,11 @@ class ConfigError(FerrymanError):
 
 class StateError(FerrymanError):
     """The state store cannot be used as it is."""
+
+
+class LeaseLost(StateError):
+    """The pipeline's lease passed to another holder (this one stalled past its TTL): what
+    this run has in hand must not be committed beside the new holder's work."""
 
 
 class ConnectorError(FerrymanError):

@@ -122,3 +122,25 @@ def test_a_live_process_lease_is_respected(state_url: str) -> None:
     alive = StateStore.open(state_url, instance="other")  # same process: alive by definition
     assert alive.acquire_lease("p", timedelta(minutes=5), holder=alive.holder.replace("other", "x"))
     assert not store.acquire_lease("p", timedelta(minutes=5))
+
+
+def test_a_commit_is_fenced_by_the_pipelines_lease(state_url: str) -> None:
+    from ferryman.errors import LeaseLost
+
+    mine = StateStore.open(state_url)
+    other = StateStore.open(state_url, instance="elsewhere")
+    mine.commit_page(PageCommit("p", cursor=Cursor(T0, "k1")))  # no lease row: an unleased commit is fine
+    assert mine.acquire_lease("p", timedelta(milliseconds=1))
+    mine.commit_page(PageCommit("p", cursor=Cursor(T0, "k2")))  # ours, even expired: nobody else took it
+    import time
+
+    time.sleep(0.01)
+    assert other.acquire_lease("p", timedelta(minutes=1), holder="elsewhere|another-host|1|1")
+    with pytest.raises(LeaseLost, match="passed to elsewhere on another-host"):
+        mine.commit_page(
+            PageCommit(
+                "p", cursor=Cursor(T0 + timedelta(hours=1), "k3"), links={("a.t", "b.t"): [Link("k3", "x3", "f", "f")]}
+            )
+        )
+    assert mine.get_cursor("p") == Cursor(T0, "k2")
+    assert mine.links_for("a.t", "b.t", ["k3"]) == {}

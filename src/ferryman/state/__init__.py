@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from ferryman.connector import Cursor
-from ferryman.errors import StateError
+from ferryman.errors import LeaseLost, StateError
 from ferryman.holders import HOST_ID_ENV, default_instance_name, describe_holder, host_id  # noqa: F401 (re-exported)
 from ferryman.holders import holder_is_dead as _holder_is_dead
 from ferryman.holders import start_token as _start_token
@@ -373,8 +373,25 @@ class StateStore:
 
     # -- the page transaction ---------------------------------------------------------
     def commit_page(self, commit: PageCommit) -> None:
-        """Cursor, links, sink checkpoints, intents and dead letters: all or nothing."""
+        """Cursor, links, sink checkpoints, intents and dead letters: all or nothing.
+
+        Fenced: when the pipeline's lease is held by someone else, nothing is written and
+        :class:`~ferryman.errors.LeaseLost` is raised. A run that stalled past its lease
+        (a long GC pause, a suspended VM) while another instance took the pipeline over
+        would otherwise commit its page, and move the cursor, beside the new holder's.
+        The lease row is locked for the transaction (PostgreSQL), so a takeover waits for
+        this commit or this commit sees the takeover; SQLite serialises writers anyway.
+        """
         with self.engine.begin() as conn:
+            holder = conn.execute(
+                sa.select(T_LEASES.c.holder).where(T_LEASES.c.pipeline == commit.pipeline).with_for_update()
+            ).scalar()
+            if holder is not None and holder != self.holder:
+                raise LeaseLost(
+                    f"pipeline {commit.pipeline}: its lease passed to {describe_holder(holder)} while this run "
+                    "was between commits (it stalled past state.lease_ttl); the page in hand was not committed "
+                    "and the new holder reads it again"
+                )
             for (src, dst), links in commit.links.items():
                 self._upsert_links(conn, src, dst, links)
             for (src, dst), keys in commit.unlinks.items():
