@@ -83,3 +83,17 @@ def test_log_events_keep_record_keys_but_mask_secret_fields() -> None:
         redact_url("https://desk.example/api/Tickets?key=s3cr3t&page=2")
         == "https://desk.example/api/Tickets?key=***&page=2"
     )
+
+
+def test_fingerprints_are_stable_across_versions() -> None:
+    """Links store fingerprints: a change to how they are computed would make every linked
+    record look changed once (a round of needless writes). These values are pinned."""
+    t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    contact = Contact(
+        key="c1", updated_at=t0, email="ann@example.com", first_name="Ann", last_name="Lée", extra={"x": 1}
+    )
+    invoice = Invoice(key="i1", updated_at=t0, amount=Decimal("1234.50"), currency="EUR")
+    ticket = Ticket(key="t1", updated_at=t0, subject="Printer on fire", status="open")
+    assert fingerprint(contact) == "7fec0c32752a7059b3e0871dca240498"
+    assert fingerprint(invoice) == "dcae183378cd8bd3c71fe2c9c9fcf3d7"
+    assert fingerprint(ticket) == "650a894bbef50b9c68b642f8a749fca6"

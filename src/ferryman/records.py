@@ -185,7 +185,9 @@ def fingerprint(record: Record | dict[str, Any]) -> str:
     type; fingerprints are only compared between records of one type).
     """
     if isinstance(record, Record):
-        blob = record.model_dump_json(exclude=record.fingerprint_exclude).encode()  # type: ignore[arg-type]
+        # the serializer's own bytes: model_dump_json() is the same JSON, decoded to str and
+        # encoded back (a fingerprint per record read makes that ~0.8 us worth saving)
+        blob = type(record).__pydantic_serializer__.to_json(record, exclude=record.fingerprint_exclude)  # type: ignore[arg-type]
     else:
         blob = orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
