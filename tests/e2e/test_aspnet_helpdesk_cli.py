@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import re
-import selectors
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,16 +9,15 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.conftest import ferryman_cmd, run_cli
+from tests.conftest import run_cli
+from tests.e2e.support import csv_rows, sandbox_process, save_config
 
 KEY = "sandbox-key"  # the sandbox's own; the config references it as ${HELPDESK_KEY}
 
 
 class Sandbox:
-    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
-        self.process = process
+    def __init__(self, url: str) -> None:
         self.url = url
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -33,24 +29,8 @@ class Sandbox:
 
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
-    process = subprocess.Popen(
-        [*ferryman_cmd(), "sandbox", "aspnet_helpdesk", "--port", "0", "--records", "30", "--seed", "4"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            assert selector.select(20), "the sandbox did not start"
-        line = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+", line)
-        assert match, line
-        yield Sandbox(process, match[0])
-    finally:
-        process.terminate()
-        process.communicate(timeout=15)
+    with sandbox_process("aspnet_helpdesk", "--records", "30", "--seed", "4") as url:
+        yield Sandbox(url)
 
 
 def write_config(tmp_path: Path, sandbox: Sandbox, fmt: str, pipelines: dict[str, Any]) -> Path:
@@ -68,9 +48,7 @@ def write_config(tmp_path: Path, sandbox: Sandbox, fmt: str, pipelines: dict[str
         },
         "pipelines": pipelines,
     }
-    path = tmp_path / "ferryman.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return save_config(tmp_path, doc)
 
 
 def sync(config: Path, pipeline: str) -> subprocess.CompletedProcess[str]:
@@ -82,11 +60,6 @@ def sync(config: Path, pipeline: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 @pytest.mark.parametrize("fmt", ["json", "xml"])
 def test_helpdesk_tickets_to_csv(tmp_path: Path, sandbox: Sandbox, fmt: str) -> None:
     config = write_config(
@@ -96,7 +69,7 @@ def test_helpdesk_tickets_to_csv(tmp_path: Path, sandbox: Sandbox, fmt: str) -> 
     assert first.returncode == 0, first.stderr
     assert "created 30" in first.stdout and "dead_lettered 0" in first.stdout
 
-    rows = read_csv(tmp_path / "files" / "tickets.csv")
+    rows = csv_rows(tmp_path / "files" / "tickets.csv")
     native = {t["Id"]: t for t in sandbox.api("GET", "/api/Tickets").json()}
     assert sorted(int(r["key"]) for r in rows) == sorted(native)
     for row in rows:

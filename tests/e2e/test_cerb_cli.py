@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,42 +10,22 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from ferryman.timeutil import parse_datetime
-from tests.conftest import ferryman_cmd, run_cli
+from tests.conftest import run_cli
+from tests.e2e.support import csv_rows, free_port, sandbox_process, save_config
 
 TOKEN = "sandbox-token"
 ENV = {"CERB_TOKEN": TOKEN, "CERB_SECRET": "sandbox-secret", "CERB_BAD_TOKEN": "intruder-7f3a9c1e55d2"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def cerb_url() -> Iterator[str]:
     """``ferryman sandbox cerb`` on a free port, for the whole module."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [*ferryman_cmd(), "sandbox", "cerb", "--port", str(port), "--records", "40", "--seed", "4"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()  # printed once it listens
-        assert f"cerb sandbox on http://127.0.0.1:{port}" in line, line + (
-            process.stderr.read() if process.stderr else ""
-        )
-        assert "bearer token: sandbox-token" in line
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with sandbox_process(
+        "cerb", "--records", "40", "--seed", "4", port=free_port(), expect=f"bearer token: {TOKEN}"
+    ) as url:
+        yield url
 
 
 def _api(url: str) -> httpx.Client:
@@ -87,14 +65,7 @@ def _config(tmp_path: Path, state_url: str, url: str) -> Path:
             "orgs-to-csv": {"from": "intruder.organisations", "to": "exports.organisations"},
         },
     }
-    path = tmp_path / "ferryman.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    return save_config(tmp_path, doc)
 
 
 def _sync(config: Path, pipeline: str) -> subprocess.CompletedProcess[str]:
@@ -108,7 +79,7 @@ def test_tickets_flow_to_csv_and_a_later_edit_in_cerb_follows(
     first = _sync(config, "tickets-to-csv")
     assert first.returncode == 0, first.stdout + first.stderr
     live = [t for t in _search(cerb_url, "ticket") if t["status"] != "deleted"]
-    rows = _rows(tmp_path / "out" / "tickets.csv")
+    rows = csv_rows(tmp_path / "out" / "tickets.csv")
     assert sorted(r["key"] for r in rows) == sorted(str(t["id"]) for t in live)
     by_key = {r["key"]: r for r in rows}
     for ticket in live:
@@ -124,7 +95,7 @@ def test_tickets_flow_to_csv_and_a_later_edit_in_cerb_follows(
     second = _sync(config, "tickets-to-csv")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "created 0, updated 1" in second.stdout
-    assert {r["key"]: r for r in _rows(tmp_path / "out" / "tickets.csv")}[str(target["id"])][
+    assert {r["key"]: r for r in csv_rows(tmp_path / "out" / "tickets.csv")}[str(target["id"])][
         "subject"
     ] == "Edited in Cerb"
 
@@ -156,7 +127,7 @@ def test_contacts_from_csv_dead_letter_what_cerb_refuses_and_times_stay_utc(
     # Back out through the legacy signed header: the +02:00 input comes out as UTC with Z.
     back = _sync(config, "contacts-to-csv")
     assert back.returncode == 0, back.stdout + back.stderr
-    row = next(r for r in _rows(tmp_path / "out" / "contacts.csv") if r["email"] == "ines.ferreira@example.org")
+    row = next(r for r in csv_rows(tmp_path / "out" / "contacts.csv") if r["email"] == "ines.ferreira@example.org")
     assert row["created_at"] == "2024-03-01T10:00:00Z" and row["updated_at"].endswith("Z")
     assert "sandbox-secret" not in back.stdout + back.stderr
 

@@ -7,48 +7,20 @@ not supported, after exactly one request; 500s on reads are retried until the re
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import re
-import selectors
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from tests.conftest import ferryman_cmd, run_cli
+from tests.conftest import run_cli
+from tests.e2e.support import csv_rows, sandbox_process, save_config
 
 TOKEN = "sandbox-token"
 ENV = {"CLEVERTIM_TOKEN": TOKEN}
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-
-@contextlib.contextmanager
-def sandbox(*args: str) -> Iterator[str]:
-    """``ferryman sandbox clevertim --port 0 ARGS`` until the block ends; yields its URL."""
-    process = subprocess.Popen(
-        [*ferryman_cmd(), "sandbox", "clevertim", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            if not selector.select(30):
-                raise AssertionError("the sandbox printed no start-up line within 30 s")
-        line = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+", line)
-        assert match and "clevertim sandbox" in line and TOKEN in line, line
-        yield match[0]
-    finally:
-        process.terminate()
-        process.communicate(timeout=15)
 
 
 def write_config(tmp_path: Path, state_url: str, url: str, pipelines: dict[str, Any]) -> Path:
@@ -70,14 +42,7 @@ def write_config(tmp_path: Path, state_url: str, url: str, pipelines: dict[str, 
         },
         "pipelines": pipelines,
     }
-    path = tmp_path / "ferryman.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    return save_config(tmp_path, doc)
 
 
 def api(url: str, path: str, **params: Any) -> Any:
@@ -95,7 +60,7 @@ def sync(config: Path, pipeline: str) -> subprocess.CompletedProcess[str]:
 def test_clevertim_contacts_to_csv_retry_500s_on_reads_and_keep_every_email_and_phone(
     tmp_path: Path, default_state_url: str
 ) -> None:
-    with sandbox("--records", "30", "--faults", "500:0.3") as url:
+    with sandbox_process("clevertim", "--records", "30", "--faults", "500:0.3", expect=TOKEN) as url:
         config = write_config(
             tmp_path,
             default_state_url,
@@ -109,7 +74,7 @@ def test_clevertim_contacts_to_csv_retry_500s_on_reads_and_keep_every_email_and_
         people = {str(p["id"]): p for p in api(url, "/contact", limit=100)}
 
     assert stats["by_status"].get("500", 0) >= 3, stats["by_status"]  # Clevertim's 500s were met, and retried
-    contacts = rows(tmp_path / "out" / "contacts.csv")
+    contacts = csv_rows(tmp_path / "out" / "contacts.csv")
     assert len(contacts) == 30
     for row in contacts:
         native = people[row["key"]]
@@ -128,7 +93,7 @@ def test_csv_to_clevertim_dead_letters_a_400_and_stops_on_a_501(tmp_path: Path, 
         "c2,2026-03-01T08:30:00Z,not-an-email,Broken,Row,,,\n"
         "c3,2026-03-01T09:00:00+02:00,omar.haddad@example.com,Omar,Haddad,,+44 7700 900123,Leeds\n"
     )
-    with sandbox("--records", "5") as url:
+    with sandbox_process("clevertim", "--records", "5", expect=TOKEN) as url:
         config = write_config(
             tmp_path,
             default_state_url,
@@ -164,7 +129,7 @@ def test_csv_to_clevertim_dead_letters_a_400_and_stops_on_a_501(tmp_path: Path, 
         back = sync(config, "contacts-back")
         assert back.returncode == 0, back.stdout + back.stderr
 
-    exported = {r["email"]: r for r in rows(tmp_path / "out" / "contacts.csv")}
+    exported = {r["email"]: r for r in csv_rows(tmp_path / "out" / "contacts.csv")}
     assert len(exported) == 7  # five seeded, two created
     assert "mei.tanaka@example.com" not in exported
     for row in exported.values():

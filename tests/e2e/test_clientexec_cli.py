@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import re
-import selectors
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from datetime import time as dt_time
 from decimal import Decimal
@@ -19,40 +15,16 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-import yaml
 
 from ferryman.sandbox import SimulatorThread
 from ferryman_connectors.clientexec.simulator import ClientexecSimulator
-from tests.conftest import ferryman_cmd, run_cli
+from tests.conftest import run_cli
+from tests.e2e.support import csv_rows, sandbox_process, save_config
 
 KEY = "sandbox-app-key"
 ENV = {"CE_KEY": KEY}
+RATE_LIMIT = "limit 200 requests per 60 s"  # hosted Clientexec's limit, on in the sandbox by default
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-@contextlib.contextmanager
-def sandbox(*args: str) -> Iterator[str]:
-    """``ferryman sandbox clientexec --port 0 ARGS`` until the block ends; yields its URL."""
-    process = subprocess.Popen(
-        [*ferryman_cmd(), "sandbox", "clientexec", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            if not selector.select(30):
-                raise AssertionError("the sandbox printed no start-up line within 30 s")
-        line = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+", line)
-        assert match, line
-        assert "clientexec sandbox" in line and "limit 200 requests per 60 s" in line, line
-        yield match[0]
-    finally:
-        process.terminate()
-        process.communicate(timeout=15)
 
 
 def write_config(tmp_path: Path, state_url: str, url: str, pipelines: dict[str, Any], **billing: Any) -> Path:
@@ -65,14 +37,7 @@ def write_config(tmp_path: Path, state_url: str, url: str, pipelines: dict[str, 
         },
         "pipelines": pipelines,
     }
-    path = tmp_path / "ferryman.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    return save_config(tmp_path, doc)
 
 
 def api(url: str, path: str, **params: Any) -> Any:
@@ -88,7 +53,7 @@ def sync(config: Path, pipeline: str, *more: str) -> subprocess.CompletedProcess
 def test_tickets_and_invoices_from_the_sandbox_to_csv_with_utc_times_and_exact_money(
     tmp_path: Path, default_state_url: str
 ) -> None:
-    with sandbox("--records", "40") as url:
+    with sandbox_process("clientexec", "--records", "40", expect=RATE_LIMIT) as url:
         config = write_config(
             tmp_path,
             default_state_url,
@@ -102,7 +67,7 @@ def test_tickets_and_invoices_from_the_sandbox_to_csv_with_utc_times_and_exact_m
         invoice_api = api(url, "/invoices", limit=100)["invoices"]
         stats = httpx.get(url + "/__sandbox/stats").json()
 
-    tickets = rows(tmp_path / "files" / "tickets.csv")
+    tickets = csv_rows(tmp_path / "files" / "tickets.csv")
     assert len(tickets) == 40
     for row in tickets:
         native = json.loads(row["extra"])
@@ -110,7 +75,7 @@ def test_tickets_and_invoices_from_the_sandbox_to_csv_with_utc_times_and_exact_m
         assert (native["status"] == "-1") == (row["status"] == "closed")
         assert UTC_Z.match(row["updated_at"]) and UTC_Z.match(row["created_at"])
         assert all(UTC_Z.match(c["createdAt"]) for c in native["comments"])
-    invoices = {r["key"]: r for r in rows(tmp_path / "files" / "invoices.csv")}
+    invoices = {r["key"]: r for r in csv_rows(tmp_path / "files" / "invoices.csv")}
     assert len(invoices) == 40
     for native in invoice_api:
         row = invoices[str(native["invoiceid"])]
@@ -125,7 +90,7 @@ def test_tickets_and_invoices_from_the_sandbox_to_csv_with_utc_times_and_exact_m
 def test_csv_to_clientexec_creates_users_and_tickets_and_dead_letters_what_clientexec_refuses(
     tmp_path: Path, default_state_url: str
 ) -> None:
-    with sandbox("--records", "5") as url:
+    with sandbox_process("clientexec", "--records", "5", expect=RATE_LIMIT) as url:
         taken = api(url, "/users", limit=1)["users"][0]["email"]
         files = tmp_path / "files"
         files.mkdir()
@@ -173,7 +138,7 @@ def test_csv_to_clientexec_creates_users_and_tickets_and_dead_letters_what_clien
 def test_ten_thousand_tickets_sync_at_the_default_rate_limit_without_a_single_429(
     tmp_path: Path, default_state_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with sandbox("--records", "10000") as url:
+    with sandbox_process("clientexec", "--records", "10000", expect=RATE_LIMIT) as url:
         config = write_config(
             tmp_path,
             default_state_url,
@@ -187,7 +152,7 @@ def test_ten_thousand_tickets_sync_at_the_default_rate_limit_without_a_single_42
     assert result.returncode == 0, result.stdout + result.stderr
     assert "read 10000, created 10000" in result.stdout
     assert stats["throttled"] == 0 and stats["by_status"] == {"200": stats["requests"]}
-    assert len(rows(tmp_path / "files" / "tickets.csv")) == 10_000
+    assert len(csv_rows(tmp_path / "files" / "tickets.csv")) == 10_000
     with capsys.disabled():
         print(f"\nferryman sync of 10,000 Clientexec tickets: {stats['requests']} requests, {seconds:.1f} s, 0 x 429")
 
@@ -208,7 +173,7 @@ def test_an_install_in_new_york_time_becomes_utc_z_in_the_csv(tmp_path: Path, de
         sample = api(thread.url, "/invoice/1")
 
     assert re.fullmatch(r"\d\d/\d\d/\d{4}", sample["billdate"])  # the install's local format on the wire
-    for row in rows(tmp_path / "files" / "invoices.csv"):
+    for row in csv_rows(tmp_path / "files" / "invoices.csv"):
         native = sim.table("invoices").get(int(row["key"]))
         midnight = datetime.combine(native["issued_on"], dt_time(), zone).astimezone(UTC)
         assert row["created_at"] == midnight.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import socket
 import subprocess
 from collections.abc import Iterator
 from decimal import Decimal
@@ -16,7 +15,6 @@ from xml.etree import ElementTree as ET
 
 import httpx
 import pytest
-import yaml
 
 from ferryman.config import load_config
 from ferryman.connector import Cursor, SystemContext
@@ -24,51 +22,30 @@ from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
 from ferryman_connectors.harvest import HarvestConnector
 from ferryman_connectors.harvest.simulator import HarvestSimulator
-from tests.conftest import ferryman_cmd, run_cli
+from tests.conftest import run_cli
+from tests.e2e.support import csv_rows, free_port, sandbox_process, save_config
 
 EMAIL = "api@sandbox.harvest.example"
 PASSWORD = "sandbox-password"
 ENV = {"HARVEST_PASSWORD": PASSWORD}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def sandbox_url() -> Iterator[str]:
     """``ferryman sandbox harvest --port P`` as a process, Harvest's own limits on."""
-    port = free_port()
-    proc = subprocess.Popen(
-        # Harvest's window, a larger budget: the tests here are about data; the budget tests below use the real one.
-        [
-            *ferryman_cmd(),
-            "sandbox",
-            "harvest",
-            "--port",
-            str(port),
-            "--records",
-            "40",
-            "--seed",
-            "5",
-            "--rate-limit",
-            "1500",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert f"127.0.0.1:{port}" in line, line + (proc.stderr.read() if proc.stderr else "")
-        assert "limit 1500 requests per 15 s" in line
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    # Harvest's window, a larger budget: the tests here are about data; the budget tests below use the real one.
+    with sandbox_process(
+        "harvest",
+        "--records",
+        "40",
+        "--seed",
+        "5",
+        "--rate-limit",
+        "1500",
+        port=free_port(),
+        expect="limit 1500 requests per 15 s",
+    ) as url:
+        yield url
 
 
 def write_config(tmp_path: Path, url: str, state_url: str, pipelines: dict[str, Any], **harvest: Any) -> Path:
@@ -88,18 +65,11 @@ def write_config(tmp_path: Path, url: str, state_url: str, pipelines: dict[str, 
         },
         "pipelines": pipelines,
     }
-    path = tmp_path / "ferryman.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return save_config(tmp_path, doc)
 
 
 def sync(config: Path, pipeline: str) -> subprocess.CompletedProcess[str]:
     return run_cli("--config", str(config), "sync", pipeline, env=ENV)
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def cursor_of(state_url: str, pipeline: str) -> Cursor | None:
@@ -120,16 +90,16 @@ def test_harvest_to_csv_delivers_every_stream(tmp_path: Path, default_state_url:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "read 40" in result.stdout and "created 40" in result.stdout, result.stdout
 
-    contacts = rows(tmp_path / "out" / "contacts.csv")
+    contacts = csv_rows(tmp_path / "out" / "contacts.csv")
     assert len(contacts) == 40 and all(r["updated_at"].endswith("Z") for r in contacts)
     assert all(r["organisation"] and r["organisation_key"].isdigit() for r in contacts)
-    orgs = {r["key"]: r for r in rows(tmp_path / "out" / "organisations.csv")}
+    orgs = {r["key"]: r for r in csv_rows(tmp_path / "out" / "organisations.csv")}
     assert all(
         orgs[r["organisation_key"]]["name"] == r["organisation"] for r in contacts if r["organisation_key"] in orgs
     )
     assert all(r["street"] and r["city"] and re.fullmatch(r"[A-Z]{2}", r["country"]) for r in orgs.values())
 
-    invoices = rows(tmp_path / "out" / "invoices.csv")
+    invoices = csv_rows(tmp_path / "out" / "invoices.csv")
     assert {r["currency"] for r in invoices} <= {"USD", "EUR", "GBP"}
     assert {r["status"] for r in invoices} <= {"draft", "open", "partial", "paid", "closed"}
     assert all(re.fullmatch(r"\d+\.\d{2}", r["amount"]) for r in invoices), [r["amount"] for r in invoices]
@@ -240,14 +210,14 @@ def test_money_survives_csv_to_harvest_and_back_to_the_cent(
         result = sync(config, name)
         assert result.returncode == 0, result.stdout + result.stderr
 
-    back = {r["number"]: r for r in rows(tmp_path / "out" / "invoices.csv")}
+    back = {r["number"]: r for r in csv_rows(tmp_path / "out" / "invoices.csv")}
     for number, amount, due, currency, status_, _ in INVOICES:
         row = back[number]
         assert (row["amount"], row["balance_due"]) == (amount, due), f"{number}: {row}"
         assert row["currency"] == currency and row["customer_name"] == "Ferryman Money Co"
         assert row["status"] == ("closed" if status_ == "void" else status_)
         assert (row["issued_on"], row["due_on"]) == ("2026-01-05", "2026-02-04")
-    contact = next(r for r in rows(tmp_path / "out" / "contacts.csv") if r["email"] == "ines.moreau@money.example")
+    contact = next(r for r in csv_rows(tmp_path / "out" / "contacts.csv") if r["email"] == "ines.moreau@money.example")
     assert (contact["first_name"], contact["phone"], contact["organisation"]) == (
         "Inès",
         "+353 1 555 0100",
@@ -331,7 +301,7 @@ def test_a_page_that_stays_malformed_fails_the_run_and_holds_the_cursor(tmp_path
         simulator.broken_page = None
         ok = sync(config, "invoices-out")
         assert ok.returncode == 0 and "updated 2" in ok.stdout, ok.stdout
-        subjects = {r["key"]: r["subject"] for r in rows(tmp_path / "out" / "invoices.csv")}
+        subjects = {r["key"]: r["subject"] for r in csv_rows(tmp_path / "out" / "invoices.csv")}
         assert (subjects["3"], subjects["4"]) == ("changed 3", "changed 4")
 
 
@@ -349,7 +319,7 @@ def test_malformed_bodies_now_and_then_are_retried_and_nothing_is_lost(tmp_path:
         result = sync(config, "invoices-out")
         assert result.returncode == 0 and "created 120" in result.stdout, result.stdout + result.stderr
         assert simulator.faults.injected["malformed"] >= 1
-    assert len(rows(tmp_path / "out" / "invoices.csv")) == 120
+    assert len(csv_rows(tmp_path / "out" / "invoices.csv")) == 120
 
 
 # -- the rate limit -----------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""What the end-to-end CLI tests share: a ``ferryman sandbox`` process, a free port, the
+config file ``ferryman sync`` reads, and the rows of the CSV files it writes."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import re
+import selectors
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import ferryman_cmd
+
+STARTUP_SECONDS = 30.0
+STOP_SECONDS = 15.0
+SANDBOX_URL = re.compile(r"http://127\.0\.0\.1:\d+")
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for a test that names the port itself)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def sandbox_process(system: str, *args: str, port: int = 0, expect: str | None = None) -> Iterator[str]:
+    """``ferryman sandbox SYSTEM --port PORT ARGS`` as a process until the block ends; yields its URL.
+
+    Waits up to 30 s for the start-up line and checks that it says ``SYSTEM sandbox on URL``
+    with a loopback URL on ``port`` (on the port the OS chose when ``port`` is 0) and, when
+    ``expect`` is given, that it contains ``expect`` too (a credential, a rate limit). A failed
+    check stops the sandbox and reports the line with the sandbox's stderr. The process is
+    terminated when the block ends, however it ends.
+    """
+    process = subprocess.Popen(
+        [*ferryman_cmd(), "sandbox", system, "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            if not selector.select(STARTUP_SECONDS):
+                raise AssertionError(
+                    f"the {system} sandbox printed no start-up line within {STARTUP_SECONDS:g} s; "
+                    f"stderr: {_stop(process)}"
+                )
+        line = process.stdout.readline()
+        match = SANDBOX_URL.search(line)
+        url = match[0] if match else ""
+        if not (
+            match
+            and f"{system} sandbox on {url}" in line
+            and (port == 0 or url == f"http://127.0.0.1:{port}")
+            and (expect is None or expect in line)
+        ):
+            wanted = f"{system} sandbox on http://127.0.0.1:{port or 'PORT'}" + (f" and {expect!r}" if expect else "")
+            raise AssertionError(f"start-up line without {wanted}: {line!r}; stderr: {_stop(process)}")
+        yield url
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    """Terminate the sandbox unless it has ended already; returns what it wrote to stderr."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        _out, err = process.communicate(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return err or ""
+
+
+def save_config(directory: Path, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` as ``DIRECTORY/ferryman.yaml``; returns the path (for ``--config``)."""
+    path = directory / "ferryman.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file (as the csv connector writes them: UTF-8, header first) as dicts."""
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
