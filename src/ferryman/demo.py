@@ -30,7 +30,9 @@ import yaml
 from ferryman.records import Contact
 
 OUT = Path("demo-output")
-ENV = {"CLIENTEXEC_APP_KEY": "sandbox-app-key", "CERB_TOKEN": "sandbox-token"}
+#: the sandboxes' keys, kept as secret files that the config references (``${file:...}``),
+#: so that the commands the demo suggests work afterwards without any environment
+SECRETS = {"clientexec_app_key": "sandbox-app-key", "cerb_token": "sandbox-token"}
 
 
 def say(text: str) -> None:
@@ -41,7 +43,7 @@ def ferryman(*args: str, quiet: bool = False) -> subprocess.CompletedProcess[str
     cmd = [sys.executable, "-m", "ferryman", "--config", str(OUT / "ferryman.yaml"), "--log-level", "error", *args]
     if not quiet:
         say(f"\n$ ferryman {' '.join(args)}")
-    env = {**os.environ, **ENV}
+    env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
     result = subprocess.run(cmd, text=True, capture_output=True, check=False, env=env)
     if not quiet:
@@ -55,6 +57,11 @@ def write_config(helpdesk_url: str, support_url: str) -> None:
     inbox = (OUT / "inbox").resolve()
     inbox.mkdir(parents=True)
     (inbox / "tickets.csv").write_bytes((resources.files("ferryman") / "demo_data" / "tickets.csv").read_bytes())
+    secrets = (OUT / "secrets").resolve()
+    secrets.mkdir(mode=0o700)
+    for name, value in SECRETS.items():
+        (secrets / name).write_text(value + "\n")
+        (secrets / name).chmod(0o600)
     config = {
         "state": {"url": f"sqlite:///{(OUT / 'state.db').resolve()}"},
         "log": {"format": "console", "level": "warning"},
@@ -63,10 +70,10 @@ def write_config(helpdesk_url: str, support_url: str) -> None:
             "helpdesk": {
                 "connector": "clientexec",
                 "base_url": helpdesk_url,
-                "api_key": "${CLIENTEXEC_APP_KEY}",
+                "api_key": f"${{file:{secrets / 'clientexec_app_key'}}}",
                 "rate_limit": "600/min",
             },
-            "support": {"connector": "cerb", "base_url": support_url, "token": "${CERB_TOKEN}"},
+            "support": {"connector": "cerb", "base_url": support_url, "token": f"${{file:{secrets / 'cerb_token'}}}"},
             "export": {"connector": "csv", "directory": str(inbox)},
             "files": {
                 "connector": "csv",
@@ -118,7 +125,7 @@ async def _edit_both_sides() -> tuple[str, str, str, str]:
     from ferryman.state import StateStore
     from ferryman.testing import collect
 
-    config = load_config(OUT / "ferryman.yaml", environ={**os.environ, **ENV})
+    config = load_config(OUT / "ferryman.yaml", environ=os.environ)
     store = StateStore.open(config.state.resolved_url())
     engine = Engine(config, store)
     try:
@@ -141,7 +148,7 @@ async def _phones(email_a: str, email_b: str) -> dict[str, Any]:
     from ferryman.state import StateStore
     from ferryman.testing import collect
 
-    config = load_config(OUT / "ferryman.yaml", environ={**os.environ, **ENV})
+    config = load_config(OUT / "ferryman.yaml", environ=os.environ)
     engine = Engine(config, StateStore.open(config.state.resolved_url()))
     try:
         out: dict[str, Any] = {}
