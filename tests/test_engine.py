@@ -259,6 +259,8 @@ async def test_a_run_whose_lease_moved_commits_nothing_more(tmp_path: Path, stat
     result = await engine.run("p", progress=progress)
     assert result.outcome == "failed" and "lease passed to elsewhere" in (result.message or "")
     assert pages == [100]
+    assert result.counts["created"] == 100  # the refused page's writes are not counted as delivered
+    assert engine.store.runs("p")[0]["created"] == 100
     cursor = engine.store.get_cursor("p")
     assert cursor is not None and cursor.key == "t00099"  # the first page's commit, not the second's
     # the second page's creates stay as intents: the new holder reconciles them, never doubles them

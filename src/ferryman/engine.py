@@ -349,6 +349,9 @@ class Engine:
                             self.store.set_checkpoint(name, target.ref, data)
 
     def _commit(self, commit: PageCommit, page_counts: dict[str, int], result: RunResult, dry_run: bool) -> None:
+        if not dry_run:
+            commit.counts = {k: v for k, v in page_counts.items() if not k.startswith("_")}
+            self.store.commit_page(commit)  # a refused commit counts nothing: its page was not delivered
         for key, value in page_counts.items():
             result.counts[key] = result.counts.get(key, 0) + value
         pipeline = commit.pipeline
@@ -358,10 +361,6 @@ class Engine:
         for op in ("created", "updated", "deleted"):
             if page_counts[op]:
                 metrics.inc("ferryman_records_written_total", page_counts[op], pipeline=pipeline, op=op)
-        if dry_run:
-            return
-        commit.counts = {k: v for k, v in page_counts.items() if not k.startswith("_")}
-        self.store.commit_page(commit)
 
     # -- delivery to one target ---------------------------------------------------------
     async def _deliver(
