@@ -97,3 +97,13 @@ def test_fingerprints_are_stable_across_versions() -> None:
     assert fingerprint(contact) == "7fec0c32752a7059b3e0871dca240498"
     assert fingerprint(invoice) == "dcae183378cd8bd3c71fe2c9c9fcf3d7"
     assert fingerprint(ticket) == "650a894bbef50b9c68b642f8a749fca6"
+
+
+def test_sqlite_timestamp_text_round_trips_as_aware_utc() -> None:
+    from ferryman.timeutil import from_db_time, sqlite_text
+
+    berlin = datetime(2026, 3, 1, 10, 30, 15, 250000, tzinfo=timezone(timedelta(hours=1)))
+    assert sqlite_text(berlin) == "2026-03-01 09:30:15.250000"  # SQLAlchemy's SQLite DateTime layout
+    assert from_db_time(sqlite_text(berlin)) == berlin
+    assert from_db_time("2026-03-01 09:30:15") == datetime(2026, 3, 1, 9, 30, 15, tzinfo=UTC)
+    assert from_db_time(None) is None

@@ -16,11 +16,12 @@ latest version and compares both readers' answers on the same database.
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ferryman.holders import describe_holder, holder_is_dead
+from ferryman.timeutil import from_db_time, sqlite_text, utcnow
 
 __all__ = ["SCHEMA_VERSION", "CursorView", "StatusReader"]
 
@@ -40,17 +41,9 @@ class CursorView(NamedTuple):
     key: str
 
 
-def _aware(value: Any) -> datetime | None:
-    """Naive UTC text as SQLAlchemy writes it on SQLite -> aware UTC, as the StateStore reads it."""
-    if value is None:
-        return None
-    parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
 def _now_text() -> str:
-    """Now, in the text form SQLAlchemy binds a UTC datetime with on SQLite (compared as text)."""
-    return datetime.now(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+    """Now, as a SQLite timestamp column holds it (compared as text)."""
+    return sqlite_text(utcnow())
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -96,7 +89,7 @@ class StatusReader:
         for row in self._db.execute(sql, params):
             item = dict(row)
             for name in _TIME_COLUMNS.intersection(item):
-                item[name] = _aware(item[name])
+                item[name] = from_db_time(item[name])
             out.append(item)
         return out
 
@@ -123,7 +116,7 @@ class StatusReader:
         ).fetchone()
         if row is None:
             return None
-        updated_at = _aware(row[0])
+        updated_at = from_db_time(row[0])
         assert updated_at is not None  # NOT NULL column
         return CursorView(updated_at, row[1])
 
@@ -133,6 +126,6 @@ class StatusReader:
         ).fetchone()
         if row is None or holder_is_dead(row[0]):
             return None
-        expires_at = _aware(row[1])
+        expires_at = from_db_time(row[1])
         assert expires_at is not None
         return (describe_holder(row[0]), expires_at)

@@ -59,6 +59,22 @@ def format_utc(value: datetime) -> str:
     return text + "Z"
 
 
+def sqlite_text(value: datetime) -> str:
+    """``value`` as SQLAlchemy's SQLite ``DateTime`` stores it: naive UTC text with
+    microseconds, which SQLite compares as text. For SQL written at driver level."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def from_db_time(value: datetime | str | None) -> datetime | None:
+    """A timestamp column read at driver level as the state models give it: aware UTC
+    (SQLite returns naive UTC text, PostgreSQL an aware datetime)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def from_epoch(seconds: float | int | str) -> datetime:
     """Unix epoch seconds (number or numeric string) to an aware UTC datetime."""
     return datetime.fromtimestamp(float(seconds), UTC)

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ferryman.connector import Cursor
 from ferryman.errors import LeaseLost, StateError
-from ferryman.holders import HOST_ID_ENV, default_instance_name, describe_holder, host_id  # noqa: F401 (re-exported)
+from ferryman.holders import default_instance_name, describe_holder, host_id
 from ferryman.holders import holder_is_dead as _holder_is_dead
 from ferryman.holders import start_token as _start_token
 from ferryman.redact import redact
@@ -39,7 +39,7 @@ from ferryman.state.models import (
     SchemaVersion,
     SlotRow,
 )
-from ferryman.timeutil import UTC, utcnow
+from ferryman.timeutil import from_db_time, sqlite_text, utcnow
 
 __all__ = ["DeadLetter", "Link", "PageCommit", "SlotClaim", "StateStore", "default_instance_name", "host_id"]
 
@@ -70,16 +70,6 @@ _SELECT_LINKS = (
     "SELECT src_key, dst_key, src_fp, dst_fp, write_count, window_start FROM links "
     "WHERE src = %s AND dst = %s AND src_key IN ({keys})"
 )
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """A timestamp column read at driver level, as :class:`~ferryman.state.models.UtcDateTime`
-    gives it: aware UTC (SQLite keeps naive UTC text)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +240,7 @@ class StateStore:
             for chunk in _chunks(list(dict.fromkeys(src_keys)), 500):
                 sql = _SELECT_LINKS.format(keys=", ".join([mark] * len(chunk))).replace("%s", mark)
                 for row in conn.exec_driver_sql(sql, (src, dst, *chunk)):
-                    found[row[0]] = Link(row[0], row[1], row[2], row[3], row[4], _aware(row[5]))
+                    found[row[0]] = Link(row[0], row[1], row[2], row[3], row[4], from_db_time(row[5]))
         return found
 
     def links_by_dst(self, src: str, dst: str, dst_keys: Sequence[str]) -> dict[str, Link]:
@@ -286,17 +276,11 @@ class StateStore:
             return
         now = utcnow()
         if self.dialect == "sqlite":
-            # the same text layout SQLAlchemy's SQLite DateTime stores (naive UTC)
-            stamp = now.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
             def ts(value: datetime | None) -> Any:
-                return (
-                    None
-                    if value is None
-                    else value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-                )
+                return None if value is None else sqlite_text(value)
 
-            written: Any = stamp
+            written: Any = sqlite_text(now)
             sql = _UPSERT_LINKS.replace("%s", "?")
         else:
 
