@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import httpx
 import orjson
@@ -19,41 +21,52 @@ import orjson
 COLUMNS = ("id", "updated_at", "email", "first_name", "last_name", "phone", "company", "created_at")
 
 
+def pages(client: httpx.Client, limit: int, log: TextIO | None = None) -> Iterator[list[dict[str, Any]]]:
+    """The sandbox's contacts, a page of rows at a time, in the order ``ferryman sync`` reads
+    them: ``updated_since`` = the last timestamp seen, paging on by cursor only within a
+    page that does not move the timestamp. Shared by both baselines, so they read the same
+    pages. With ``log``, every URL fetched is written to it."""
+    since: str | None = None
+    cursor: str | None = None
+    while True:
+        params: dict[str, str | int] = {"paginate": "cursor", "limit": limit}
+        if since is not None:
+            params["updated_since"] = since
+        if cursor is not None:
+            params["cursor"] = cursor
+        response = client.get("/api/contacts", params=params)
+        response.raise_for_status()
+        if log is not None:
+            log.write(str(response.url) + "\n")
+        body = orjson.loads(response.content)
+        rows = body["data"]
+        yield rows
+        if body["next_cursor"] is None or not rows:
+            return
+        if rows[-1]["updated_at"] != since:
+            since, cursor = rows[-1]["updated_at"], None
+        else:
+            cursor = body["next_cursor"]  # a page all of one second: page on within it
+
+
+def client(url: str) -> httpx.Client:
+    """One keep-alive client with the sandbox's key."""
+    return httpx.Client(base_url=url, headers={"X-API-Key": "sandbox-key"}, timeout=60)
+
+
 def pull(url: str, out: str, limit: int, urls: str | None) -> int:
     written = 0
     last: tuple[str, int] = ("", -1)
-    since: str | None = None
-    cursor: str | None = None
     log = open(urls, "w") if urls else None  # noqa: SIM115 - closed below
-    with (
-        httpx.Client(base_url=url, headers={"X-API-Key": "sandbox-key"}, timeout=60) as client,
-        open(out, "w", newline="", encoding="utf-8") as fh,
-    ):
+    with client(url) as http, open(out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(COLUMNS)
-        while True:
-            params: dict[str, str | int] = {"paginate": "cursor", "limit": limit}
-            if since is not None:
-                params["updated_since"] = since
-            if cursor is not None:
-                params["cursor"] = cursor
-            response = client.get("/api/contacts", params=params)
-            response.raise_for_status()
-            if log is not None:
-                log.write(str(response.url) + "\n")
-            body = orjson.loads(response.content)
-            rows = body["data"]
+        for rows in pages(http, limit, log):
             fresh = [r for r in rows if (r["updated_at"], r["id"]) > last]
             writer.writerows([r[c] for c in COLUMNS] for r in fresh)
             written += len(fresh)
             if fresh:
                 last = (fresh[-1]["updated_at"], fresh[-1]["id"])
-            if body["next_cursor"] is None or not rows:
-                break
-            if rows[-1]["updated_at"] != since:
-                since, cursor = rows[-1]["updated_at"], None
-            else:
-                cursor = body["next_cursor"]  # a page all of one second: page on within it
     if log is not None:
         log.close()
     return written

@@ -32,11 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-import httpx
-import orjson
 from pydantic import AfterValidator, BaseModel, TypeAdapter
 
-COLUMNS = ("id", "updated_at", "email", "first_name", "last_name", "phone", "company", "created_at")
+from bench._baseline import COLUMNS, client, pages
 
 
 def _utc(value: datetime) -> datetime:
@@ -84,23 +82,9 @@ def pull(url: str, directory: Path, limit: int) -> int:
     partial = directory / "contacts.csv.partial"
     written = 0
     last: tuple[str, str] = ("", "")
-    since: str | None = None
-    cursor: str | None = None
-    with (
-        httpx.Client(base_url=url, headers={"X-API-Key": "sandbox-key"}, timeout=60) as client,
-        partial.open("wb") as fh,
-    ):
+    with client(url) as http, partial.open("wb") as fh:
         fh.write((",".join(COLUMNS) + "\n").encode())
-        while True:
-            params: dict[str, str | int] = {"paginate": "cursor", "limit": limit}
-            if since is not None:
-                params["updated_since"] = since
-            if cursor is not None:
-                params["cursor"] = cursor
-            response = client.get("/api/contacts", params=params)
-            response.raise_for_status()
-            body = orjson.loads(response.content)
-            rows = body["data"]
+        for rows in pages(http, limit):
             records = PAGE.validate_python(rows)
             links = (
                 dict(
@@ -139,12 +123,6 @@ def pull(url: str, directory: Path, limit: int) -> int:
             )
             db.execute("COMMIT")
             written += len(fresh)
-            if body["next_cursor"] is None or not rows:
-                break
-            if rows[-1]["updated_at"] != since:
-                since, cursor = rows[-1]["updated_at"], None
-            else:
-                cursor = body["next_cursor"]  # a page all of one second: page on within it
     os.replace(partial, directory / "contacts.csv")
     db.close()
     return written
