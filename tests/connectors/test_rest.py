@@ -325,17 +325,21 @@ TICKET_SPEC = StreamSpec.model_validate(
 )
 
 
+#: a native ticket of TICKET_SPEC's API: nested paths, a value-mapped state, leftovers
+TICKET_NATIVE: dict[str, Any] = {
+    "ticket_id": 981,
+    "title": "VPN down",
+    "state": -1,
+    "requester": {"email": "ana@example.com", "name": "Ana"},
+    "meta": {"modified": "2026-02-01 10:00:00", "created": 1767225600, "source": "email"},
+    "closed": "01/02/2026 10:05",
+    "tags": ["vpn"],
+}
+
+
 def test_native_ticket_maps_nested_paths_value_maps_and_leftovers_into_extra() -> None:
     mapper = Mapper(TICKET_SPEC, ZoneInfo("Europe/Berlin"))
-    native = {
-        "ticket_id": 981,
-        "title": "VPN down",
-        "state": -1,
-        "requester": {"email": "ana@example.com", "name": "Ana"},
-        "meta": {"modified": "2026-02-01 10:00:00", "created": 1767225600, "source": "email"},
-        "closed": "01/02/2026 10:05",
-        "tags": ["vpn"],
-    }
+    native = TICKET_NATIVE
     ticket = mapper.record(native, "ticket")
     assert isinstance(ticket, Ticket)
     assert ticket.key == "981"
@@ -642,15 +646,7 @@ def test_contact_mapping_matches_the_reference_for_plain_records_and_every_times
 
 
 def test_ticket_mapping_matches_the_reference_for_nested_paths_value_maps_and_leftovers() -> None:
-    native = {
-        "ticket_id": 981,
-        "title": "VPN down",
-        "state": -1,
-        "requester": {"email": "ana@example.com", "name": "Ana"},
-        "meta": {"modified": "2026-02-01 10:00:00", "created": 1767225600, "source": "email"},
-        "closed": "01/02/2026 10:05",
-        "tags": ["vpn"],
-    }
+    native = TICKET_NATIVE
     natives: list[Any] = [native, MappingProxyType(native)]
     natives += _variants(native, "state", [-1, "-1", "new", "solved", "escalated", None, 1.0, True, ["x"], {"y": 1}])
     natives += _variants(native, "requester", [{"email": "b@example.com"}, {}, "ana@example.com", None, [1]])
