@@ -125,7 +125,7 @@ async def _edit_both_sides() -> tuple[str, str, str, str]:
     from ferryman.state import StateStore
     from ferryman.testing import collect
 
-    config = load_config(OUT / "ferryman.yaml", environ=os.environ)
+    config = load_config(OUT / "ferryman.yaml")
     store = StateStore.open(config.state.resolved_url())
     engine = Engine(config, store)
     try:
@@ -148,7 +148,7 @@ async def _phones(email_a: str, email_b: str) -> dict[str, Any]:
     from ferryman.state import StateStore
     from ferryman.testing import collect
 
-    config = load_config(OUT / "ferryman.yaml", environ=os.environ)
+    config = load_config(OUT / "ferryman.yaml")
     engine = Engine(config, StateStore.open(config.state.resolved_url()))
     try:
         out: dict[str, Any] = {}
