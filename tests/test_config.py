@@ -138,7 +138,9 @@ def test_an_unknown_timezone_is_a_config_error_wherever_it_is(tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), environ={})
     assert info.value.path == "pipelines.t2c.schedule.timezone" and "unknown timezone 'Mars/Olympus'" in str(info.value)
-    text = BASE.replace("directory: %(dir)s/in}", "directory: %(dir)s/in, timezone: Europe/Berlinn}") % {"dir": tmp_path}
+    text = BASE.replace("directory: %(dir)s/in}", "directory: %(dir)s/in, timezone: Europe/Berlinn}") % {
+        "dir": tmp_path
+    }
     with pytest.raises(ConfigError, match="Europe/Berlinn") as info:
         load_config(write(tmp_path, text), environ={})
     assert info.value.path == "systems.inbox.timezone"

@@ -16,7 +16,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
+import subprocess
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +35,7 @@ from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
 from ferryman.timeutil import parse_datetime, utcnow
 from ferryman_connectors.rest.simulator import GenericSimulator
-from tests.conftest import run_cli
+from tests.conftest import ferryman_cmd, run_cli
 
 L = 12  # requests the app admits per window
 WINDOW = 6.0  # seconds (a real app's minute, shortened; the client's 1% slack is then 60 ms)
@@ -131,6 +134,54 @@ def test_without_it_every_429_is_answered_by_waiting_what_retry_after_said(
     assert stats["early_retries"] == 0, stats["violations"]
     assert stats["requests"] == R + stats["throttled"]
     assert len(exported(tmp_path)) == RECORDS
+
+
+def test_a_sync_killed_while_it_waits_out_a_retry_after_comes_back_still_waiting(
+    tmp_path: Path, default_state_url: str
+) -> None:
+    """kill -9 during a Retry-After wait, start again at once: the new process must not call
+    before the time the app gave (it is in the state database), and nothing is lost."""
+    env = {"APP_KEY": "sandbox-key"}
+    with SimulatorThread(GenericSimulator(records=30, seed=4)) as sandbox:
+        config = write_config(tmp_path, sandbox.url, default_state_url)
+        burst = {"burst": {"count": 1, "status": 429, "retry_after": 4}}
+        httpx.post(f"{sandbox.url}/__sandbox/faults", json=burst, timeout=5).raise_for_status()
+        sandbox.simulator.stats.reset()
+        proc = subprocess.Popen(
+            [*ferryman_cmd(), "--config", str(config), "sync", "contacts"],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while sandbox.simulator.stats.throttled == 0:
+                assert proc.poll() is None and time.monotonic() < deadline, "the app never said 429"
+                time.sleep(0.02)
+            store, written = StateStore.open(default_state_url), time.monotonic() + 1
+            while not blocks(store) and time.monotonic() < written:  # kill once it is there, or after 1 s
+                time.sleep(0.02)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert sandbox.simulator.stats.throttled == 1
+
+        again = run_cli("--config", str(config), "sync", "contacts", env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        stats = sandbox.simulator.stats.snapshot()
+        assert stats["early_retries"] == 0, (stats["violations"], stats["throttles"])
+        assert stats["timestamps"][1] - stats["throttles"][0]["t"] >= 3.99
+        assert sorted(r["email"] for r in exported(tmp_path)) == sorted({r["email"] for r in exported(tmp_path)}), (
+            "a record was written twice"
+        )
+        assert len(exported(tmp_path)) == 30
+
+
+def blocks(store: StateStore) -> list[Any]:
+    from ferryman.state.budget import T_BUDGETS
+
+    with store.engine.connect() as conn:
+        return list(conn.execute(T_BUDGETS.select().where(T_BUDGETS.c.blocked_until.is_not(None))))
 
 
 # -- a long Retry-After defers the run ------------------------------------------------------------------

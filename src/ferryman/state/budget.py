@@ -9,7 +9,9 @@ shared the same way.
 
 It costs one short transaction per request, so it is used where it is needed: when the
 state store is PostgreSQL (several instances). With SQLite one process does the work and
-the in-memory budget is exact (:func:`make_registry`).
+:class:`RestartSafeRateBudget` is used: the in-memory GCRA, whose blocks are also written to
+the table and read back at start-up, so that a daemon killed (``kill -9``, OOM, a crash loop
+under systemd) while an app had asked it to wait does not come back and call early.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from ferryman.http import HttpRegistry, InMemoryRateBudget
 from ferryman.state.models import RateBudgetRow
-from ferryman.timeutil import UTC, ensure_utc
+from ferryman.timeutil import UTC, ensure_utc, from_db_time, utcnow
 
 if TYPE_CHECKING:
-    from ferryman.http import HttpRegistry, RateLimitOptions
+    from ferryman.http import RateLimitOptions
     from ferryman.state import StateStore
 
 T_BUDGETS = RateBudgetRow.__table__  # type: ignore[attr-defined]
 
-__all__ = ["DatabaseRateBudget", "make_registry"]
+__all__ = ["DatabaseRateBudget", "RestartSafeRateBudget", "make_registry"]
 
 
 class DatabaseRateBudget:
@@ -101,10 +104,50 @@ class DatabaseRateBudget:
             await asyncio.to_thread(self._late, key, seconds)
 
 
-def make_registry(store: StateStore | None) -> HttpRegistry:
-    """The process's HTTP registry: budgets shared through the database on PostgreSQL."""
-    from ferryman.http import HttpRegistry
+class RestartSafeRateBudget(InMemoryRateBudget):
+    """The in-memory budget of a single instance, with its blocks surviving a restart.
 
-    if store is not None and store.dialect == "postgresql":
+    Sending slots stay in memory (exact, and free of a transaction per request). A block
+    (``Retry-After``, a rate-limit reset, a host deferral) is also written to the
+    ``rate_budgets`` table before the request that met it is retried, and the blocks still
+    in the future are read back when the budget is built: a daemon killed while an app had
+    asked it to wait comes back waiting. A block is written only when it moves a key's
+    block later, so a steady stream of slow-down hints costs no more writes than there are
+    new deadlines.
+    """
+
+    def __init__(self, store: StateStore, *, slack: float = 0.01, now: datetime | None = None) -> None:
+        super().__init__(slack=slack)
+        self.database = DatabaseRateBudget(store, slack=slack)
+        self._blocked.update(pending_blocks(store, now or utcnow()))
+
+    async def block_until(self, key: str, when: datetime) -> None:
+        when = ensure_utc(when)
+        with self._lock:
+            current = self._blocked.get(key)
+            if current is not None and when <= current:
+                return
+            self._blocked[key] = when
+        await self.database.block_until(key, when)
+
+
+def pending_blocks(store: StateStore, now: datetime) -> dict[str, datetime]:
+    """The blocks in the state database that still lie after ``now``, by key."""
+    query = sa.select(T_BUDGETS.c.key, T_BUDGETS.c.blocked_until).where(T_BUDGETS.c.blocked_until.is_not(None))
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    blocks = {key: from_db_time(when) for key, when in rows}
+    return {key: when for key, when in blocks.items() if when is not None and when > now}
+
+
+def make_registry(store: StateStore | None) -> HttpRegistry:
+    """The process's HTTP registry.
+
+    PostgreSQL (several instances): budgets shared through the database. SQLite (one
+    instance): in memory, with blocks kept across restarts. No store: in memory only.
+    """
+    if store is None:
+        return HttpRegistry()
+    if store.dialect == "postgresql":
         return HttpRegistry(budget=DatabaseRateBudget(store))
-    return HttpRegistry()
+    return HttpRegistry(budget=RestartSafeRateBudget(store))
