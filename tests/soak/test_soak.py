@@ -409,16 +409,35 @@ def check_dead_letters(apps: Apps, work: Path, bad_rows: dict[str, str]) -> None
     assert not extra, f"records dead-lettered that were valid (a transient fault must be retried): {extra}"
 
 
+# A 429 is kept in the state database a few milliseconds after it arrives, before the retry
+# (``RestartSafeRateBudget``). A SIGKILL inside that gap loses it: no client can keep what it
+# was killed before writing down. Only an early retry after such a kill is forgiven.
+UNRECORDED = 0.25  # seconds after a 429 that a kill counts as "before it was written down"
+
+
 def check_politeness(apps: Apps, events: list[tuple[float, str]]) -> dict[str, dict[str, Any]]:
     stats = {name: apps.sim(name).stats.snapshot() for name in apps.threads}
     for name, s in stats.items():
         started = apps.sim(name).stats.started
         timeline = [(round(t - started, 3), what) for t, what in events]
-        assert s["early_retries"] == 0, (
-            f"{name}: retried before Retry-After: {s['violations'][:8]}; 429/503 sent: {s['throttles'][-40:]}; "
-            f"daemon: {timeline}"
+        kills = [t for t, what in timeline if what == "killed"]
+        rude = [v for v in s["violations"] if not _killed_unrecorded(v, s["throttles"], kills)]
+        assert not rude, (
+            f"{name}: retried before Retry-After: {rude[:8]}; 429/503 sent: {s['throttles'][-40:]}; daemon: {timeline}"
         )
+        if s["violations"]:
+            print(f"soak: {name}: {len(s['violations'])} early call(s) after a kill within {UNRECORDED} s of a 429")
     return stats
+
+
+def _killed_unrecorded(violation: dict[str, Any], throttles: list[dict[str, Any]], kills: list[float]) -> bool:
+    """Whether the 429 whose wait this call cut short was answered just before a kill that
+    came before the call (the first call of the restarted daemon)."""
+    before = [t for t in throttles if t["credential"] == violation["credential"] and t["t"] < violation["t"]]
+    if not before:
+        return False
+    binding = max(before, key=lambda t: t["t"] + (t["retry_after"] or 0.0))
+    return any(binding["t"] <= k <= min(binding["t"] + UNRECORDED, violation["t"]) for k in kills)
 
 
 # -- the soak -------------------------------------------------------------------------------------
