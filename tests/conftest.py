@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -108,6 +109,15 @@ def _clean_globals() -> Iterator[None]:
     root.handlers[:] = saved_root[1]
     for name, level in named.items():
         logging.getLogger(name).setLevel(level)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago, for a test that must name the port
+    (a daemon's ``listen``, ``sandbox --port``). Where a process can choose its own port
+    (port 0) and report it, prefer that: it cannot race."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def ferryman_cmd() -> list[str]:

@@ -10,9 +10,6 @@ import contextlib
 import csv
 import itertools
 import math
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -39,7 +36,8 @@ from ferryman.testing import ConnectorContract, ContractSetup, collect
 from ferryman.timeutil import from_epoch, parse_datetime, utcnow
 from ferryman_connectors.rest import Mapper, RestConnector, RestOptions, StreamSpec, format_time
 from ferryman_connectors.rest.simulator import GenericSimulator
-from tests.conftest import ferryman_cmd, run_cli
+from tests.conftest import run_cli
+from tests.e2e.support import sandbox_process as run_sandbox
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "rest.example.yaml"
 KEY = "sandbox-key"
@@ -916,36 +914,11 @@ async def test_find_is_exact_even_when_the_api_ignores_the_search(sandbox: Simul
 # -- the CLI, end to end: `ferryman sandbox generic` + `ferryman sync` ---------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def sandbox_process() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*ferryman_cmd(), "sandbox", "generic", "--port", str(port), "--records", "40", "--seed", "4"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                httpx.get(f"{url}/__sandbox/", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sandbox did not start: {proc.stdout.read() if proc.stdout else ''}") from None
-                time.sleep(0.1)
+    """``ferryman sandbox generic`` as a process, on a port it chose itself."""
+    with run_sandbox("generic", "--records", "40", "--seed", "4") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def cli_env(tmp_path: Path, url: str, state_url: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ import httpx
 import yaml
 
 from ferryman.state import StateStore
-from tests.conftest import ferryman_cmd
+from tests.conftest import ferryman_cmd, free_port
 
 FIELDS = ["key", "updated_at", "subject", "status", "requester_email"]
 
@@ -48,12 +48,6 @@ def read_keys(path: Path) -> list[str]:
         return []
     with path.open(newline="", encoding="utf-8") as fh:
         return [row["key"] for row in csv.DictReader(fh)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def short_dir() -> Path:

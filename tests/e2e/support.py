@@ -1,4 +1,4 @@
-"""What the end-to-end CLI tests share: a ``ferryman sandbox`` process, a free port, the
+"""What the end-to-end CLI tests share: a ``ferryman sandbox`` process, the
 config file ``ferryman sync`` reads, and the rows of the CSV files it writes."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import contextlib
 import csv
 import re
 import selectors
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +19,6 @@ from tests.conftest import ferryman_cmd
 STARTUP_SECONDS = 30.0
 STOP_SECONDS = 15.0
 SANDBOX_URL = re.compile(r"http://127\.0\.0\.1:\d+")
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (for a test that names the port itself)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

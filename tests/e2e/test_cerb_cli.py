@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from ferryman.timeutil import parse_datetime
-from tests.conftest import run_cli
-from tests.e2e.support import csv_rows, free_port, sandbox_process, save_config
+from tests.conftest import free_port, run_cli
+from tests.e2e.support import csv_rows, sandbox_process, save_config
 
 TOKEN = "sandbox-token"
 ENV = {"CERB_TOKEN": TOKEN, "CERB_SECRET": "sandbox-secret", "CERB_BAD_TOKEN": "intruder-7f3a9c1e55d2"}

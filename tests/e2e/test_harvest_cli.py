@@ -22,8 +22,8 @@ from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
 from ferryman_connectors.harvest import HarvestConnector
 from ferryman_connectors.harvest.simulator import HarvestSimulator
-from tests.conftest import run_cli
-from tests.e2e.support import csv_rows, free_port, sandbox_process, save_config
+from tests.conftest import free_port, run_cli
+from tests.e2e.support import csv_rows, sandbox_process, save_config
 
 EMAIL = "api@sandbox.harvest.example"
 PASSWORD = "sandbox-password"
