@@ -426,9 +426,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             return EXIT_FAILED
     store = open_store(config)
-    from datetime import timedelta
-
-    if not store.acquire_lease(args.pipeline, timedelta(seconds=60)):
+    if not store.acquire_lease(args.pipeline, config.state.lease_ttl):
         print(f"ferryman: {args.pipeline} is running; try again when it is done", file=sys.stderr)
         return EXIT_BUSY
     try:

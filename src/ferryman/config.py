@@ -77,8 +77,8 @@ class StateConfig(_Model):
     )
     lease_ttl: Duration = Field(
         default=DEFAULT_LEASE_TTL,
-        description="how long a run's lease lasts unless renewed (every third of it); a pipeline whose "
-        "instance died on another host moves to another instance after this long",
+        description="how long a run's lease (or a webhook endpoint's) lasts unless renewed (every third of "
+        "it); a pipeline whose instance died on another host moves to another instance after this long",
     )
 
     @field_validator("lease_ttl")

@@ -819,7 +819,7 @@ async def resolve_conflict(engine: Engine, letter_id: int, side: Literal["from",
     a_key, b_key = letter.payload["a_key"], letter.payload["b_key"]
     a_rec = await a_conn.get(a_stream, a_key)
     b_rec = await b_conn.get(b_stream, b_key)
-    if not engine.store.acquire_lease(letter.pipeline, timedelta(seconds=60)):
+    if not engine.store.acquire_lease(letter.pipeline, engine.config.state.lease_ttl):
         raise FerrymanError(f"{letter.pipeline} is running; try again when it is done")
     try:
         if side == "from":

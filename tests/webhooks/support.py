@@ -81,7 +81,13 @@ def write_config(tmp_path: Path, data: dict[str, Any]) -> Path:
 
 
 def outbound_config(
-    tmp_path: Path, state_url: str, url: str, *, source_dir: Path | None = None, **hook: Any
+    tmp_path: Path,
+    state_url: str,
+    url: str,
+    *,
+    source_dir: Path | None = None,
+    lease_ttl: str | None = None,
+    **hook: Any,
 ) -> FerrymanConfig:
     """csv ``inbox.tickets`` -> webhook ``hooks.tickets`` (pipeline ``out``), fast retry schedule."""
     source_dir = source_dir or tmp_path / "in"
@@ -98,7 +104,7 @@ def outbound_config(
     path = write_config(
         tmp_path,
         {
-            "state": {"url": state_url},
+            "state": {"url": state_url, **({"lease_ttl": lease_ttl} if lease_ttl else {})},
             "systems": {"inbox": {"connector": "csv", "directory": str(source_dir)}, "hooks": options},
             "pipelines": {
                 "out": {"from": "inbox.tickets", "to": "hooks.tickets", "deletes": {"enabled": True, "max_share": 1.0}}

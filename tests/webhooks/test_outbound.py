@@ -169,6 +169,46 @@ async def test_a_receiver_that_times_out_is_retried(tmp_path: Path, default_stat
         assert receiver.ids() == [event, event]
 
 
+async def test_deliveries_are_leased_for_state_lease_ttl(tmp_path: Path, default_state_url: str) -> None:
+    """The endpoint's lease lasts what the operator configured, as a pipeline's does."""
+    seen: list[float] = []
+
+    async def answer(n: int, request: web.Request) -> web.Response:
+        held = store.lease_holder("webhook:hooks")
+        assert held is not None
+        seen.append((held[1] - datetime.now(UTC)).total_seconds())
+        return web.Response(status=204)
+
+    async with Receiver(answer) as receiver:
+        config = outbound_config(tmp_path, default_state_url, receiver.url, lease_ttl="7s")
+        store = StateStore.open(default_state_url)
+        queue(store, 2)
+        assert await OutboxWorker(config, store).deliver_due() == 2
+    assert len(seen) == 2 and all(5 < left <= 7 for left in seen), seen
+    assert store.lease_holder("webhook:hooks") is None, "the lease outlived the pass"
+
+
+async def test_a_pass_that_lost_its_lease_stops_sending(tmp_path: Path, default_state_url: str) -> None:
+    """A worker that stalled past state.lease_ttl while another instance took the endpoint
+    over sends nothing more: the other instance delivers the rest, not both."""
+
+    async def answer(n: int, request: web.Request) -> web.Response:
+        if n == 0:
+            await asyncio.sleep(1.3)  # the worker stalls on a slow receiver past its 1 s lease
+            assert store.acquire_lease("webhook:hooks", timedelta(seconds=30), holder="instance-b")
+        return web.Response(status=204)
+
+    async with Receiver(answer) as receiver:
+        config = outbound_config(tmp_path, default_state_url, receiver.url, lease_ttl="1s")
+        store = StateStore.open(default_state_url)
+        queue(store, 3)
+        assert await OutboxWorker(config, store).deliver_due() == 1
+        assert len(receiver.hits) == 1
+    assert [r["state"] for r in outbox_rows(store)] == ["delivered", "pending", "pending"]
+    held = store.lease_holder("webhook:hooks")
+    assert held is not None and held[0] == "instance-b", "the stalled worker dropped the new holder's lease"
+
+
 async def test_redirects_are_not_followed_and_count_as_failures(tmp_path: Path, default_state_url: str) -> None:
     def answer(n: int, request: web.Request) -> web.Response:
         return web.Response(status=307, headers={"Location": "/elsewhere?token=abc"})

@@ -74,7 +74,7 @@ import sqlalchemy as sa
 import structlog
 
 from ferryman import __version__
-from ferryman.config import FerrymanConfig
+from ferryman.config import DEFAULT_LEASE_TTL, FerrymanConfig
 from ferryman.http import HttpRegistry, parse_retry_after
 from ferryman.records import Record
 from ferryman.redact import redact, redact_url
@@ -85,7 +85,6 @@ from ferryman.webhooks.options import WebhookOptions
 from ferryman.webhooks.signing import WebhookSecret, signature_header
 
 __all__ = [
-    "LEASE_TTL",
     "OutboxEvent",
     "OutboxWorker",
     "build_event",
@@ -104,8 +103,6 @@ log = structlog.get_logger("ferryman.webhooks")
 T_OUTBOX = WebhookOutboxRow.__table__  # type: ignore[attr-defined]
 T_ENDPOINTS = WebhookEndpointRow.__table__  # type: ignore[attr-defined]
 
-LEASE_TTL = timedelta(seconds=60)
-_RENEW_EVERY = 20.0  # seconds between lease renewals during a long pass
 _BATCH = 50  # outcomes recorded per state transaction
 _THROTTLE = frozenset({429, 502, 503, 504})
 _PRUNE_EVERY = 600.0
@@ -392,6 +389,9 @@ class _Endpoint:
         self.rng = rng
         self.secrets = options.secrets()
         self.lease = f"webhook:{name}"
+        # An endpoint's deliveries are leased like a pipeline's runs: one instance at a time,
+        # taken over by another state.lease_ttl after its holder died.
+        self.lease_ttl = config.state.lease_ttl if config is not None else DEFAULT_LEASE_TTL
 
     @property
     def schedule(self) -> list[timedelta]:
@@ -432,7 +432,7 @@ class _Endpoint:
         now = utcnow()
         if state.state == "disabled" or (state.not_before is not None and state.not_before > now):
             return 0
-        if not self.store.acquire_lease(self.lease, LEASE_TTL):
+        if not self.store.acquire_lease(self.lease, self.lease_ttl):
             return 0
         _busy.add(self.name)
         try:
@@ -480,8 +480,16 @@ class _Endpoint:
                         ):
                             halt = True
                             break
-                        if time.monotonic() - renewed > _RENEW_EVERY:  # slow receivers: keep the lease alive
-                            self.store.acquire_lease(self.lease, LEASE_TTL)
+                        if time.monotonic() - renewed > self.lease_ttl.total_seconds() / 3:  # slow receivers
+                            if not self.store.acquire_lease(self.lease, self.lease_ttl):
+                                log.warning(
+                                    "webhook.lease_lost",
+                                    system=self.name,
+                                    detail="another instance took this endpoint's deliveries over (this one "
+                                    "stalled past state.lease_ttl); stopping this pass",
+                                )
+                                halt = True
+                                break
                             renewed = time.monotonic()
                         at = utcnow()
                         result = await _post(client, self.options, self.secrets, row["event_id"], row["body"])
@@ -710,7 +718,7 @@ async def replay_dead_letters(
                 (letter.id, "deferred", f"{system} asked us to wait until {format_utc(state.not_before)}; try then")
             )
             continue
-        if system in _busy or not store.acquire_lease(endpoint.lease, LEASE_TTL):
+        if system in _busy or not store.acquire_lease(endpoint.lease, endpoint.lease_ttl):
             out.append((letter.id, "busy", f"{system} is being delivered to right now; try again shortly"))
             continue
         _busy.add(system)
