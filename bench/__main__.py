@@ -63,6 +63,15 @@ def run(name: str, fast: bool) -> int:
     return subprocess.run(cmd, cwd=ROOT.parent, check=False).returncode
 
 
+def dates(reports: list[dict[str, Any]]) -> str:
+    """The date of the results; each benchmark's own where they were not all run on one day."""
+    days = {r["date"][:10] for r in reports}
+    if len(days) == 1:
+        first, last = min(r["date"] for r in reports), max(r["date"] for r in reports)
+        return f"{first[:10]}, {first[11:16]} to {last[11:16]} UTC"
+    return ", ".join(f"{r['name']} {r['date'][:16]}" for r in reports)
+
+
 def table(names: list[str]) -> str:
     reports = {n: load_report(n) for n in names}
     found = [r for r in reports.values() if r]
@@ -73,7 +82,7 @@ def table(names: list[str]) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"- date: {max(r['date'] for r in found)} ({', '.join(modes)} mode)",
+        f"- date: {dates(found)} ({', '.join(modes)} mode)",
         f"- machine: {info['cores']} cores ({info['cpu']}), {info['memory_gb']} GB memory, "
         f"{info['system']}, Python {info['python']}",
         f"- load average while measuring: {', '.join(str(r['machine']['load_average'][0]) for r in found)} "
@@ -119,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if run(name, fast) != 0:
                 failed.append(name)
-    text = table(list(ORDER) if args.only is None or args.table else names)
+    # latest.md always holds every benchmark's latest saved result: a run of one (--only)
+    # updates its rows there instead of leaving a table of one benchmark behind.
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.md").write_text(text)
-    print("\n" + text)
+    (RESULTS / "latest.md").write_text(table(list(ORDER)))
+    print("\n" + table(list(ORDER) if args.only is None or args.table else names))
     if not args.table:
         minutes = (time.monotonic() - started) / 60
         print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {minutes:.1f} min; written to bench/results/latest.md")
