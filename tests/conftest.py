@@ -133,3 +133,15 @@ def run_cli(
     return subprocess.run(
         [*ferryman_cmd(), *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd, check=False
     )
+
+
+@pytest.fixture
+def memory_connector() -> Iterator[None]:
+    """The in-memory ``memory`` connector of :mod:`tests.fakes`, registered and emptied for
+    one test (``pytestmark = pytest.mark.usefixtures("memory_connector")``)."""
+    from tests import fakes
+
+    fakes.register()
+    fakes.reset()
+    yield
+    fakes.reset()

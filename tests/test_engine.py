@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,7 @@ from tests import fakes
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def memory() -> Iterator[None]:
-    fakes.register()
-    fakes.reset()
-    yield
-    fakes.reset()
+pytestmark = pytest.mark.usefixtures("memory_connector")
 
 
 def make_engine(

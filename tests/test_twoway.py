@@ -4,7 +4,6 @@ the loop breaker, and a randomized run of 2,000 changes on both sides."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,7 @@ from ferryman.timeutil import utcnow
 from ferryman.twoway import Policy, plan_pairs
 from tests import fakes
 
-
-@pytest.fixture(autouse=True)
-def memory() -> Iterator[None]:
-    fakes.register()
-    fakes.reset()
-    yield
-    fakes.reset()
+pytestmark = pytest.mark.usefixtures("memory_connector")
 
 
 def engine_for(tmp_path: Path, state_url: str, **pipeline: Any) -> Engine:
