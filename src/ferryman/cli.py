@@ -65,7 +65,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub.add_parser("check", help="validate the config and reach every configured system")
+    sub.add_parser("check", help="validate the config, reach every configured system, build every pipeline")
     sub.add_parser("connectors", help="list installed connectors, their streams and capabilities")
 
     p = sub.add_parser("reset", help="forget a pipeline's cursor, links and checkpoints (next run is a full sync)")
@@ -387,6 +387,13 @@ async def _check(config: Any) -> int:
             except FerrymanError as exc:
                 failures += 1
                 print(f"system {name}: FAILED: {redact(str(exc))}")
+        for name in config.pipelines:
+            try:
+                await engine.check_pipeline(name)
+                print(f"pipeline {name}: ok")
+            except FerrymanError as exc:  # ConfigError included (its text names the key path)
+                failures += 1
+                print(f"pipeline {name}: FAILED: {redact(str(exc))}")
     finally:
         await engine.aclose()
     return EXIT_FAILED if failures else EXIT_OK

@@ -141,6 +141,31 @@ class LoopBreakerConfig(_Model):
     window: Duration = timedelta(hours=1)
 
 
+class ReferenceConfig(_Model):
+    """A field holding another record's id, translated from the source app's id to the
+    target app's through the links of the referenced stream.
+
+    ``from`` is the referenced stream in the pipeline's source system, ``to`` in its target
+    system (``to`` defaults to ``from``). The links are those any one-way or two-way
+    pipeline between the two streams made, in either direction. ``missing`` says what
+    happens to a record whose referenced record has no link yet: ``dead_letter`` (the
+    default: it waits in the dead-letter table, retried at the start of every run until
+    the reference can be translated) or ``drop`` (delivered with the field empty).
+    """
+
+    source: str = Field(alias="from", pattern=r"^[^.\s]+$", description="referenced stream in the source system")
+    to: str | None = Field(default=None, pattern=r"^[^.\s]+$", description="and in the target system")
+    missing: Literal["dead_letter", "drop"] = "dead_letter"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"from": value} if isinstance(value, str) else value
+
+    def target_stream(self) -> str:
+        return self.to or self.source
+
+
 class PipelineConfig(_Model):
     """``from: system.stream`` to one or more ``system.stream`` targets."""
 
@@ -154,6 +179,11 @@ class PipelineConfig(_Model):
     conflict_fields: dict[str, ConflictPolicy] = Field(default_factory=dict)
     deletes: DeletesConfig = Field(default_factory=DeletesConfig)
     mapping: dict[str, Any] = Field(default_factory=dict)
+    references: dict[str, ReferenceConfig] = Field(
+        default_factory=dict,
+        description="target fields holding another record's id (requester_key, organisation_key, customer_key), "
+        "translated through the links of the referenced stream",
+    )
     match_on: list[str] | None = None
     loop_breaker: LoopBreakerConfig = Field(default_factory=LoopBreakerConfig)
     allow_emails: bool = Field(default=False, description="let target apps email customers about our writes")
@@ -180,6 +210,11 @@ class PipelineConfig(_Model):
     def _two_way(self) -> PipelineConfig:
         if self.direction == "both" and len(self.to) != 1:
             raise ValueError("a two-way pipeline ('direction: both') has exactly one 'to'")
+        if self.direction == "both" and self.references:
+            raise ValueError(
+                "'references' are translated on one-way pipelines only; on a two-way pipeline "
+                "map reference fields explicitly or drop them (mapping: {organisation_key: null})"
+            )
         return self
 
     def source_ref(self) -> tuple[str, str]:
@@ -473,6 +508,8 @@ def _check_pipelines(config: FerrymanConfig, file: str, *, streams: bool = True)
                         path=where,
                     )
                 written_by[ref] = name
+        if pipeline.references and streams:
+            _check_references(config, name, pipeline, file)
         if pipeline.direction == "both" and streams:
             from ferryman.connector import Capability
 
@@ -485,6 +522,31 @@ def _check_pipelines(config: FerrymanConfig, file: str, *, streams: bool = True)
                         file=file,
                         path=f"pipelines.{name}.direction",
                     )
+
+
+def _check_references(config: FerrymanConfig, name: str, pipeline: PipelineConfig, file: str) -> None:
+    """Each translated field exists on the target records; each referenced stream exists."""
+    src_system = pipeline.source_ref()[0]
+    for field_name, rule in pipeline.references.items():
+        where = f"pipelines.{name}.references.{field_name}"
+        for system, stream in pipeline.target_refs():
+            known = _streams_of(config, system)
+            if known is None or stream not in known:
+                continue
+            record = known[stream].record_type
+            if field_name not in record.model_fields or field_name in ("key", "updated_at", "deleted", "extra"):
+                raise ConfigError(
+                    f"{record.kind} records have no field {field_name!r} to translate", file=file, path=where
+                )
+        sides = [(src_system, rule.source)] + [(system, rule.target_stream()) for system, _ in pipeline.target_refs()]
+        for system, stream in sides:
+            known = _streams_of(config, system)
+            if known is not None and stream not in known:
+                raise ConfigError(
+                    f"system {system!r} has no stream {stream!r} (streams: {', '.join(sorted(known))})",
+                    file=file,
+                    path=where,
+                )
 
 
 def _streams_of(config: FerrymanConfig, system: str) -> dict[str, Any] | None:

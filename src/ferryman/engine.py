@@ -41,6 +41,7 @@ from ferryman.timeutil import format_utc, utcnow
 log = structlog.get_logger("ferryman.engine")
 
 LEASE_TTL = DEFAULT_LEASE_TTL  # the default; a run uses the config's state.lease_ttl
+REFERENCE_RETRIES = 200  # records waiting for a reference, delivered again at the start of a run
 
 __all__ = ["Engine", "RunResult"]
 
@@ -85,6 +86,23 @@ class _Target:
         self.mapping = mapping
         self.transactional = bool(getattr(connector, "transactional_writes", False))
         self.blocked: frozenset[str] = frozenset()
+        self.references: list[_Reference] = []
+        #: source keys with an open ``reference`` dead letter for this target: delivering
+        #: one of them settles its letter in the same commit
+        self.waiting: set[str] = set()
+
+
+_Built = tuple[Connector, StreamInfo, list[_Target]]  # what a run delivers with: source, its stream, targets
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    """A target field holding another record's id, translated through the links of ``src`` <-> ``dst``."""
+
+    field: str
+    src: str  # the referenced stream in the source system ("crm.organisations")
+    dst: str  # and in the target system ("helpdesk.organisations")
+    missing: str  # "dead_letter" or "drop"
 
 
 class Engine:
@@ -120,6 +138,11 @@ class Engine:
             except Exception as exc:  # closing must not mask the run's own outcome
                 log.warning("system.close_failed", system=connector.name, error=redact(str(exc)))
 
+    async def check_pipeline(self, name: str) -> None:
+        """Build what a run of ``name`` would (streams, mapping, references) without reading
+        or writing anything; raises the :class:`ConfigError` a run would meet."""
+        await self._targets(self.config.pipeline(name), f"pipelines.{name}")
+
     async def _targets(self, pipeline: PipelineConfig, where: str) -> tuple[Connector, StreamInfo, list[_Target]]:
         src_system, src_stream = pipeline.source_ref()
         source = await self.system(src_system)
@@ -129,7 +152,11 @@ class Engine:
             connector = await self.system(system)
             info = connector.stream(stream)
             mapping = FieldMapping(pipeline.mapping, src_info.record_type, info.record_type, where=f"{where}.mapping")
-            targets.append(_Target(f"{system}.{stream}", connector, stream, info, mapping))
+            target = _Target(f"{system}.{stream}", connector, stream, info, mapping)
+            for name, rule in pipeline.references.items():  # checked when the config loaded
+                src, dst = f"{src_system}.{rule.source}", f"{system}.{rule.target_stream()}"
+                target.references.append(_Reference(name, src, dst, rule.missing))
+            targets.append(target)
             _ = i
         return source, src_info, targets
 
@@ -193,6 +220,8 @@ class Engine:
 
                     await run_two_way(self, name, pipeline, result, full=full, dry_run=dry_run, echo=echo, stop=stop)
                 else:
+                    if pipeline.references and not dry_run:
+                        await self._retry_references(name, result, (source, src_info, targets))
                     await self._run_pages(
                         name, pipeline, source, src_info, targets, result, full, dry_run, stop, progress, echo
                     )
@@ -253,6 +282,10 @@ class Engine:
             for target in targets:
                 await self._reconcile_intents(name, src_ref, target)
                 await target.connector.restore(target.stream, self.store.get_checkpoint(name, target.ref))
+        if not dry_run and any(t.references for t in targets):
+            letters = self.store.dead_letters(pipeline=name, kind="reference")
+            for target in targets:
+                target.waiting = {x.src_key for x in letters if x.dst == target.ref and x.src_key}
         cursor = None if full else self.store.get_cursor(name)
         since = _since(cursor, pipeline.overlap)
         best = cursor
@@ -379,6 +412,7 @@ class Engine:
     ) -> str | None:
         """Plan and write one page to one target; returns why the run must halt, if it must."""
         items: list[tuple[Record, str]] = []
+        pairs: list[tuple[Record, Record]] = []  # (source, mapped) where references wait to be translated
         for record in records:
             try:
                 mapped = target.mapping.apply(record)
@@ -396,7 +430,12 @@ class Engine:
                 )
                 counts["dead_lettered"] += 1
                 continue
-            items.append((mapped, fingerprint(mapped)))
+            if target.references:
+                pairs.append((record, mapped))
+            else:
+                items.append((mapped, fingerprint(mapped)))
+        if pairs:
+            items = [(m, fingerprint(m)) for m in self._translate(target, src_ref, pairs, commit, counts)]
         links = self.store.links_for(src_ref, target.ref, [r.key for r, _ in items])
         if force:
             links = {
@@ -445,6 +484,8 @@ class Engine:
             for action in actions:
                 if action.op == "skip":
                     counts["skipped"] += 1
+                    if action.src_key in target.waiting:  # the target has this version already
+                        commit.settled.setdefault(target.ref, []).append(action.src_key)
                     continue
                 assert action.record is not None or action.op in ("delete", "unlink")
                 try:
@@ -471,6 +512,8 @@ class Engine:
                     elif action.op == "unlink":
                         unlinks.append(action.src_key)
                         counts["_deletes_in_run"] = counts.get("_deletes_in_run", 0) + 1
+                    if action.src_key in target.waiting and action.op in ("create", "update"):
+                        commit.settled.setdefault(target.ref, []).append(action.src_key)
                 except RecordRejected as exc:
                     reason = redact(str(exc))
                     commit.dead_letters.append(
@@ -506,6 +549,79 @@ class Engine:
                 commit.unlinks.pop((src_ref, target.ref), None)
                 commit.resolved_intents.clear()
         return None
+
+    def _translate(
+        self,
+        target: _Target,
+        src_ref: str,
+        pairs: list[tuple[Record, Record]],
+        commit: PageCommit,
+        counts: dict[str, int],
+    ) -> list[Record]:
+        """The mapped records with their reference fields translated to the target app's ids.
+
+        One lookup per reference and page, in both directions of the referenced streams'
+        links (a pipeline may have synced them either way). A record whose reference has no
+        link yet is dead-lettered as ``reference`` (or delivered with the field empty, with
+        ``missing: drop``)."""
+        updates: list[dict[str, str | None]] = [{} for _ in pairs]
+        failed: dict[int, str] = {}
+        for ref in target.references:
+            wanted = {v for _, m in pairs if (v := getattr(m, ref.field))}
+            if not wanted:
+                continue
+            found = {k: link.dst_key for k, link in self.store.links_for(ref.src, ref.dst, sorted(wanted)).items()}
+            rest = sorted(wanted - found.keys())
+            if rest:
+                found |= {k: link.src_key for k, link in self.store.links_by_dst(ref.dst, ref.src, rest).items()}
+            for i, (_, mapped) in enumerate(pairs):
+                value = getattr(mapped, ref.field)
+                if not value:
+                    continue
+                if value in found:
+                    updates[i][ref.field] = found[value]
+                elif ref.missing == "drop":
+                    updates[i][ref.field] = None
+                elif i not in failed:
+                    failed[i] = (
+                        f"{ref.field} {value!r}: {ref.src}#{value} has no linked record in {ref.dst} yet "
+                        f"(sync {ref.src} to {ref.dst}; this record is retried at the start of every run)"
+                    )
+        out: list[Record] = []
+        for i, (record, mapped) in enumerate(pairs):
+            if i in failed:
+                commit.dead_letters.append(
+                    NewDeadLetter(
+                        src_ref,
+                        target.ref,
+                        record.key,
+                        failed[i],
+                        src_key=record.key,
+                        kind="reference",
+                        payload=record.model_dump(mode="json"),
+                    )
+                )
+                counts["dead_lettered"] += 1
+                log.info("record.reference_missing", target=target.ref, key=record.key, reason=failed[i])
+                continue
+            out.append(mapped.model_copy(update=updates[i]) if updates[i] else mapped)
+        return out
+
+    async def _retry_references(self, name: str, result: RunResult, built: _Built) -> None:
+        """Deliver again the records that waited for a reference (least recently tried first,
+        at most ``REFERENCE_RETRIES`` a run): their referenced record may have been synced
+        since. Creates a crash left unconfirmed are reconciled first, as before any pages.
+        What they write is counted in ``result``; those still waiting are not counted again."""
+        letters = self.store.dead_letters(pipeline=name, kind="reference", oldest_first=REFERENCE_RETRIES)
+        if not letters:
+            return
+        for target in built[2]:
+            await self._reconcile_intents(name, self.config.pipeline(name).source, target)
+        outcomes = await self._replay_pipeline(name, letters, result, built)
+        waiting = [letter_id for letter_id, outcome, _ in outcomes if outcome != "delivered"]
+        if waiting:  # tried now: the next run starts with the others
+            self.store.set_dead_letter_status(waiting, "open")
+        log.info("references.retried", pipeline=name, retried=len(letters), delivered=len(letters) - len(waiting))
 
     async def _reconcile_intents(self, name: str, src_ref: str, target: _Target) -> None:
         """Creates that were started but never confirmed: look them up before creating again."""
@@ -564,9 +680,14 @@ class Engine:
                 self.store.release_lease(name)
         return results
 
-    async def _replay_pipeline(self, name: str, letters: list[Any]) -> list[tuple[int, str, str]]:
+    async def _replay_pipeline(
+        self, name: str, letters: list[Any], run: RunResult | None = None, built: _Built | None = None
+    ) -> list[tuple[int, str, str]]:
+        """Deliver ``letters`` again. Within a ``run`` (its start-of-run reference retries,
+        on the run's own ``built`` targets), what they create, update or delete is counted in
+        the run, committed with its row."""
         pipeline = self.config.pipeline(name)
-        source, src_info, targets = await self._targets(pipeline, f"pipelines.{name}")
+        source, src_info, targets = built or await self._targets(pipeline, f"pipelines.{name}")
         out: list[tuple[int, str, str]] = []
         for target in targets:
             await target.connector.restore(target.stream, self.store.get_checkpoint(name, target.ref))
@@ -574,17 +695,21 @@ class Engine:
             for letter in letters:
                 chosen = [t for t in targets if letter.dst in (None, t.ref)]
                 record: Record | None = None
+                gone = False  # the source answered that it no longer has the record
                 try:
                     if letter.src_key and src_info.can(Capability.READ):
                         try:
                             record = await source.get(src_info.name, letter.src_key)
+                            gone = record is None
                         except NotImplementedError:
                             record = None
                         except FerrymanError as exc:
                             if isinstance(exc, RecordRejected):
                                 raise
                             record = None
-                    if record is None and letter.dst is not None and letter.payload:
+                    # An operator's replay may send the kept copy of a record the source lost;
+                    # a run's own retries do not bring a deleted record back.
+                    if record is None and letter.dst is not None and letter.payload and not (gone and run is not None):
                         record = (
                             src_info.record_type.model_validate(letter.payload) if letter.kind != "unresolved" else None
                         )
@@ -625,9 +750,17 @@ class Engine:
                         commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
                 failed = [d for d in commit.dead_letters]
                 commit.dead_letters = []
+                written = {k: counts[k] for k in ("created", "updated", "deleted") if counts[k]}
+                if run is not None:
+                    commit.run_id, commit.counts = run.run_id, written
                 self.store.commit_page(commit)
+                if run is not None:
+                    for key, value in written.items():
+                        run.counts[key] += value
                 if failed:
-                    self.store.set_dead_letter_status([letter.id], "open", failed[0].reason)
+                    # a reference found at last, then the record refused: no longer retried each run
+                    kind = failed[0].kind if letter.kind == "reference" else None
+                    self.store.set_dead_letter_status([letter.id], "open", failed[0].reason, kind=kind)
                     out.append((letter.id, "rejected", failed[0].reason))
                 else:
                     self.store.set_dead_letter_status([letter.id], "resolved")

@@ -63,6 +63,12 @@ def _config(tmp_path: Path, state_url: str, url: str) -> Path:
             "contacts-from-csv": {"from": "inbox.contacts", "to": "helpdesk.contacts"},
             "contacts-to-csv": {"from": "signed.contacts", "to": "exports.contacts"},
             "orgs-to-csv": {"from": "intruder.organisations", "to": "exports.organisations"},
+            "orgs-from-csv": {"from": "inbox.organisations", "to": "signed.organisations"},
+            "people-from-csv": {
+                "from": "inbox.contacts",
+                "to": "signed.contacts",
+                "references": {"organisation_key": "organisations"},
+            },
         },
     }
     return save_config(tmp_path, doc)
@@ -130,6 +136,46 @@ def test_contacts_from_csv_dead_letter_what_cerb_refuses_and_times_stay_utc(
     row = next(r for r in csv_rows(tmp_path / "out" / "contacts.csv") if r["email"] == "ines.ferreira@example.org")
     assert row["created_at"] == "2024-03-01T10:00:00Z" and row["updated_at"].endswith("Z")
     assert "sandbox-secret" not in back.stdout + back.stderr
+
+
+def test_contacts_reach_cerb_pointing_at_cerbs_own_org_ids(
+    tmp_path: Path, default_state_url: str, cerb_url: str
+) -> None:
+    """The CSV says a contact belongs to organisation "o1"; Cerb only knows its own org ids.
+    Contacts whose organisation is not in Cerb yet wait in the dead-letter table and go, with
+    Cerb's id, at the start of the first run after their organisation was synced."""
+    config = _config(tmp_path, default_state_url, cerb_url)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "organisations.csv").write_text(
+        "key,updated_at,name\no1,2024-03-01T08:00:00Z,Refs Acme Ltd\no2,2024-03-01T08:00:00Z,Refs Globex\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "in" / "contacts.csv").write_text(
+        "key,updated_at,email,first_name,last_name,organisation_key\n"
+        "p1,2024-03-02T08:00:00Z,refs.ann@example.org,Ann,Acme,o1\n"
+        "p2,2024-03-02T08:00:00Z,refs.gil@example.org,Gil,Globex,o2\n"
+        "p3,2024-03-02T08:00:00Z,refs.ivy@example.org,Ivy,Initech,o3\n",
+        encoding="utf-8",
+    )
+    early = _sync(config, "people-from-csv")
+    assert early.returncode == 0, early.stdout + early.stderr
+    assert "created 0" in early.stdout and "dead_lettered 3" in early.stdout
+    assert not _search(cerb_url, "contact", 'email:"refs.ann@example.org"')
+
+    orgs = _sync(config, "orgs-from-csv")
+    assert orgs.returncode == 0 and "created 2" in orgs.stdout, orgs.stdout + orgs.stderr
+    org_ids = {o["name"]: o["id"] for o in _search(cerb_url, "org") if o["name"].startswith("Refs ")}
+    assert set(org_ids) == {"Refs Acme Ltd", "Refs Globex"}
+
+    later = _sync(config, "people-from-csv")
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert "created 2" in later.stdout, later.stdout
+    [ann] = _search(cerb_url, "contact", 'email:"refs.ann@example.org"')
+    [gil] = _search(cerb_url, "contact", 'email:"refs.gil@example.org"')
+    assert (ann["org_id"], gil["org_id"]) == (org_ids["Refs Acme Ltd"], org_ids["Refs Globex"])
+    waiting = run_cli("--config", str(config), "dlq", "list", env=ENV)
+    assert "p3" in waiting.stdout and "inbox.organisations#o3 has no linked record" in waiting.stdout
+    assert "p1" not in waiting.stdout and "p2" not in waiting.stdout
 
 
 def test_an_error_inside_a_200_fails_the_run_in_cerbs_words_and_the_next_run_recovers(

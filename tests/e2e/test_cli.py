@@ -36,6 +36,32 @@ def test_invalid_config_exits_78_naming_file_and_key_path(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
+def test_a_reference_to_a_stream_that_does_not_exist_is_refused_when_the_config_loads(
+    tmp_path: Path, default_state_url: str
+) -> None:
+    path = config(tmp_path, default_state_url, references={"requester_key": "people"})
+    result = run_cli("--config", str(path), "check")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "pipelines.t2c.references.requester_key: system 'inbox' has no stream 'people'" in result.stderr
+    path = config(tmp_path, default_state_url, references={"customer_key": "contacts"})
+    result = run_cli("--config", str(path), "check")
+    assert result.returncode == 78
+    assert "pipelines.t2c.references.customer_key: ticket records have no field 'customer_key'" in result.stderr
+
+
+def test_check_builds_every_pipeline_and_names_the_mapping_a_run_would_refuse(
+    tmp_path: Path, default_state_url: str
+) -> None:
+    path = config(tmp_path, default_state_url)
+    doc = yaml.safe_load(path.read_text())
+    doc["pipelines"]["typo"] = {"from": "inbox.contacts", "to": "out.contacts", "mapping": {"emial": "email"}}
+    path.write_text(yaml.safe_dump(doc))
+    result = run_cli("--config", str(path), "check")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "pipeline t2c: ok" in result.stdout
+    assert "pipeline typo: FAILED: " in result.stdout and "pipelines.typo.mapping.emial" in result.stdout
+
+
 def test_missing_config_file_exits_78(tmp_path: Path) -> None:
     result = run_cli("--config", str(tmp_path / "nope.yaml"), "status")
     assert result.returncode == 78 and "file not found" in result.stderr

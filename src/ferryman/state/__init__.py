@@ -133,6 +133,7 @@ class PageCommit:
     resolved_intents: list[int] = field(default_factory=list)
     dead_letters: list[NewDeadLetter] = field(default_factory=list)
     resolved_refs: list[str] = field(default_factory=list)  # src keys whose open source rejects are fixed
+    settled: dict[str, list[str]] = field(default_factory=dict)  # dst -> src keys delivered after a reference wait
     run_id: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -390,6 +391,19 @@ class StateStore:
             if commit.resolved_intents:
                 for chunk in _chunks(commit.resolved_intents, 500):
                     conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.id.in_(chunk)))
+            for dst, keys in commit.settled.items():  # before this page's letters: a key may be in both
+                for chunk in _chunks(keys, 500):
+                    conn.execute(
+                        sa.update(T_DLQ)
+                        .where(
+                            T_DLQ.c.pipeline == commit.pipeline,
+                            T_DLQ.c.status == "open",
+                            T_DLQ.c.kind == "reference",
+                            T_DLQ.c.dst == dst,
+                            T_DLQ.c.src_key.in_(chunk),
+                        )
+                        .values(status="resolved", last_seen_at=utcnow())
+                    )
             for letter in commit.dead_letters:
                 self._add_dead_letter(conn, commit.pipeline, letter)
             if commit.resolved_refs and self._open_source_rejects(conn, commit.pipeline):
@@ -493,11 +507,23 @@ class StateStore:
                 self._add_dead_letter(conn, pipeline, letter)
 
     def dead_letters(
-        self, pipeline: str | None = None, status: str | None = "open", ids: Sequence[int] | None = None
+        self,
+        pipeline: str | None = None,
+        status: str | None = "open",
+        ids: Sequence[int] | None = None,
+        *,
+        kind: str | None = None,
+        oldest_first: int | None = None,
     ) -> list[DeadLetter]:
-        query = sa.select(T_DLQ).order_by(T_DLQ.c.id)
+        """Dead letters in id order; ``oldest_first=N``: the N least recently attempted."""
+        if oldest_first is None:
+            query = sa.select(T_DLQ).order_by(T_DLQ.c.id)
+        else:
+            query = sa.select(T_DLQ).order_by(T_DLQ.c.last_seen_at, T_DLQ.c.id).limit(oldest_first)
         if pipeline:
             query = query.where(T_DLQ.c.pipeline == pipeline)
+        if kind:
+            query = query.where(T_DLQ.c.kind == kind)
         if status:
             query = query.where(T_DLQ.c.status == status)
         if ids:
@@ -523,10 +549,14 @@ class StateStore:
             for r in rows
         ]
 
-    def set_dead_letter_status(self, ids: Sequence[int], status: str, reason: str | None = None) -> int:
+    def set_dead_letter_status(
+        self, ids: Sequence[int], status: str, reason: str | None = None, *, kind: str | None = None
+    ) -> int:
         values: dict[str, Any] = {"status": status, "last_seen_at": utcnow()}
         if reason is not None:
             values["reason"] = redact(reason)
+        if kind is not None:
+            values["kind"] = kind
         with self.engine.begin() as conn:
             return int(conn.execute(sa.update(T_DLQ).where(T_DLQ.c.id.in_(list(ids))).values(**values)).rowcount)
 

@@ -118,7 +118,9 @@ class DeadLetterRow(SQLModel, table=True):
     ref: str = Field(max_length=500)  # source key, or "line 17"
     src_key: str | None = Field(default=None, max_length=500)
     reason: str
-    kind: str = Field(default="rejected", max_length=40)  # rejected | invalid | conflict | loop | unresolved
+    kind: str = Field(
+        default="rejected", max_length=40
+    )  # rejected | invalid | reference | conflict | loop | unresolved | webhook
     payload: str | None = None  # JSON
     status: str = Field(default="open", max_length=20)  # open | resolved | dropped
     attempts: int = 1
