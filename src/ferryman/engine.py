@@ -411,6 +411,7 @@ class Engine:
         force: bool = False,
     ) -> str | None:
         """Plan and write one page to one target; returns why the run must halt, if it must."""
+        letters_before = len(commit.dead_letters)
         items: list[tuple[Record, str]] = []
         pairs: list[tuple[Record, Record]] = []  # (source, mapped) where references wait to be translated
         for record in records:
@@ -459,6 +460,9 @@ class Engine:
                     f"({share:.0%}) would be deleted, over deletes.max_share {pipeline.deletes.max_share:.0%}"
                 )
         if dry_run:
+            if echo:
+                for letter in commit.dead_letters[letters_before:]:
+                    echo(f"dead-letter {target.ref} <- {src_ref}#{letter.src_key}: {letter.reason}")
             for action in actions:
                 counts[_counted(action.op)] += 1
                 if echo and action.op != "skip":

@@ -49,6 +49,21 @@ def test_a_reference_to_a_stream_that_does_not_exist_is_refused_when_the_config_
     assert "pipelines.t2c.references.customer_key: ticket records have no field 'customer_key'" in result.stderr
 
 
+def test_a_dry_run_prints_the_records_that_would_wait_for_a_reference(tmp_path: Path, default_state_url: str) -> None:
+    path = config(tmp_path, default_state_url, references={"requester_key": "contacts"})
+    (tmp_path / "in" / "tickets.csv").write_text(
+        "key,updated_at,subject,requester_key\n1,2026-01-01T00:00:00Z,one,c7\n2,2026-01-01T00:00:01Z,two,\n"
+    )
+    result = run_cli("--config", str(path), "sync", "t2c", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "dead-letter out.tickets <- inbox.tickets#1: requester_key 'c7': inbox.contacts#c7 has no linked record "
+        "in out.contacts yet" in result.stdout
+    )
+    assert "create  out.tickets <- inbox.tickets#2" in result.stdout
+    assert not (tmp_path / "out" / "tickets.csv").exists()
+
+
 def test_check_builds_every_pipeline_and_names_the_mapping_a_run_would_refuse(
     tmp_path: Path, default_state_url: str
 ) -> None:
