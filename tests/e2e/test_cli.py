@@ -64,6 +64,35 @@ def test_a_dry_run_prints_the_records_that_would_wait_for_a_reference(tmp_path: 
     assert not (tmp_path / "out" / "tickets.csv").exists()
 
 
+def test_a_csv_target_gets_the_waiting_record_once_with_the_rest_of_a_run(
+    tmp_path: Path, default_state_url: str
+) -> None:
+    """The start-of-run retry writes to the same CSV target as the run's pages: one file,
+    every row once, published whole."""
+    path = config(tmp_path, default_state_url, references={"requester_key": "contacts"})
+    doc = yaml.safe_load(path.read_text())
+    doc["pipelines"]["people"] = {"from": "inbox.contacts", "to": "out.contacts"}
+    path.write_text(yaml.safe_dump(doc))
+    tickets = tmp_path / "in" / "tickets.csv"
+    tickets.write_text("key,updated_at,subject,requester_key\n1,2026-01-01T00:00:00Z,one,c7\n")
+    first = run_cli("--config", str(path), "sync", "t2c")
+    assert first.returncode == 0 and "dead_lettered 1" in first.stdout, first.stdout + first.stderr
+    (tmp_path / "in" / "contacts.csv").write_text("key,updated_at,email\nc7,2026-01-01T00:00:00Z,c7@example.org\n")
+    assert run_cli("--config", str(path), "sync", "people").returncode == 0
+    with tickets.open("a") as fh:
+        fh.write("2,2026-01-02T00:00:00Z,two,c7\n")
+    second = run_cli("--config", str(path), "sync", "t2c")
+    assert second.returncode == 0 and "created 2" in second.stdout, second.stdout + second.stderr
+    third = run_cli("--config", str(path), "sync", "t2c")
+    assert third.returncode == 0 and "created 0" in third.stdout
+    with (tmp_path / "out" / "tickets.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["key"], r["requester_key"]) for r in rows) == [("1", "c7"), ("2", "c7")]
+    assert not list((tmp_path / "out").glob("*.partial"))
+    status = json.loads(run_cli("--config", str(path), "status", "--json").stdout)
+    assert {row["pipeline"]: row["dead_letters"] for row in status}["t2c"] == 0
+
+
 def test_check_builds_every_pipeline_and_names_the_mapping_a_run_would_refuse(
     tmp_path: Path, default_state_url: str
 ) -> None:
