@@ -483,11 +483,7 @@ def _check_pipelines(config: FerrymanConfig, file: str, *, streams: bool = True)
                 raise ConfigError(f"unknown system {system!r} (systems: {known})", file=file, path=where)
             known_streams = _streams_of(config, system) if streams else None
             if known_streams is not None and stream not in known_streams:
-                raise ConfigError(
-                    f"system {system!r} has no stream {stream!r} (streams: {', '.join(sorted(known_streams))})",
-                    file=file,
-                    path=where,
-                )
+                raise _no_stream(system, stream, known_streams, file, where)
             if known_streams is not None:
                 from ferryman.connector import Capability
 
@@ -526,6 +522,8 @@ def _check_pipelines(config: FerrymanConfig, file: str, *, streams: bool = True)
 
 def _check_references(config: FerrymanConfig, name: str, pipeline: PipelineConfig, file: str) -> None:
     """Each translated field exists on the target records; each referenced stream exists."""
+    from ferryman.mapping import IDENTITY
+
     src_system = pipeline.source_ref()[0]
     for field_name, rule in pipeline.references.items():
         where = f"pipelines.{name}.references.{field_name}"
@@ -534,7 +532,7 @@ def _check_references(config: FerrymanConfig, name: str, pipeline: PipelineConfi
             if known is None or stream not in known:
                 continue
             record = known[stream].record_type
-            if field_name not in record.model_fields or field_name in ("key", "updated_at", "deleted", "extra"):
+            if field_name not in record.model_fields or field_name in IDENTITY:
                 raise ConfigError(
                     f"{record.kind} records have no field {field_name!r} to translate", file=file, path=where
                 )
@@ -542,11 +540,13 @@ def _check_references(config: FerrymanConfig, name: str, pipeline: PipelineConfi
         for system, stream in sides:
             known = _streams_of(config, system)
             if known is not None and stream not in known:
-                raise ConfigError(
-                    f"system {system!r} has no stream {stream!r} (streams: {', '.join(sorted(known))})",
-                    file=file,
-                    path=where,
-                )
+                raise _no_stream(system, stream, known, file, where)
+
+
+def _no_stream(system: str, stream: str, known: Mapping[str, Any], file: str, where: str) -> ConfigError:
+    return ConfigError(
+        f"system {system!r} has no stream {stream!r} (streams: {', '.join(sorted(known))})", file=file, path=where
+    )
 
 
 def _streams_of(config: FerrymanConfig, system: str) -> dict[str, Any] | None:

@@ -27,7 +27,8 @@ from pydantic import ValidationError
 from ferryman.errors import ConfigError, ValidationFailed
 from ferryman.records import Record
 
-_IDENTITY = ("key", "updated_at", "deleted", "extra")
+#: fields every record has, carried over by every mapping (never mapped or translated)
+IDENTITY = ("key", "updated_at", "deleted", "extra")
 
 
 class FieldMapping:
@@ -50,7 +51,7 @@ class FieldMapping:
         self.copy = [
             f
             for f in target.model_fields
-            if f not in self.rules and (f in source.model_fields) and (source is target or f in _IDENTITY)
+            if f not in self.rules and (f in source.model_fields) and (source is target or f in IDENTITY)
         ]
 
     def _compile(self, rule: Any, where: str) -> Any:
