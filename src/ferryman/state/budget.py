@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from ferryman.http import HttpRegistry, InMemoryRateBudget
 from ferryman.state.models import RateBudgetRow
-from ferryman.timeutil import UTC, ensure_utc, from_db_time, utcnow
+from ferryman.timeutil import UTC, ensure_utc, utcnow
 
 if TYPE_CHECKING:
     from ferryman.http import RateLimitOptions
@@ -133,11 +133,9 @@ class RestartSafeRateBudget(InMemoryRateBudget):
 
 def pending_blocks(store: StateStore, now: datetime) -> dict[str, datetime]:
     """The blocks in the state database that still lie after ``now``, by key."""
-    query = sa.select(T_BUDGETS.c.key, T_BUDGETS.c.blocked_until).where(T_BUDGETS.c.blocked_until.is_not(None))
+    query = sa.select(T_BUDGETS.c.key, T_BUDGETS.c.blocked_until).where(T_BUDGETS.c.blocked_until > now)
     with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    blocks = {key: from_db_time(when) for key, when in rows}
-    return {key: when for key, when in blocks.items() if when is not None and when > now}
+        return {key: when for key, when in conn.execute(query)}
 
 
 def make_registry(store: StateStore | None) -> HttpRegistry:
