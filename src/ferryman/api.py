@@ -6,10 +6,8 @@ app reports errors inside otherwise successful responses (:meth:`response_hook`)
 maps native entities to canonical records and back. The HTTP client (rate limits,
 ``Retry-After``, retries, redaction) is created and closed here, one per system.
 
-:func:`keyset_pages` is the safe way to read an ``updated_since`` query page by page:
-paging a changing result set by page number alone loses rows (a row updated during the
-read moves to the end and every later row shifts back across a page boundary), so the
-query is restarted from the last timestamp seen whenever it moves forward.
+:func:`keyset_pages` adapts a tuple-returning ``fetch`` to the one read loop,
+:func:`ferryman.sdk.readloop.keyset_read` (paging, keyset restarts and their guards).
 """
 
 from __future__ import annotations
@@ -20,10 +18,12 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ferryman.connector import Connector, Cursor, Page, Reject, SystemContext, natural_key
+from ferryman.connector import Connector, Page, Reject, SystemContext
+from ferryman.cursor import Cursor, record_order
 from ferryman.errors import ValidationFailed
 from ferryman.http import HttpClient, HttpOptions, HttpRegistry, host_key
 from ferryman.records import Record
+from ferryman.sdk.readloop import Fetched, keyset_read
 
 __all__ = ["ApiConnector", "NativePage", "keyset_pages", "sort_natural", "to_record"]
 
@@ -104,55 +104,21 @@ def to_record(
 async def keyset_pages(
     fetch: Callable[[datetime | None, int], Awaitable[NativePage]],
     since: Cursor | None,
+    *,
+    system: str | None = None,
+    stream: str = "",
 ) -> AsyncIterator[Page]:
-    """Pages of an incremental read that cannot lose rows to concurrent updates.
+    """:func:`ferryman.sdk.readloop.keyset_read` for a ``fetch`` that returns a
+    :data:`NativePage` tuple (records in the server's order, rejects, more pages?)."""
 
-    ``fetch(updated_since, page_number)`` asks the app for records with ``updated_at >=
-    updated_since`` (inclusive; ``None`` for everything), sorted by ``(updated_at, id)``,
-    and returns them with whether more pages follow. Whenever the last record of a page
-    is newer than the query's ``updated_since``, the next query restarts from that
-    timestamp at page 1; only while a page is all one timestamp does the page number
-    advance. Records already yielded (by compound cursor) are dropped.
-    """
-    query_since = since.updated_at if since else None
-    last = since
-    page_number = 1
-    # The record *at* the cursor is still due until something is yielded: it may sit on a
-    # later page than the first when many records share the cursor's timestamp.
-    inclusive = True
-    while True:
-        records, rejects, more = await fetch(query_since, page_number)
-        if last is None:
-            fresh = list(records)
-        else:
-            # Cursor.of(r) > last, with the cheap comparison first (most records are newer)
-            bound, edge = last.updated_at, last
-            fresh = [
-                r
-                for r in records
-                if r.updated_at > bound
-                or (r.updated_at == bound and (Cursor.of(r) > edge or (inclusive and Cursor.of(r) == edge)))
-            ]
-        if fresh or rejects:
-            yield Page(fresh, rejects)
-        if fresh:
-            last = _newest_cursor(fresh)
-            inclusive = False
-        if not more or not records:
-            return
-        newest = records[-1].updated_at
-        if query_since is None or newest > query_since:
-            query_since, page_number = newest, 1
-        else:
-            page_number += 1
+    async def adapted(updated_since: datetime | None, page_number: int) -> Fetched:
+        records, rejects, more = await fetch(updated_since, page_number)
+        return Fetched(records, rejects, more)
 
-
-def _newest_cursor(records: list[Record]) -> Cursor:
-    """``max(Cursor.of(r) for r in records)``, building cursors only for the newest timestamp."""
-    newest = max(r.updated_at for r in records)
-    return max(Cursor.of(r) for r in records if r.updated_at == newest)
+    async for page in keyset_read(adapted, since, system=system, stream=stream):
+        yield page
 
 
 def sort_natural(records: list[Record]) -> list[Record]:
     """Records in the order the engine expects: (updated_at, natural key)."""
-    return sorted(records, key=lambda r: (r.updated_at, natural_key(r.key)))
+    return sorted(records, key=record_order)

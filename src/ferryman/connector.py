@@ -16,7 +16,10 @@ Rules every connector keeps:
 - Every datetime it hands over is aware UTC (the record models refuse naive ones).
 - ``read`` yields pages in ``(updated_at, key)`` order when ``StreamInfo.ordered`` is
   true; a source that cannot says ``ordered=False`` and the engine only moves its
-  cursor after a complete pass.
+  cursor after a complete pass. The engine verifies the order of every page it is
+  handed (:class:`ferryman.cursor.OrderGuard`) and fails the run when it is broken.
+- HTTP connectors read through :mod:`ferryman.sdk.readloop`, which owns paging, keyset
+  restarts, the ``since`` filter and the guards against APIs that ignore paging or sort.
 - Errors are raised as the classes in :mod:`ferryman.errors`; the class decides whether
   the engine retries, defers, dead-letters or stops.
 """
@@ -26,11 +29,12 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from ferryman.cursor import Cursor, natural_key, record_order
 from ferryman.errors import NotSupportedError
 from ferryman.records import Record
 
@@ -70,57 +74,15 @@ class StreamInfo:
     ordered: bool = True  # read() yields (updated_at, key) order
     reference: bool = False  # reference data (services, operators), not a main stream
     description: str = ""
+    #: the finest step of the source's updated_at (whole seconds by default): an overlap
+    #: shorter than this is raised to it (see :mod:`ferryman.cursor`)
+    precision: timedelta = timedelta(seconds=1)
+    #: ``deletes: probe`` support: records deleted in the app vanish from lists, so the engine
+    #: fetches linked keys a full pass did not see with :meth:`Connector.get`
+    hides_deleted: bool = False
 
     def can(self, capability: Capability) -> bool:
         return capability in self.capabilities
-
-
-def natural_key(key: str) -> tuple[int, int, str]:
-    """Sort keys as apps do: numeric ids by number (``"9" < "10"``), others as text after them.
-
-    The empty key sorts before every other, so ``Cursor(t, "")`` means "everything at or
-    after ``t``" (the engine reads from there when it re-reads an overlap window)."""
-    if not key:
-        return (-1, 0, "")
-    if key.isdigit() and len(key) < 19:
-        return (0, int(key), "")
-    return (1, 0, key)
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """The position ``(updated_at, key)`` up to which a source has been delivered.
-
-    Cursors order by time, then by key in :func:`natural_key` order, so that records
-    sharing one timestamp are neither lost nor repeated across a page boundary.
-    """
-
-    updated_at: datetime
-    key: str
-
-    @classmethod
-    def of(cls, record: Record) -> Cursor:
-        return cls(record.updated_at, record.key)
-
-    def sort_key(self) -> tuple[datetime, tuple[int, int, str]]:
-        return (self.updated_at, natural_key(self.key))
-
-    def __lt__(self, other: Cursor) -> bool:
-        return self.sort_key() < other.sort_key()
-
-    def __le__(self, other: Cursor) -> bool:
-        return self.sort_key() <= other.sort_key()
-
-    def __gt__(self, other: Cursor) -> bool:
-        return self.sort_key() > other.sort_key()
-
-    def __ge__(self, other: Cursor) -> bool:
-        return self.sort_key() >= other.sort_key()
-
-
-def record_order(record: Record) -> tuple[datetime, tuple[int, int, str]]:
-    """The order ``read`` yields records in: (updated_at, natural key)."""
-    return (record.updated_at, natural_key(record.key))
 
 
 @dataclass(frozen=True, slots=True)

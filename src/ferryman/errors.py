@@ -9,7 +9,10 @@
     └── ConnectorError              raised by connectors and the HTTP layer
         ├── FatalError              stop the run, cursor untouched (bad credentials, misconfig)
         │   ├── AuthError           401/403
-        │   └── NotSupportedError   the app does not support this operation (e.g. Clevertim 501)
+        │   ├── NotSupportedError   the app does not support this operation (e.g. Clevertim 501)
+        │   ├── OrderViolation      a source promised (updated_at, key) order and broke it: the
+        │   │                       run fails with the cursor held where it began
+        │   └── PagingError         paging does not progress (a page repeats, the page cap is hit)
         ├── RetriableError          transient: retried with backoff (5xx, connection, short 429)
         │   └── MalformedResponseError  a body that does not parse
         ├── DeferredError           the app asked us to wait longer than we are willing to:
@@ -68,6 +71,27 @@ class AuthError(FatalError):
 
 class NotSupportedError(FatalError):
     """The system does not support the operation; retrying cannot help."""
+
+
+class OrderViolation(FatalError):
+    """A source that promised ``(updated_at, key)`` order answered out of order.
+
+    A keyset read over such an answer skips records and a cursor moved past them loses them
+    for good, so the run stops as failed with the cursor held where the run began.
+    """
+
+    def __init__(
+        self, message: str, *, system: str | None = None, before: str = "", after: str = "", where: str = ""
+    ) -> None:
+        super().__init__(message, system=system)
+        self.before = before
+        self.after = after
+        self.where = where
+
+
+class PagingError(FatalError):
+    """Paging does not progress: a page repeats the one before it (the server ignores the
+    paging parameters), or a read passed its page cap. Retrying the same request cannot help."""
 
 
 class RetriableError(ConnectorError):

@@ -37,11 +37,19 @@ from typing import Any
 import pytest
 
 from ferryman import plugins
-from ferryman.connector import Capability, Connector, Cursor, Page, StreamInfo, SystemContext, record_order
-from ferryman.errors import AuthError, FatalError
+from ferryman.connector import Capability, Connector, Page, StreamInfo, SystemContext
+from ferryman.cursor import Cursor, record_order
+from ferryman.errors import (
+    AuthError,
+    ConnectorError,
+    FatalError,
+    FerrymanError,
+    OrderViolation,
+    RecordRejected,
+)
 from ferryman.records import RECORD_TYPES, Record, fingerprint
 
-__all__ = ["ConnectorContract", "ContractSetup", "collect"]
+__all__ = ["ConnectorContract", "ContractSetup", "HostileContract", "collect"]
 
 
 @dataclass
@@ -63,6 +71,8 @@ class ContractSetup:
     ignore_fields: dict[str, set[str]] = field(default_factory=dict)
     #: HTTP status the simulator's burst uses to prove retries (429 by default)
     burst_status: int = 429
+    #: hostile modes the suite switches on (default: every mode the simulator implements)
+    hostile_modes: frozenset[str] | None = None
 
 
 def _resolve(value: Any, group: Callable[[str], Any]) -> Any:
@@ -269,3 +279,175 @@ def _unlikely(info: StreamInfo, sample: Record) -> Any:
     if info.natural_key == "email":
         return "nobody-at-all@nowhere.invalid"
     return "no-such-record-ferryman-contract"
+
+
+# -- the hostile server kit -----------------------------------------------------------------
+HOSTILE_READ_TIMEOUT = 60.0  # seconds: a read that runs longer than this is looping
+HOSTILE_REQUEST_BUDGET = 200  # requests one small hostile read may make before it counts as looping
+
+
+class HostileContract(ConnectorContract):
+    """The contract suite plus the hostile-server suite: the simulator misbehaves the way
+    real APIs do, and the connector must notice (a clear error) or stay correct (every
+    record exactly once), never lose or duplicate records quietly and never loop.
+
+    Subclass it instead of :class:`ConnectorContract`, with the same ``contract`` fixture.
+    A mode the simulator does not implement (``Simulator.hostile_supported``) is skipped
+    with that reason; the base simulator implements ``garble_reads`` and ``garble_writes``.
+    """
+
+    def _mode(self, contract: ContractSetup, sandbox: Any, mode: str) -> None:
+        sim = sandbox.simulator
+        wanted = contract.hostile_modes if contract.hostile_modes is not None else sim.hostile_supported
+        if mode not in wanted or mode not in sim.hostile_supported:
+            pytest.skip(f"the {sim.name or type(sim).__name__} simulator does not implement hostile mode {mode}")
+        sandbox.call(sim.set_hostile, mode)
+
+    async def _hostile_read(
+        self, sandbox: Any, connector: Connector, stream: str, since: Cursor | None, page_size: int
+    ) -> tuple[list[Record] | None, Exception | None, int]:
+        """Read under a hostile mode: (records, None) or (None, the error), and the requests made."""
+        import asyncio
+
+        before = sandbox.simulator.stats.requests
+        try:
+            records, _ = await asyncio.wait_for(collect(connector.read(stream, since, page_size)), HOSTILE_READ_TIMEOUT)
+            result: tuple[list[Record] | None, Exception | None] = (records, None)
+        except TimeoutError:
+            pytest.fail(f"{stream}: a read against a hostile server ran past {HOSTILE_READ_TIMEOUT:.0f}s (looping)")
+        except FerrymanError as exc:
+            result = (None, exc)
+        made = sandbox.simulator.stats.requests - before
+        assert made <= HOSTILE_REQUEST_BUDGET, f"{stream}: {made} requests for a small read: paging does not end"
+        return result[0], result[1], made
+
+    def _exactly(self, stream: str, records: list[Record], expected: set[str], what: str) -> None:
+        keys = [r.key for r in records]
+        assert len(keys) == len(set(keys)), f"{stream} ({what}): a read returned a key twice"
+        missing = expected - set(keys)
+        assert not missing, f"{stream} ({what}): records lost without an error: {sorted(missing)[:5]}"
+
+    @pytest.mark.asyncio
+    async def test_hostile_server_ignoring_paging_is_read_whole_or_stopped(
+        self, contract: ContractSetup, sandbox: Any
+    ) -> None:
+        async with self.connect(contract, sandbox.url) as connector:
+            streams = self.read_streams(contract, connector)
+            expected = {
+                info.name: {r.key for r in (await collect(connector.read(info.name, None, 50)))[0]} for info in streams
+            }
+            self._mode(contract, sandbox, "ignore_paging")
+            for info in streams:
+                records, error, _ = await self._hostile_read(sandbox, connector, info.name, None, 5)
+                if error is not None:
+                    assert isinstance(error, FatalError), f"{info.name}: {type(error).__name__}: {error}"
+                    assert "pag" in str(error).lower(), f"{info.name}: the error does not say paging: {error}"
+                    continue
+                assert records is not None
+                self._exactly(info.name, records, expected[info.name], "ignore_paging")
+
+    @pytest.mark.asyncio
+    async def test_hostile_server_ignoring_sort_loses_nothing_quietly(
+        self, contract: ContractSetup, sandbox: Any
+    ) -> None:
+        async with self.connect(contract, sandbox.url) as connector:
+            streams = self.read_streams(contract, connector)
+            everything = {info.name: (await collect(connector.read(info.name, None, 50)))[0] for info in streams}
+            self._mode(contract, sandbox, "ignore_sort")
+            for info in streams:
+                ordered = sorted(everything[info.name], key=record_order)
+                starts: list[Cursor | None] = [None]
+                if info.can(Capability.INCREMENTAL) and len(ordered) > 2:
+                    starts.append(Cursor.of(ordered[len(ordered) // 3]))
+                for since in starts:
+                    expected = {r.key for r in ordered if since is None or Cursor.of(r) >= since}
+                    records, error, _ = await self._hostile_read(sandbox, connector, info.name, since, 4)
+                    if error is not None:
+                        assert isinstance(error, OrderViolation), f"{info.name}: {type(error).__name__}: {error}"
+                        continue
+                    assert records is not None
+                    self._exactly(info.name, records, expected, f"ignore_sort from {since}")
+                    if info.ordered:
+                        assert records == sorted(records, key=record_order), (
+                            f"{info.name}: an ordered stream yielded records out of (updated_at, key) order"
+                        )
+
+    @pytest.mark.asyncio
+    async def test_hostile_garbled_read_fails_loudly(self, contract: ContractSetup, sandbox: Any) -> None:
+        async with self.connect(contract, sandbox.url, backoff_base=0.01, backoff_cap=0.05) as connector:
+            info = self.read_streams(contract, connector)[0]
+            expected = {r.key for r in (await collect(connector.read(info.name, None, 50)))[0]}
+            self._mode(contract, sandbox, "garble_reads")
+            records, error, made = await self._hostile_read(sandbox, connector, info.name, None, 3)
+            if error is None:
+                assert made == 1, f"{info.name}: garbled pages were taken as a complete read"
+                assert records is not None
+                self._exactly(info.name, records, expected, "garble_reads")
+            else:
+                assert isinstance(error, ConnectorError), f"{info.name}: {type(error).__name__}: {error}"
+
+    @pytest.mark.asyncio
+    async def test_hostile_stub_create_body_is_read_back_not_rejected(
+        self, contract: ContractSetup, sandbox: Any
+    ) -> None:
+        async with self.connect(contract, sandbox.url) as connector:
+            streams = [s for s in contract.samples if connector.stream(s).can(Capability.CREATE)]
+            if not streams:
+                pytest.skip("no writable stream with a sample")
+            self._mode(contract, sandbox, "stub_create")
+            for stream in streams:
+                sample = contract.samples[stream](11)
+                created = await connector.create(stream, sample)  # a 2xx is never a rejection
+                assert created.key, f"{stream}: create answered with a stub and no key was kept"
+                sandbox.call(sandbox.simulator.set_hostile)
+                fetched = await self._get(connector, connector.stream(stream), created)
+                assert fetched is not None, f"{stream}: the key kept from a stub create does not exist"
+                self._assert_content(contract, stream, sample, fetched)
+                self._assert_content(contract, stream, sample, created)
+                sandbox.call(sandbox.simulator.set_hostile, "stub_create")
+
+    @pytest.mark.asyncio
+    async def test_hostile_error_inside_200_is_a_rejection(self, contract: ContractSetup, sandbox: Any) -> None:
+        async with self.connect(contract, sandbox.url) as connector:
+            streams = [
+                s
+                for s in contract.samples
+                if connector.stream(s).can(Capability.CREATE) and connector.stream(s).can(Capability.UPDATE)
+            ]
+            if not streams:
+                pytest.skip("no updatable stream with a sample")
+            for stream in streams:
+                info = connector.stream(stream)
+                created = await connector.create(stream, contract.samples[stream](12))
+                before = await self._get(connector, info, created)
+                assert before is not None
+                self._mode(contract, sandbox, "error_in_200")
+                edit = contract.edits.get(stream, _default_edit)
+                with pytest.raises(RecordRejected):
+                    await connector.update(stream, created.key, edit(before))
+                sandbox.call(sandbox.simulator.set_hostile)
+                after = await self._get(connector, info, created)
+                assert after is not None
+                self._assert_content(contract, stream, before, after)
+
+    @pytest.mark.asyncio
+    async def test_hostile_hidden_deletes_are_found_by_get(self, contract: ContractSetup, sandbox: Any) -> None:
+        async with self.connect(contract, sandbox.url) as connector:
+            streams = [
+                s
+                for s in contract.samples
+                if connector.stream(s).can(Capability.CREATE) and connector.stream(s).can(Capability.DELETE)
+            ]
+            if not streams:
+                pytest.skip("no deletable stream with a sample")
+            self._mode(contract, sandbox, "hide_deleted")
+            for stream in streams:
+                created = await connector.create(stream, contract.samples[stream](13))
+                await connector.delete(stream, created.key)
+                listed = {r.key: r for r in (await collect(connector.read(stream, None, 100)))[0]}
+                assert created.key not in listed or listed[created.key].deleted
+                try:
+                    probed = await connector.get(stream, created.key)
+                except NotImplementedError:
+                    pytest.fail(f"{stream}: deletes are hidden from lists and get() cannot probe for them")
+                assert probed is None or probed.deleted, f"{stream}: get() still answers a deleted record as live"

@@ -41,7 +41,8 @@ and serving it::
 
 Admin routes on every simulator: ``GET /__sandbox/`` (name, options, table sizes),
 ``GET /__sandbox/stats``, ``POST /__sandbox/faults`` (``{"spec": "..."}`` and/or
-``{"burst": {"count": 3, "status": 503, "retry_after": 2}}``), ``POST /__sandbox/reset-stats``.
+``{"burst": {"count": 3, "status": 503, "retry_after": 2}}``), ``POST /__sandbox/reset-stats``,
+``POST /__sandbox/hostile`` (``{"modes": ["ignore_paging"]}``: see ``HOSTILE_MODES``).
 """
 
 from ferryman.sandbox._factory import ANCHOR, DataFactory
@@ -49,6 +50,7 @@ from ferryman.sandbox._faults import Burst, Fault, FaultInjector, FaultSpec, Fau
 from ferryman.sandbox._server import SimulatorServer, SimulatorThread
 from ferryman.sandbox._simulator import (
     ADMIN_PREFIX,
+    HOSTILE_MODES,
     BodyError,
     Simulator,
     basic_credentials,
@@ -64,6 +66,7 @@ from ferryman.sandbox._table import DuplicateValue, Row, Table
 __all__ = [
     "ADMIN_PREFIX",
     "ANCHOR",
+    "HOSTILE_MODES",
     "BodyError",
     "Burst",
     "CredentialStats",

@@ -11,7 +11,14 @@ every API request in the same machinery, in this order:
 6. the route handler answers (and a ``malformed`` fault may spoil its body);
 7. the status, and any ``Retry-After`` on a 429/503, are counted.
 
-Routes under ``/__sandbox/`` are the admin API (stats, faults) and skip all of that.
+Routes under ``/__sandbox/`` are the admin API (stats, faults, hostile modes) and skip all
+of that.
+
+Hostile modes make a simulator answer the way misbehaving real APIs do, so that the
+hostile contract kit (:class:`ferryman.testing.HostileContract`) can prove a connector and
+the engine notice instead of believing them (see :data:`HOSTILE_MODES`). The base class
+implements ``garble_reads`` and ``garble_writes`` for every simulator; the others are
+implemented by each simulator's handlers, which test ``self.is_hostile("ignore_paging")``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from ferryman.sandbox._table import Table
 
 __all__ = [
     "ADMIN_PREFIX",
+    "HOSTILE_MODES",
     "BodyError",
     "Simulator",
     "basic_credentials",
@@ -51,6 +59,17 @@ ADMIN_PREFIX = "/__sandbox"
 ANONYMOUS = "anonymous"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: what each hostile mode makes the simulator do
+HOSTILE_MODES: Mapping[str, str] = {
+    "ignore_paging": "list endpoints ignore paging parameters and answer the whole (filtered) list every time",
+    "ignore_sort": "list endpoints answer in an order that is not (updated_at, id), whatever sort was asked",
+    "stub_create": "a create answers 2xx with a stub body (the new id and little else), not the record",
+    "error_in_200": "an update answers HTTP 200 with an error in the body and changes nothing",
+    "hide_deleted": "deleted records vanish from every list; GET of the item still answers (deleted or 404)",
+    "garble_reads": "every GET after the first answers with a garbled body (retries meet it too)",
+    "garble_writes": "every create (POST) is carried out, then answered with a garbled body",
+}
 SIMULATOR_KEY: web.AppKey[Simulator] = web.AppKey("ferryman.simulator")
 
 
@@ -106,6 +125,8 @@ class Simulator:
         self.faults = FaultInjector(spec, seed)
         self.factory = DataFactory(seed)
         self.tables: dict[str, Table] = {}
+        self.hostile: frozenset[str] = frozenset()
+        self._hostile_gets = 0
         self.populate()
 
     @property
@@ -116,6 +137,24 @@ class Simulator:
     @rate_limit.setter
     def rate_limit(self, value: float | None) -> None:
         self.limiter = RateLimiter(value, self.window) if value is not None else None
+
+    # -- hostile modes ------------------------------------------------------------------------
+    #: the hostile modes this simulator implements (the base class does the garble_* ones)
+    hostile_supported: ClassVar[frozenset[str]] = frozenset({"garble_reads", "garble_writes"})
+
+    def set_hostile(self, *modes: str) -> None:
+        """Switch these hostile modes on (and every other off); no modes: behave again."""
+        unknown = [m for m in modes if m not in HOSTILE_MODES]
+        if unknown:
+            raise ValueError(f"unknown hostile mode(s) {', '.join(unknown)} (modes: {', '.join(HOSTILE_MODES)})")
+        missing = [m for m in modes if m not in self.hostile_supported]
+        if missing:
+            raise ValueError(f"the {self.name} simulator does not implement hostile mode(s) {', '.join(missing)}")
+        self.hostile = frozenset(modes)
+        self._hostile_gets = 0
+
+    def is_hostile(self, mode: str) -> bool:
+        return mode in self.hostile
 
     # -- what a subclass provides ----------------------------------------------------------
     def populate(self) -> None:
@@ -181,6 +220,7 @@ class Simulator:
         app.router.add_get(f"{ADMIN_PREFIX}/stats", self._admin_stats)
         app.router.add_post(f"{ADMIN_PREFIX}/faults", self._admin_faults)
         app.router.add_post(f"{ADMIN_PREFIX}/reset-stats", self._admin_reset_stats)
+        app.router.add_post(f"{ADMIN_PREFIX}/hostile", self._admin_hostile)
         return app
 
     @web.middleware
@@ -220,6 +260,8 @@ class Simulator:
                     response = await handler(request)
                     if fault is not None and fault.family == "malformed":
                         _spoil(response, fault.mode)
+                    elif self.hostile and self._garbles(request, response):
+                        _spoil(response, "garble")
             status = response.status
             return response
         except web.HTTPException as exc:
@@ -230,6 +272,12 @@ class Simulator:
             if response is not None and response.status in (429, 503):
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             self.stats.answered(credential, status, retry_after)
+
+    def _garbles(self, request: web.Request, response: web.StreamResponse) -> bool:
+        if request.method == "GET" and "garble_reads" in self.hostile:
+            self._hostile_gets += 1
+            return self._hostile_gets > 1
+        return request.method == "POST" and "garble_writes" in self.hostile and response.status < 300
 
     # -- admin API --------------------------------------------------------------------------
     async def _admin_info(self, request: web.Request) -> web.Response:
@@ -246,6 +294,7 @@ class Simulator:
             "credentials": self.credentials,
             "tables": {name: len(table) for name, table in self.tables.items()},
             "faults": self.faults.describe(),
+            "hostile": sorted(self.hostile),
         }
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
@@ -254,6 +303,18 @@ class Simulator:
     async def _admin_reset_stats(self, request: web.Request) -> web.Response:
         self.stats.reset()
         return json_response({"ok": True})
+
+    async def _admin_hostile(self, request: web.Request) -> web.Response:
+        """``POST /__sandbox/hostile {"modes": ["ignore_paging", ...]}`` (``[]``: behave)."""
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+            modes = body.get("modes", []) if isinstance(body, dict) else None
+            if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
+                raise ValueError('expected {"modes": ["ignore_paging", ...]}')
+            self.set_hostile(*modes)
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            return json_response({"error": str(exc)}, status=400)
+        return json_response({"hostile": sorted(self.hostile)})
 
     async def _admin_faults(self, request: web.Request) -> web.Response:
         try:
