@@ -11,7 +11,8 @@ from pydantic import Field
 
 from ferryman import plugins
 from ferryman.config import Secret
-from ferryman.connector import Capability, Connector, ConnectorOptions, Cursor, Page, StreamInfo, record_order
+from ferryman.connector import Capability, Connector, ConnectorOptions, Page, StreamInfo
+from ferryman.cursor import Cursor, due, parse_precision, record_order
 from ferryman.errors import AuthError, RecordRejected
 from ferryman.records import Contact, Record, Ticket
 from ferryman.timeutil import utcnow
@@ -27,6 +28,8 @@ class MemoryOptions(ConnectorOptions):
     fail_auth: bool = False
     reject_subjects: list[str] = Field(default_factory=list)
     ordered: bool = True
+    #: the step of the fake's updated_at: microseconds (exact), or "seconds" like most APIs
+    precision: str = "microseconds"
 
 
 class MemoryConnector(Connector):
@@ -37,9 +40,10 @@ class MemoryConnector(Connector):
     _caps: ClassVar[frozenset[Capability]] = frozenset(Capability)
 
     def streams(self) -> Mapping[str, StreamInfo]:
+        ordered, precision = self.options.ordered, parse_precision(self.options.precision)
         return {
-            "tickets": StreamInfo("tickets", Ticket, self._caps, natural_key="subject", ordered=self.options.ordered),
-            "contacts": StreamInfo("contacts", Contact, self._caps, natural_key="email", ordered=self.options.ordered),
+            "tickets": StreamInfo("tickets", Ticket, self._caps, "subject", ordered=ordered, precision=precision),
+            "contacts": StreamInfo("contacts", Contact, self._caps, "email", ordered=ordered, precision=precision),
         }
 
     @classmethod
@@ -64,8 +68,7 @@ class MemoryConnector(Connector):
     async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
         self._check_auth()
         rows = sorted(self.data.get(stream, {}).values(), key=record_order)
-        if since is not None:
-            rows = [r for r in rows if Cursor.of(r) >= since]
+        rows = due(rows, since)
         if not self.options.ordered:
             rows.reverse()
         for start in range(0, len(rows), page_size):

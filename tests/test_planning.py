@@ -22,7 +22,7 @@ def test_plan_skips_unchanged_updates_changed_creates_new() -> None:
 def test_deletes_only_when_enabled_and_linked() -> None:
     gone, never = item("1", "a", deleted=True), item("9", "z", deleted=True)
     links = {"1": Link("1", "x1", "fp", None)}
-    assert [a.op for a in plan_one_way([gone, never], links, deletes_enabled=False)] == ["skip", "skip"]
+    assert [a.op for a in plan_one_way([gone, never], links, deletes_enabled=False)] == ["withhold", "skip"]
     assert [a.op for a in plan_one_way([gone, never], links, deletes_enabled=True)] == ["delete", "skip"]
     assert [a.op for a in plan_one_way([gone], links, deletes_enabled=True, delete_action="unlink")] == ["unlink"]
 

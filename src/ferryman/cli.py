@@ -86,6 +86,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         d.add_argument("ids", nargs="*", type=int, metavar="ID")
         d.add_argument("--all", action="store_true", help="every open dead letter (of --pipeline, if given)")
         d.add_argument("--pipeline")
+        if action == "replay":
+            d.add_argument(
+                "--assume-missing",
+                action="store_true",
+                help="create an interrupted (unresolved) record again even where the target cannot look it up "
+                "(only after checking by hand that it is not there)",
+            )
 
     d = dsub.add_parser("resolve", help="settle a two-way conflict (or loop) by choosing the side whose version wins")
     d.add_argument("id", type=int, metavar="ID")
@@ -244,6 +251,11 @@ async def _sync(args: argparse.Namespace, config: Any, store: Any) -> int:
             print(
                 f"  {result.counts['dead_lettered']} record(s) dead-lettered: see `ferryman dlq list --pipeline {args.pipeline}`"
             )
+        if result.counts.get("withheld"):
+            print(
+                f"  {result.counts['withheld']} delete(s) withheld: the source deleted them and deletes.enabled is "
+                "off, so the target still has them"
+            )
     if result.outcome == "busy":
         print(f"ferryman: {args.pipeline} is {result.message}; use --wait to wait for it", file=sys.stderr)
     return OUTCOME_EXIT.get(result.outcome, EXIT_FAILED)
@@ -264,9 +276,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         last = row["last_run"]
         print(f"{row['pipeline']}  ({row['from']} -> {', '.join(row['to'])})")
         if last:
-            counts = ", ".join(
-                f"{k} {last[k]}" for k in ("read", "created", "updated", "deleted", "skipped", "dead_lettered")
-            )
+            shown = ("read", "created", "updated", "deleted", "skipped", "withheld", "dead_lettered")
+            counts = ", ".join(f"{k} {last[k]}" for k in shown if k != "withheld" or last.get(k))
             print(f"  last run   {last['outcome']} at {last['started_at']} on {last['instance']} ({counts})")
             if last.get("message"):
                 print(f"  message    {redact(last['message'])}")
@@ -477,10 +488,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         n = store.set_dead_letter_status(ids, "dropped")
         print(f"dropped {n} dead letter(s)")
         return EXIT_OK
-    return asyncio.run(_replay(config, store, ids))
+    return asyncio.run(_replay(config, store, ids, assume_missing=args.assume_missing))
 
 
-async def _replay(config: Any, store: Any, ids: list[int]) -> int:
+async def _replay(config: Any, store: Any, ids: list[int], *, assume_missing: bool = False) -> int:
     from ferryman.engine import Engine
 
     letters = store.dead_letters(status="open", ids=ids)
@@ -495,7 +506,7 @@ async def _replay(config: Any, store: Any, ids: list[int]) -> int:
     engine = Engine(config, store, services=services(config, store))
     try:
         if record_ids:
-            results += await engine.replay(record_ids)
+            results += await engine.replay(record_ids, assume_missing=assume_missing)
     finally:
         await engine.aclose()
     failed = 0

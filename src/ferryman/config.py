@@ -128,6 +128,13 @@ class DeletesConfig(_Model):
     enabled: bool = False
     action: Literal["delete", "unlink"] = "delete"
     max_share: float = Field(default=0.1, ge=0.0, le=1.0, description="halt if a run would delete more")
+    probe: bool | None = Field(
+        default=None,
+        description="find deletes a source hides from its lists: linked records are fetched one by one "
+        "(those a full pass did not see, else a rotating share) and a 404 or deleted status is a delete; "
+        "default: on for streams whose connector says deleted records vanish from its lists",
+    )
+    probe_max: int = Field(default=50, ge=1, le=100_000, description="item fetches one run may spend on probing")
 
 
 class LoopBreakerConfig(_Model):
@@ -185,6 +192,14 @@ class PipelineConfig(_Model):
         "translated through the links of the referenced stream",
     )
     match_on: list[str] | None = None
+    lookup: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="look a record up in the target (by natural key) before creating it: auto does so when "
+        "links may have been lost (no cursor, no links for a target); always on every create",
+    )
+    max_pages: int = Field(
+        default=10_000, ge=1, description="pages one run may read before it stops as failed (a paging loop guard)"
+    )
     loop_breaker: LoopBreakerConfig = Field(default_factory=LoopBreakerConfig)
     allow_emails: bool = Field(default=False, description="let target apps email customers about our writes")
     enabled: bool = True

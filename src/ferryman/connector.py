@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -176,6 +176,20 @@ class Connector:
     async def find(self, stream: str, record: Record) -> Record | None:
         """The record in this system that is ``record`` (by natural key), if any."""
         raise NotSupportedError(f"cannot look up {stream} by natural key", system=self.name)
+
+    async def reconcile(self, stream: str, record: Record, started: datetime) -> Record | None:
+        """The record that an interrupted create of ``record`` (begun at ``started``) made, if any.
+
+        The engine asks after a crash and before a replay: a create whose answer never
+        arrived may have happened. ``record.key`` is the *source* key. The default looks the
+        record up by natural key (:meth:`find`); a stream with no natural key overrides this
+        with an external-id marker, or a match on content among records created since
+        ``started``. Raise :class:`~ferryman.errors.NotSupportedError` when there is no way to
+        look: the engine then parks the record as *unresolved* for a human.
+        """
+        if self.stream(stream).can(Capability.FIND):
+            return await self.find(stream, record)
+        raise NotSupportedError(f"cannot look up an interrupted create in {stream}", system=self.name)
 
     # -- writing -------------------------------------------------------------------
     async def create(self, stream: str, record: Record) -> Record:

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -22,19 +22,27 @@ import structlog
 
 from ferryman import metrics
 from ferryman.config import DEFAULT_LEASE_TTL, FerrymanConfig, PipelineConfig
-from ferryman.connector import Capability, Connector, Cursor, StreamInfo, SystemContext
+from ferryman.connector import Capability, Connector, StreamInfo, SystemContext
+from ferryman.cursor import Cursor, OrderGuard, newest, read_from
 from ferryman.errors import (
+    AuthError,
     ConfigError,
     DeferredError,
+    FatalError,
     FerrymanError,
     LeaseLost,
+    NotSupportedError,
+    OrderViolation,
+    PagingError,
     RecordRejected,
+    RetriableError,
     ValidationFailed,
 )
 from ferryman.mapping import FieldMapping
 from ferryman.planning import Action, plan_one_way
 from ferryman.records import Record, fingerprint
 from ferryman.redact import redact
+from ferryman.sdk.readloop import MAX_PAGES, PageGuard
 from ferryman.state import Link, NewDeadLetter, PageCommit, StateStore
 from ferryman.timeutil import format_utc, utcnow
 
@@ -42,6 +50,7 @@ log = structlog.get_logger("ferryman.engine")
 
 LEASE_TTL = DEFAULT_LEASE_TTL  # the default; a run uses the config's state.lease_ttl
 REFERENCE_RETRIES = 200  # records waiting for a reference, delivered again at the start of a run
+PROBE_CHECKPOINT = "~probe"  # where a pipeline's delete probe left off (the checkpoints table)
 
 __all__ = ["Engine", "RunResult"]
 
@@ -64,15 +73,19 @@ class RunResult:
 
     def summary(self) -> str:
         c = self.counts
-        parts = [f"{k} {c.get(k, 0)}" for k in ("read", "created", "updated", "deleted", "skipped", "dead_lettered")]
+        shown = [k for k in COUNTS if k != "withheld" or c.get(k)]
+        parts = [f"{k} {c.get(k, 0)}" for k in shown]
         text = f"{self.pipeline}: {self.outcome} ({', '.join(parts)}) in {self.seconds:.1f}s"
         if self.message:
             text += f": {self.message}"
         return text
 
 
+COUNTS = ("read", "created", "updated", "deleted", "skipped", "withheld", "dead_lettered")
+
+
 def _counts() -> dict[str, int]:
-    return dict.fromkeys(("read", "created", "updated", "deleted", "skipped", "dead_lettered"), 0)
+    return dict.fromkeys(COUNTS, 0)
 
 
 class _Target:
@@ -87,6 +100,8 @@ class _Target:
         self.transactional = bool(getattr(connector, "transactional_writes", False))
         self.blocked: frozenset[str] = frozenset()
         self.references: list[_Reference] = []
+        #: look each create up by natural key first (links may have been lost: see _should_look_up)
+        self.lookup = False
         #: source keys with an open ``reference`` dead letter for this target: delivering
         #: one of them settles its letter in the same commit
         self.waiting: set[str] = set()
@@ -287,8 +302,17 @@ class Engine:
             for target in targets:
                 target.waiting = {x.src_key for x in letters if x.dst == target.ref and x.src_key}
         cursor = None if full else self.store.get_cursor(name)
-        since = _since(cursor, pipeline.overlap)
+        began = self.store.get_cursor(name) if not dry_run else None
+        since = read_from(cursor, pipeline.overlap, src_info.precision)
+        if not dry_run:
+            for target in targets:
+                target.lookup = await self._should_look_up(name, pipeline, src_ref, target, cursor)
         best = cursor
+        # The source's claims are verified, not believed: an ordered stream whose records go
+        # back in time stops the run (a keyset read over it would have skipped records).
+        order = OrderGuard(system=source.name, stream=src_info.name) if src_info.ordered else None
+        pages = PageGuard(system=source.name, stream=src_info.name, cap=pipeline.max_pages)
+        cap = MAX_PAGES.set(pipeline.max_pages)
         halted: str | None = None
         last_lease = time.monotonic()
         # A commit that failed (the database went away, the lease moved) leaves sinks holding
@@ -304,8 +328,15 @@ class Engine:
                 publish = False
                 raise
 
+        # keys a full pass saw: a linked key it did not see is probed for a hidden delete
+        seen: set[str] | None = set() if since is None else None
         try:
             async for page in source.read(src_info.name, since, pipeline.page_size):
+                pages.fetched(None)
+                if seen is not None:
+                    seen.update(r.key for r in page.records)
+                if order is not None:
+                    order.check(page.records, f"page {pages.pages} of {pipeline.source}")
                 commit = PageCommit(name, run_id=result.run_id)
                 page_counts = _counts()
                 page_counts["read"] = len(page.records)
@@ -340,7 +371,7 @@ class Engine:
                     commit_page(commit, page_counts)
                     break
                 if page.records:
-                    page_max = _newest_cursor(page.records)
+                    page_max = newest(page.records)
                     if best is None or page_max > best:
                         best = page_max
                 if src_info.ordered and best is not None:
@@ -373,7 +404,29 @@ class Engine:
                 if not src_info.ordered and best is not None and not dry_run:
                     # an unordered source only moves its cursor after a complete pass
                     commit_page(PageCommit(name, cursor=best), _counts())
+                probe = pipeline.deletes.probe if pipeline.deletes.probe is not None else src_info.hides_deleted
+                if probe and not dry_run and src_info.can(Capability.READ):
+                    gone = await self._probe_deletes(name, pipeline, source, src_info, targets, seen)
+                    if gone:
+                        commit = PageCommit(name, run_id=result.run_id)
+                        page_counts = _counts()
+                        for target in targets:
+                            halted = await self._deliver(
+                                name, pipeline, src_ref, target, gone, commit, page_counts, dry_run, echo
+                            )
+                            if halted:
+                                result.outcome, result.message = "halted", halted
+                                log.error("run.halted", pipeline=name, reason=halted)
+                                break
+                        commit_page(commit, page_counts)
+        except (OrderViolation, PagingError):
+            if not dry_run:
+                # Records before the pages this run committed may be unread: the cursor goes
+                # back to where the run began (re-reading what arrived is skipped by fingerprint).
+                self.store.hold_cursor(name, began)
+            raise
         finally:
+            MAX_PAGES.reset(cap)
             if not dry_run and publish:
                 for target in targets:
                     if target.transactional:
@@ -475,15 +528,12 @@ class Engine:
         connector, stream = target.connector, target.stream
         new_links: list[Link] = []
         unlinks: list[str] = []
-        creates = [a for a in actions if a.op == "create"]
-        intent_ids: dict[str, int] = {}
-        if creates and not target.transactional:
-            ids = self.store.record_intents(
-                name,
-                target.ref,
-                [(a.src_key, a.fingerprint or "", a.record.model_dump_json() if a.record else "{}") for a in creates],
-            )
-            intent_ids = {a.src_key: i for a, i in zip(creates, ids, strict=True)}
+        # Creates go one at a time, each behind its own intent, and each confirmed create's
+        # link is made durable in the same small transaction that notes the next intent: a
+        # crash (or an answer we cannot read) leaves at most one create in doubt, never a page.
+        use_intents = not target.transactional
+        in_flight: tuple[int, str, Link] | None = None  # the last confirmed create, not yet durable
+        failed = False
         try:
             for action in actions:
                 if action.op == "skip":
@@ -491,14 +541,57 @@ class Engine:
                     if action.src_key in target.waiting:  # the target has this version already
                         commit.settled.setdefault(target.ref, []).append(action.src_key)
                     continue
+                if action.op == "withhold":
+                    counts["withheld"] += 1
+                    continue
                 assert action.record is not None or action.op in ("delete", "unlink")
                 try:
+                    if action.op == "create" and target.lookup:
+                        assert action.record is not None
+                        found = await connector.find(stream, action.record)
+                        if found is not None:  # made earlier, its link lost (state deleted, system renamed)
+                            log.info(
+                                "link.rebuilt", pipeline=name, target=target.ref, key=action.src_key, dst=found.key
+                            )
+                            if fingerprint(found) == action.fingerprint:
+                                new_links.append(
+                                    Link(action.src_key, found.key, action.fingerprint, action.fingerprint)
+                                )
+                                counts["skipped"] += 1
+                                continue
+                            action = Action("update", action.src_key, action.record, action.fingerprint, found.key)
                     if action.op == "create":
                         assert action.record is not None
-                        stored = await connector.create(stream, action.record)
-                        new_links.append(
-                            Link(action.src_key, stored.key, action.fingerprint, _stored_fp(stored, action))
-                        )
+                        intent_id = None
+                        if use_intents:
+                            intent_id = self.store.step_intent(
+                                name,
+                                target.ref,
+                                confirm=in_flight,
+                                begin=(action.src_key, action.fingerprint or "", action.record.model_dump_json()),
+                            )
+                            in_flight = None
+                        try:
+                            stored = await connector.create(stream, action.record)
+                        except RecordRejected:
+                            if intent_id is not None:
+                                commit.resolved_intents.append(intent_id)  # refused: nothing was made
+                            raise
+                        except RetriableError as exc:
+                            if exc.unprocessed and intent_id is not None:
+                                commit.resolved_intents.append(intent_id)  # never reached the app
+                                raise
+                            raise _unknown_outcome(target, action.src_key, exc) from None
+                        except FerrymanError as exc:
+                            if isinstance(exc, AuthError | NotSupportedError) and intent_id is not None:
+                                commit.resolved_intents.append(intent_id)  # refused before acting
+                                raise
+                            raise _unknown_outcome(target, action.src_key, exc) from None
+                        link = Link(action.src_key, stored.key, action.fingerprint, _stored_fp(stored, action))
+                        new_links.append(link)
+                        if intent_id is not None:
+                            in_flight = (intent_id, src_ref, link)
+                            commit.resolved_intents.append(intent_id)
                         counts["created"] += 1
                     elif action.op == "update":
                         assert action.record is not None and action.dst_key is not None
@@ -535,13 +628,14 @@ class Engine:
                     log.warning(
                         "record.dead_lettered", pipeline=name, target=target.ref, key=action.src_key, reason=reason
                     )
-                if action.src_key in intent_ids:
-                    commit.resolved_intents.append(intent_ids.pop(action.src_key))
+        except BaseException:
+            failed = True
+            raise
         finally:
             commit.links.setdefault((src_ref, target.ref), []).extend(new_links)
             if unlinks:
                 commit.unlinks.setdefault((src_ref, target.ref), []).extend(unlinks)
-            if intent_ids and not target.transactional:
+            if failed and use_intents and (new_links or unlinks or commit.resolved_intents):
                 # a failure cut the page short: keep what was confirmed, the cursor stays put
                 partial = PageCommit(
                     name, links={(src_ref, target.ref): new_links}, resolved_intents=list(commit.resolved_intents)
@@ -627,6 +721,76 @@ class Engine:
             self.store.set_dead_letter_status(waiting, "open")
         log.info("references.retried", pipeline=name, retried=len(letters), delivered=len(letters) - len(waiting))
 
+    async def _probe_deletes(
+        self,
+        name: str,
+        pipeline: PipelineConfig,
+        source: Connector,
+        src_info: StreamInfo,
+        targets: list[_Target],
+        seen: set[str] | None,
+    ) -> list[Record]:
+        """Linked records the source may have deleted without a trace in its lists.
+
+        After a full pass (``seen``), the linked keys it did not see; otherwise the next
+        ``deletes.probe_max`` linked keys in key order, round the links run by run. Each is
+        fetched by key: gone (``None``) or marked deleted is a delete, planned like any other
+        (withheld unless ``deletes.enabled``)."""
+        budget = pipeline.deletes.probe_max
+        src_ref = pipeline.source
+        if seen is not None:
+            linked = sorted({k for t in targets for k in self.store.linked_keys(src_ref, t.ref)} - seen)
+            candidates = linked[:budget]
+        else:
+            place = (self.store.get_checkpoint(name, PROBE_CHECKPOINT) or {}).get("after")
+            found: set[str] = set()
+            for target in targets:
+                found.update(self.store.linked_keys(src_ref, target.ref, after=place, limit=budget))
+                if len(found) < budget and place is not None:  # wrap around
+                    found.update(self.store.linked_keys(src_ref, target.ref, limit=budget - len(found)))
+            candidates = sorted(found)[:budget]
+            last = candidates[-1] if candidates else None
+            self.store.set_checkpoint(name, PROBE_CHECKPOINT, {"after": last} if last else None)
+        gone: list[Record] = []
+        for key in candidates:
+            try:
+                record = await source.get(src_info.name, key)
+            except (NotSupportedError, NotImplementedError):
+                log.warning("deletes.probe_unsupported", pipeline=name, source=src_ref, reason="cannot get by key")
+                return gone
+            if record is None:
+                record = src_info.record_type.model_validate({"key": key, "updated_at": utcnow(), "deleted": True})
+            elif not record.deleted:
+                continue
+            gone.append(record)
+        log.info("deletes.probed", pipeline=name, probed=len(candidates), deleted=len(gone))
+        return gone
+
+    async def _should_look_up(
+        self, name: str, pipeline: PipelineConfig, src_ref: str, target: _Target, cursor: Cursor | None
+    ) -> bool:
+        """Whether this run looks each create up in the target before creating.
+
+        Links are the memory of what was created. When they may be gone (no cursor: a new or
+        deleted state database, a reset, ``--full``; or no link at all for this pair: a
+        renamed system) a one-way run that simply created would duplicate every record the
+        target already has. ``lookup: always`` (or ``match_on``) looks up on every run;
+        ``never`` does not. An empty target has nothing to duplicate: one small read says so.
+        """
+        if target.transactional or not target.info.can(Capability.FIND) or pipeline.lookup == "never":
+            return False
+        if pipeline.lookup == "always" or pipeline.match_on:
+            return True
+        if cursor is not None and self.store.count_links(src_ref, target.ref) > 0:
+            return False
+        if not target.info.can(Capability.READ):
+            return True
+        async for page in target.connector.read(target.stream, None, 1):
+            if page.records:
+                log.info("link.lookups_on", pipeline=name, target=target.ref, reason="links may have been lost")
+                return True
+        return False
+
     async def _reconcile_intents(self, name: str, src_ref: str, target: _Target) -> None:
         """Creates that were started but never confirmed: look them up before creating again."""
         pending = self.store.intents(name, target.ref)
@@ -636,7 +800,9 @@ class Engine:
                 blocked.add(intent["src_key"])
                 continue
             record = target.info.record_type.model_validate_json(intent["payload"])
-            if not target.info.can(Capability.FIND):
+            try:
+                found = await target.connector.reconcile(target.stream, record, intent["created_at"])
+            except NotSupportedError:
                 self.store.mark_intent_unresolved(intent["id"])
                 self.store.add_dead_letters(
                     name,
@@ -655,7 +821,6 @@ class Engine:
                 )
                 blocked.add(intent["src_key"])
                 continue
-            found = await target.connector.find(target.stream, record)
             link = Link(intent["src_key"], found.key, intent["fingerprint"], fingerprint(found)) if found else None
             self.store.resolve_intent(intent["id"], src=src_ref, dst=target.ref, link=link)
             log.info(
@@ -664,8 +829,12 @@ class Engine:
         target.blocked = frozenset(blocked)
 
     # -- dead-letter replay -------------------------------------------------------------
-    async def replay(self, ids: list[int]) -> list[tuple[int, str, str]]:
-        """Deliver dead letters again; returns (id, outcome, message) for each."""
+    async def replay(self, ids: list[int], *, assume_missing: bool = False) -> list[tuple[int, str, str]]:
+        """Deliver dead letters again; returns (id, outcome, message) for each.
+
+        An *unresolved* create (interrupted, outcome unknown) is looked up in the target
+        first; where the target cannot look records up it is only created again with
+        ``assume_missing`` (the operator checked the target by hand)."""
         results: list[tuple[int, str, str]] = []
         letters = self.store.dead_letters(status="open", ids=ids)
         by_pipeline: dict[str, list[Any]] = {}
@@ -679,13 +848,53 @@ class Engine:
                 results += [(x.id, "busy", "the pipeline is running; try again when it is done") for x in group]
                 continue
             try:
-                results += await self._replay_pipeline(name, group)
+                results += await self._replay_pipeline(name, group, assume_missing=assume_missing)
             finally:
                 self.store.release_lease(name)
         return results
 
+    async def _settle_unresolved(
+        self, name: str, src_ref: str, target: _Target, letter: Any, assume_missing: bool
+    ) -> str | None:
+        """Before replaying an interrupted create: link the record if the target has it.
+        Returns why the letter cannot be replayed safely, or ``None`` to go on."""
+        waiting = [
+            i for i in self.store.intents(name, target.ref, state="unresolved") if i["src_key"] == letter.src_key
+        ]
+        started = waiting[0]["created_at"] if waiting else letter.created_at
+        found: Record | None = None
+        if letter.payload:
+            mapped = target.info.record_type.model_validate(letter.payload)
+            try:
+                found = await target.connector.reconcile(target.stream, mapped, started)
+            except NotSupportedError:
+                if not assume_missing:
+                    return (
+                        f"{target.ref} cannot look up whether the interrupted create of {letter.src_key} happened: "
+                        f"check {target.ref} for it, then `ferryman dlq replay --assume-missing {letter.id}` to "
+                        f"create it, or `ferryman dlq drop {letter.id}` if it is there"
+                    )
+        self.store.resolve_intent_by_key(name, target.ref, letter.src_key)
+        target.blocked = target.blocked - {letter.src_key}
+        if found is not None and letter.src_key:
+            mapped_fp = fingerprint(target.info.record_type.model_validate(letter.payload))
+            self.store.commit_page(
+                PageCommit(
+                    name,
+                    links={(src_ref, target.ref): [Link(letter.src_key, found.key, mapped_fp, fingerprint(found))]},
+                )
+            )
+            log.info("intent.reconciled", pipeline=name, target=target.ref, key=letter.src_key, found=True)
+        return None
+
     async def _replay_pipeline(
-        self, name: str, letters: list[Any], run: RunResult | None = None, built: _Built | None = None
+        self,
+        name: str,
+        letters: list[Any],
+        run: RunResult | None = None,
+        built: _Built | None = None,
+        *,
+        assume_missing: bool = False,
     ) -> list[tuple[int, str, str]]:
         """Deliver ``letters`` again. Within a ``run`` (its start-of-run reference retries,
         on the run's own ``built`` targets), what they create, update or delete is counted in
@@ -734,10 +943,13 @@ class Engine:
                     continue
                 commit = PageCommit(name)
                 counts = _counts()
+                unchecked: str | None = None
                 for target in chosen:
                     if letter.kind == "unresolved":
-                        self.store.resolve_intent_by_key(name, target.ref, letter.src_key)
-                        target.blocked = target.blocked - {letter.src_key}
+                        # Look first: the interrupted create may have happened. Never create blindly.
+                        unchecked = await self._settle_unresolved(name, pipeline.source, target, letter, assume_missing)
+                        if unchecked:
+                            break
                     await self._deliver(
                         name,
                         pipeline,
@@ -752,6 +964,9 @@ class Engine:
                     )
                     if target.transactional:
                         commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
+                if unchecked:
+                    out.append((letter.id, "needs-check", unchecked))
+                    continue
                 failed = [d for d in commit.dead_letters]
                 commit.dead_letters = []
                 written = {k: counts[k] for k in ("created", "updated", "deleted") if counts[k]}
@@ -785,21 +1000,21 @@ def _stored_fp(stored: Record, action: Action) -> str:
     return fingerprint(stored)
 
 
-def _newest_cursor(records: list[Record]) -> Cursor:
-    """``max(Cursor.of(r) for r in records)``, building cursors only for the newest timestamp."""
-    newest = max(r.updated_at for r in records)
-    return max(Cursor.of(r) for r in records if r.updated_at == newest)
-
-
-def _since(cursor: Cursor | None, overlap: timedelta) -> Cursor | None:
-    """Where to read from: the compound cursor itself, or ``overlap`` earlier so that rows a
-    source committed late (with an older ``updated_at``) are not missed."""
-    if cursor is None:
-        return None
-    if not overlap:
-        return cursor
-    return Cursor(cursor.updated_at - overlap, "")
-
-
 def _counted(op: str) -> str:
-    return {"create": "created", "update": "updated", "delete": "deleted", "unlink": "deleted", "skip": "skipped"}[op]
+    return {
+        "create": "created",
+        "update": "updated",
+        "delete": "deleted",
+        "unlink": "deleted",
+        "skip": "skipped",
+        "withhold": "withheld",
+    }[op]
+
+
+def _unknown_outcome(target: _Target, src_key: str, exc: Exception) -> FatalError:
+    """A create that may or may not have happened: the run stops, its intent is kept and
+    reconciled (looked up in the target) before anything is created again."""
+    return FatalError(
+        f"create of {src_key} in {target.ref}: the outcome is unknown ({redact(str(exc))}); the create is kept "
+        "as an intent and looked up in the target before anything is created again"
+    )

@@ -107,6 +107,9 @@ class RetriableError(ConnectorError):
     ) -> None:
         super().__init__(message, system=system, status=status)
         self.retry_after = retry_after
+        #: the request certainly did not reach the app (the connection never opened, or a
+        #: 429/503 refused it): a create that failed so did not happen
+        self.unprocessed = False
 
 
 class MalformedResponseError(RetriableError):

@@ -8,7 +8,7 @@ from typing import Literal
 from ferryman.records import Record
 from ferryman.state import Link
 
-Op = Literal["create", "update", "delete", "unlink", "skip"]
+Op = Literal["create", "update", "delete", "unlink", "skip", "withhold"]
 
 
 @dataclass(slots=True)
@@ -32,7 +32,8 @@ def plan_one_way(
     """Plan one target's writes for a page of (mapped record, fingerprint) pairs.
 
     - a link whose source fingerprint equals the record's: skip (re-read, nothing changed)
-    - deleted at the source: delete or unlink when deletes are enabled and a link exists
+    - deleted at the source: delete or unlink when deletes are enabled and a link exists;
+      withhold (counted, nothing written) when they are not
     - linked: update; unlinked: create (unless an unresolved create intent blocks it)
     """
     actions: list[Action] = []
@@ -42,7 +43,8 @@ def plan_one_way(
             if link is None:
                 actions.append(Action("skip", record.key, None, fp, reason="deleted at source, never linked"))
             elif not deletes_enabled:
-                actions.append(Action("skip", record.key, None, fp, link.dst_key, "deletes are not enabled"))
+                # counted and shown as withheld: the target still has a record the source deleted
+                actions.append(Action("withhold", record.key, None, fp, link.dst_key, "deletes are not enabled"))
             else:
                 actions.append(Action(delete_action, record.key, record, fp, link.dst_key))
             continue

@@ -26,7 +26,7 @@ from ferryman.timeutil import from_db_time, sqlite_text, utcnow
 __all__ = ["SCHEMA_VERSION", "CursorView", "StatusReader"]
 
 #: the state schema this reader understands (``ferryman.state.migrations.LATEST``)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: columns that SQLAlchemy's ``UtcDateTime`` stores on SQLite as naive UTC text
 _TIME_COLUMNS = frozenset(

@@ -31,7 +31,8 @@ import structlog
 
 from ferryman import metrics
 from ferryman.config import ConflictPolicy, PipelineConfig
-from ferryman.connector import Capability, Connector, Cursor, StreamInfo
+from ferryman.connector import Capability, Connector, StreamInfo
+from ferryman.cursor import Cursor, OrderGuard, newest, read_from
 from ferryman.errors import FerrymanError, RecordRejected, ValidationFailed
 from ferryman.mapping import FieldMapping
 from ferryman.records import Record, fingerprint
@@ -380,7 +381,10 @@ async def _read_changes(
 ) -> tuple[dict[str, Record], Cursor | None]:
     changed: dict[str, Record] = {}
     best: Cursor | None = None
+    order = OrderGuard(system=side.connector.name, stream=side.stream) if side.info.ordered else None
     async for page in side.connector.read(side.stream, since, page_size):
+        if order is not None:
+            order.check(page.records, side.ref)
         for reject in page.rejects:
             dead.append(
                 NewDeadLetter(
@@ -389,9 +393,10 @@ async def _read_changes(
             )
         for record in page.records:
             changed[record.key] = record
-            cursor = Cursor.of(record)
-            if best is None or cursor > best:
-                best = cursor
+        if page.records:
+            page_max = newest(page.records)
+            if best is None or page_max > best:
+                best = page_max
     return changed, best
 
 
@@ -444,10 +449,10 @@ async def run_two_way(
     dead: list[NewDeadLetter] = []
     cursor_a = None if full else store.get_cursor(name, "a")
     cursor_b = None if full else store.get_cursor(name, "b")
-    from ferryman.engine import _since
-
-    a_changed, best_a = await _read_changes(a, _since(cursor_a, pipeline.overlap), pipeline.page_size, dead)
-    b_changed, best_b = await _read_changes(b, _since(cursor_b, pipeline.overlap), pipeline.page_size, dead)
+    a_since = read_from(cursor_a, pipeline.overlap, a.info.precision)
+    b_since = read_from(cursor_b, pipeline.overlap, b.info.precision)
+    a_changed, best_a = await _read_changes(a, a_since, pipeline.page_size, dead)
+    b_changed, best_b = await _read_changes(b, b_since, pipeline.page_size, dead)
     result.counts["read"] += len(a_changed) + len(b_changed)
 
     def safe(mapping: FieldMapping, record: Record) -> Record | None:

@@ -295,11 +295,15 @@ class HttpClient:
             before_sleep=lambda state: self._before_retry(call, state),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                call.attempt = attempt.retry_state.attempt_number
-                call.unprocessed = False
-                return await self._attempt(call, build, allow_status, decode)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    call.attempt = attempt.retry_state.attempt_number
+                    call.unprocessed = False
+                    return await self._attempt(call, build, allow_status, decode)
+        except RetriableError as exc:
+            exc.unprocessed = call.unprocessed  # the engine's intents need to know
+            raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def _build(

@@ -229,6 +229,16 @@ class StateStore:
         if result.rowcount == 0:
             conn.execute(sa.insert(T_CURSORS).values(pipeline=pipeline, side=side, **values))
 
+    def hold_cursor(self, pipeline: str, cursor: Cursor | None, side: str = "forward") -> None:
+        """Put the cursor back where a run began (``None``: no cursor at all): the run met a
+        source it cannot trust (out of order, paging that does not progress), and records
+        before the pages it committed may not have been read yet."""
+        with self.engine.begin() as conn:
+            if cursor is None:
+                conn.execute(sa.delete(T_CURSORS).where(T_CURSORS.c.pipeline == pipeline, T_CURSORS.c.side == side))
+            else:
+                self._set_cursor(conn, pipeline, side, cursor)
+
     # -- links ----------------------------------------------------------------------
     def links_for(self, src: str, dst: str, src_keys: Sequence[str]) -> dict[str, Link]:
         """The links of these source keys (one query per 500 keys, at driver level: this runs
@@ -262,6 +272,17 @@ class StateStore:
                 for row in rows:
                     found[row[1]] = Link(*row)
         return found
+
+    def linked_keys(self, src: str, dst: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Source keys linked from ``src`` to ``dst``, in key order, after ``after``."""
+        query = sa.select(T_LINKS.c.src_key).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst)
+        if after is not None:
+            query = query.where(T_LINKS.c.src_key > after)
+        query = query.order_by(T_LINKS.c.src_key)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [row[0] for row in conn.execute(query)]
 
     def count_links(self, src: str, dst: str) -> int:
         with self.engine.connect() as conn:
@@ -327,6 +348,44 @@ class StateStore:
                 ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
         return ids
 
+    def step_intent(
+        self,
+        pipeline: str,
+        dst: str,
+        *,
+        confirm: tuple[int, str, Link] | None = None,
+        begin: tuple[str, str, str] | None = None,
+    ) -> int | None:
+        """One transaction between two creates: ``confirm`` the last one (its intent id, the
+        source stream, the link it made) and note the next one about to be sent (``begin``:
+        src_key, fingerprint, payload JSON); returns the new intent's id.
+
+        Creates go one at a time: a crash leaves at most the one create in flight without a
+        link, instead of every create of the page.
+        """
+        new_id: int | None = None
+        with self.engine.begin() as conn:
+            self._fence(conn, pipeline)
+            if confirm is not None:
+                intent_id, src, link = confirm
+                self._upsert_links(conn, src, dst, [link])
+                conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.id == intent_id))
+            if begin is not None:
+                src_key, fp, payload = begin
+                result = conn.execute(
+                    sa.insert(T_INTENTS).values(
+                        pipeline=pipeline,
+                        dst=dst,
+                        src_key=src_key,
+                        fingerprint=fp,
+                        payload=payload,
+                        state="pending",
+                        created_at=utcnow(),
+                    )
+                )
+                new_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+        return new_id
+
     def intents(self, pipeline: str, dst: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(T_INTENTS).where(T_INTENTS.c.pipeline == pipeline).order_by(T_INTENTS.c.id)
         if dst is not None:
@@ -368,15 +427,7 @@ class StateStore:
         this commit or this commit sees the takeover; SQLite serialises writers anyway.
         """
         with self.engine.begin() as conn:
-            holder = conn.execute(
-                sa.select(T_LEASES.c.holder).where(T_LEASES.c.pipeline == commit.pipeline).with_for_update()
-            ).scalar()
-            if holder is not None and holder != self.holder:
-                raise LeaseLost(
-                    f"pipeline {commit.pipeline}: its lease passed to {describe_holder(holder)} while this run "
-                    "was between commits (it stalled past state.lease_ttl); the page in hand was not committed "
-                    "and the new holder reads it again"
-                )
+            self._fence(conn, commit.pipeline)
             for (src, dst), links in commit.links.items():
                 self._upsert_links(conn, src, dst, links)
             for (src, dst), keys in commit.unlinks.items():
@@ -428,6 +479,18 @@ class StateStore:
                     .where(T_RUNS.c.id == commit.run_id)
                     .values({k: getattr(T_RUNS.c, k) + v for k, v in commit.counts.items() if v})
                 )
+
+    def _fence(self, conn: Connection, pipeline: str) -> None:
+        """Refuse to write for ``pipeline`` once its lease is held by someone else."""
+        holder = conn.execute(
+            sa.select(T_LEASES.c.holder).where(T_LEASES.c.pipeline == pipeline).with_for_update()
+        ).scalar()
+        if holder is not None and holder != self.holder:
+            raise LeaseLost(
+                f"pipeline {pipeline}: its lease passed to {describe_holder(holder)} while this run "
+                "was between commits (it stalled past state.lease_ttl); the page in hand was not committed "
+                "and the new holder reads it again"
+            )
 
     def _open_source_rejects(self, conn: Connection, pipeline: str) -> bool:
         """Whether the pipeline has open dead letters of its source (rows that could not be

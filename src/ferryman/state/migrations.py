@@ -185,7 +185,14 @@ def _v4_slots(op: Operations) -> None:
     )
 
 
+def _v5_withheld(op: Operations) -> None:
+    # deletes seen at the source and not carried out (deletes.enabled is off): counted, not
+    # folded into "skipped", so an operator can see what is being held back
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("withheld", sa.Integer, nullable=False, server_default="0"))
+
+
 #: Step N brings the schema from version N-1 to N.
-STEPS: list[Callable[[Operations], None]] = [_v1_initial, _v2_webhooks, _v3_rate_budgets, _v4_slots]
+STEPS: list[Callable[[Operations], None]] = [_v1_initial, _v2_webhooks, _v3_rate_budgets, _v4_slots, _v5_withheld]
 
 LATEST = len(STEPS)

@@ -102,6 +102,7 @@ class RunRow(SQLModel, table=True):
     deleted: int = 0
     skipped: int = 0
     dead_lettered: int = 0
+    withheld: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     message: str | None = None
     not_before: datetime | None = _ts(nullable=True)
 
