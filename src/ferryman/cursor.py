@@ -43,6 +43,7 @@ __all__ = [
     "effective_overlap",
     "filter_floor",
     "is_due",
+    "is_older",
     "natural_key",
     "newest",
     "parse_precision",
@@ -183,15 +184,18 @@ def is_older(stamp: datetime | None, since: Cursor | None) -> bool:
     return since is not None and stamp is not None and stamp < since.updated_at
 
 
-def filter_floor(since: Cursor | None, granularity: timedelta = SECOND) -> datetime | None:
+def filter_floor(
+    since: Cursor | None, granularity: timedelta = SECOND, *, margin: timedelta = timedelta(0)
+) -> datetime | None:
     """The timestamp to send to a server's inclusive ``updated since`` filter.
 
-    Floored to the filter's granularity (whole seconds, Harvest's minutes): a floor can only
-    widen the answer, and :class:`Boundary` drops what was already delivered.
+    Floored to the filter's granularity (whole seconds, Harvest's minutes), ``margin``
+    earlier first (for a server that may compare with ``>``): a floor can only widen the
+    answer, and :class:`Boundary` drops what was already delivered.
     """
     if since is None:
         return None
-    stamp = since.updated_at
+    stamp = since.updated_at - margin
     step = granularity // MICROSECOND
     if step <= 1:
         return stamp

@@ -209,3 +209,20 @@ def test_dict_to_xml_round_trip_with_namespace_and_nil() -> None:
         "DoNotSendEmail": "true",
         "Tags": {"string": ["x", "y"]},
     }
+
+
+def test_real_harvest_xml_types_datetimes_as_dateTime_and_the_codec_reads_it() -> None:
+    """Real Harvest v1 XML says type="dateTime" (shared/seeds README, verified); every
+    entity was a dead letter while the codec knew only "datetime"."""
+    from xml.etree import ElementTree as ET
+
+    from ferryman.http.codecs import typed_xml_to_python
+
+    root = ET.fromstring(
+        '<contact><updated-at type="dateTime">2010-04-02T01:34:59+00:00</updated-at>'
+        '<created-at type="DATETIME">2008-04-09T12:07:56Z</created-at></contact>'
+    )
+    assert typed_xml_to_python(root) == {
+        "updated-at": datetime(2010, 4, 2, 1, 34, 59, tzinfo=UTC),
+        "created-at": datetime(2008, 4, 9, 12, 7, 56, tzinfo=UTC),
+    }

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import respx
 
-from ferryman.errors import MalformedResponseError
+from ferryman.errors import MalformedResponseError, PagingError
 from ferryman.http import (
     BodyCursor,
     BodyNextUrl,
@@ -24,6 +24,7 @@ from ferryman.http import (
 )
 from ferryman.http.codecs import parse_xml, typed_xml_to_python
 from ferryman.http.pagination import extract_records, parse_link_header
+from ferryman.sdk.readloop import MAX_PAGES
 
 from .support import BASE, FakeClock
 
@@ -115,7 +116,11 @@ async def test_offset_limit_moves_by_the_records_received(api: respx.MockRouter)
 
 
 async def test_offset_limit_stops_at_total(api: respx.MockRouter) -> None:
-    route = api.get("/tickets").mock(side_effect=lambda r: httpx.Response(200, json={"rows": [0, 1, 2], "count": 6}))
+    def answer(request: httpx.Request) -> httpx.Response:
+        skip = int(request.url.params["skip"])  # distinct rows per page: a repeated page is now a PagingError
+        return httpx.Response(200, json={"rows": [skip, skip + 1, skip + 2], "count": 6})
+
+    route = api.get("/tickets").mock(side_effect=answer)
     records, _ = await collect(
         OffsetLimit(offset_param="skip", limit_param="take", limit=3, total_path="count"), records_path="rows"
     )
@@ -149,9 +154,41 @@ async def test_body_cursor_stops_when_has_more_is_false(api: respx.MockRouter) -
 
 
 async def test_a_cursor_that_repeats_is_an_error_not_an_endless_loop(api: respx.MockRouter) -> None:
+    # A PagingError (fatal), no longer a MalformedResponseError: retrying cannot make paging progress.
     api.get("/tickets").mock(return_value=httpx.Response(200, json={"items": [1], "next": "again"}))
-    with pytest.raises(MalformedResponseError, match="pagination loops"):
+    with pytest.raises(PagingError, match="repeats the page before it"):
         await collect(BodyCursor("next"), records_path="items")
+
+
+async def test_a_cursor_sent_twice_is_a_paging_error(api: respx.MockRouter) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        cursor = request.url.params.get("cursor", "")
+        return httpx.Response(200, json={"items": [cursor or "first"], "next": "again"})
+
+    # The pages differ, so only the cursor asked for twice gives the loop away.
+    route = api.get("/tickets").mock(side_effect=answer)
+    with pytest.raises(PagingError, match="pagination loops"):
+        await collect(BodyCursor("next"), records_path="items")
+    assert route.call_count == 2
+
+
+async def test_a_server_ignoring_the_page_parameter_stops_at_the_second_page(api: respx.MockRouter) -> None:
+    """An API that always answers the whole list (no paging at all) never sends a short page:
+    before, page 1, 2, 3 ... were asked for until the process was killed."""
+    route = api.get("/tickets").mock(return_value=httpx.Response(200, json=[{"id": n} for n in range(1, 8)]))
+    with pytest.raises(PagingError, match=r"page 2 repeats the page before it \(GET .*page=2"):
+        await collect(PageNumber(size_param="per_page", size=5))
+    assert route.call_count == 2
+
+
+async def test_paging_past_the_page_cap_stops(api: respx.MockRouter) -> None:
+    api.get("/tickets").mock(side_effect=lambda request: httpx.Response(200, json=[{"id": request.url.params["page"]}]))
+    token = MAX_PAGES.set(3)
+    try:
+        with pytest.raises(PagingError, match="more than 3 pages"):
+            await collect(PageNumber())
+    finally:
+        MAX_PAGES.reset(token)
 
 
 async def test_body_next_url_relative_and_absolute(api: respx.MockRouter) -> None:

@@ -211,7 +211,7 @@ def typed_xml_to_python(element: ET.Element) -> Any:
     """Convert a Rails typed-XML element to Python values.
 
     ``type="integer"`` → ``int``, ``decimal`` → exact ``Decimal``, ``float``, ``boolean``,
-    ``date`` → ``date``, ``datetime`` → aware UTC ``datetime``, ``array`` → ``list`` of
+    ``date`` → ``date``, ``datetime`` (any case: ``dateTime``) → aware UTC ``datetime``, ``array`` → ``list`` of
     the children; ``nil="true"`` → ``None``. An untyped element with children becomes a
     ``dict`` keyed by child tag (dashes kept: ``client-id``; a repeated tag becomes a
     list); an untyped leaf is its text, ``None`` when empty (as Rails reads it).
@@ -220,6 +220,10 @@ def typed_xml_to_python(element: ET.Element) -> Any:
     if _is_nil(element):
         return None
     kind = element.get("type")
+    if kind is not None:
+        # Rails writes type names in more than one spelling: real Harvest XML says
+        # type="dateTime" where the documentation says "datetime"
+        kind = kind.lower()
     if kind == "array":
         return [typed_xml_to_python(child) for child in element]
     text = element.text or ""

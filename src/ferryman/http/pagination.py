@@ -10,7 +10,10 @@ Each paginator is a small frozen dataclass with two pure methods:
   :func:`extract` found in it.
 
 They are built from YAML by the generic ``rest`` connector and used directly by the
-seeded connectors; :func:`paginate` drives any of them over an :class:`HttpClient`.
+seeded connectors; :func:`paginate` drives any of them over an :class:`HttpClient`, with
+the read loop's :class:`~ferryman.sdk.readloop.PageGuard` on every page: a page that
+repeats the one before it (an API that ignores its paging parameters) or a walk past the
+page cap raises :class:`~ferryman.errors.PagingError` instead of paging for ever.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from urllib.parse import urljoin
 
 import httpx
 
-from ferryman.errors import MalformedResponseError
+from ferryman.errors import MalformedResponseError, PagingError
 from ferryman.redact import redact_url
+from ferryman.sdk.readloop import PageGuard
 
 if TYPE_CHECKING:
     from ferryman.http._client import HttpClient
@@ -39,6 +43,7 @@ __all__ = [
     "Paginator",
     "extract",
     "extract_records",
+    "page_signature",
     "paginate",
     "parse_link_header",
 ]
@@ -281,6 +286,13 @@ class FetchedPage:
     records: list[Any]
     body: Any
     response: httpx.Response
+    #: the paginator says another page follows (known before it is asked for)
+    more: bool = False
+
+
+def page_signature(records: Sequence[Any]) -> tuple[Any, ...]:
+    """What identifies a page for the repeat guard: the records' ``id`` where they have one."""
+    return tuple(r.get("id", repr(r)) if isinstance(r, Mapping) else repr(r) for r in records)
 
 
 async def paginate(
@@ -293,14 +305,22 @@ async def paginate(
     decode: Callable[[httpx.Response], Any] | None = None,
     headers: Mapping[str, str] | None = None,
     max_pages: int | None = None,
+    stream: str = "",
+    signature: Callable[[list[Any]], Any] = page_signature,
 ) -> AsyncIterator[FetchedPage]:
     """GET ``path`` page by page until ``paginator`` says stop; yield each page.
 
     ``decode`` turns a response into a body (JSON by default); it runs inside the
-    client's retry loop, so a malformed page is retried like a 5xx. A paginator that
-    asks for a page it already fetched raises :class:`MalformedResponseError` instead of
-    looping forever.
+    client's retry loop, so a malformed page is retried like a 5xx. ``max_pages`` stops
+    quietly after that many pages (the caller wants no more).
+
+    Paging that does not progress raises :class:`PagingError` naming the URL: a page whose
+    ``signature`` (default: its records' ids) equals the page before it, a paginator that
+    asks for a page it already fetched, and more pages than the run's page cap
+    (:func:`ferryman.sdk.readloop.max_pages`).
     """
+    system = getattr(client, "system", None)
+    guard = PageGuard(system=system, stream=stream)
     url: str = path
     current = paginator.first(params or {})
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
@@ -308,15 +328,23 @@ async def paginate(
     while True:
         marker = (url, tuple(sorted((str(k), str(v)) for k, v in current.items())))
         if marker in seen:
-            raise MalformedResponseError(f"pagination loops: {redact_url(url)} was already fetched with these params")
+            what = f"{stream}: " if stream else ""
+            raise PagingError(
+                f"{what}pagination loops: {redact_url(url)} was already fetched with these params", system=system
+            )
         seen.add(marker)
         response, body = await client.request_decoded("GET", url, decode=decode, params=current, headers=headers)
-        records = extract_records(body, records_path)
-        yield FetchedPage(records, body, response)
+        where = f"GET {redact_url(str(response.url))}"
+        try:
+            records = extract_records(body, records_path)
+        except MalformedResponseError as exc:
+            raise MalformedResponseError(f"{exc} in {where}", system=system) from None
+        guard.fetched(signature(records), where)
+        following = paginator.next_request(response, body, current, records)
+        yield FetchedPage(records, body, response, following is not None)
         pages += 1
         if max_pages is not None and pages >= max_pages:
             return
-        following = paginator.next_request(response, body, current, records)
         if following is None:
             return
         if following.url is not None:

@@ -50,6 +50,7 @@ from ferryman.sandbox._faults import Burst, Fault, FaultInjector, FaultSpec, Fau
 from ferryman.sandbox._server import SimulatorServer, SimulatorThread
 from ferryman.sandbox._simulator import (
     ADMIN_PREFIX,
+    ALL_HOSTILE,
     HOSTILE_MODES,
     BodyError,
     Simulator,
@@ -65,6 +66,7 @@ from ferryman.sandbox._table import DuplicateValue, Row, Table
 
 __all__ = [
     "ADMIN_PREFIX",
+    "ALL_HOSTILE",
     "ANCHOR",
     "HOSTILE_MODES",
     "BodyError",

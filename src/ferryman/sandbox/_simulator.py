@@ -44,6 +44,7 @@ from ferryman.sandbox._table import Table
 
 __all__ = [
     "ADMIN_PREFIX",
+    "ALL_HOSTILE",
     "HOSTILE_MODES",
     "BodyError",
     "Simulator",
@@ -70,6 +71,8 @@ HOSTILE_MODES: Mapping[str, str] = {
     "garble_reads": "every GET after the first answers with a garbled body (retries meet it too)",
     "garble_writes": "every create (POST) is carried out, then answered with a garbled body",
 }
+#: every hostile mode, for a simulator whose handlers implement them all
+ALL_HOSTILE: frozenset[str] = frozenset(HOSTILE_MODES)
 SIMULATOR_KEY: web.AppKey[Simulator] = web.AppKey("ferryman.simulator")
 
 

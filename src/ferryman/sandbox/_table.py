@@ -283,6 +283,19 @@ class Table:
             del self._rows[id]
         return row
 
+    def set_updated(self, id: int, stamp: datetime) -> Row:
+        """Give a live row an ``updated_at`` of the app's choosing (an API that lets a write
+        set it, like Cerb's ``fields[updated]``) and move it in the time index."""
+        row = self._require(id)
+        old = self._entry_of(row)
+        row["updated_at"] = stamp
+        new = self._entry_of(row)
+        self._max_us = max(self._max_us, _micros(stamp))
+        for index in (self._all, self._live):
+            self._remove(index, old)
+            self._add(index, new)
+        return row
+
     # -- internals -------------------------------------------------------------------
     def _require(self, id: int) -> Row:
         row = self.get(id)

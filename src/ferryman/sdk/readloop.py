@@ -23,8 +23,9 @@ Three shapes of API are covered:
 - :func:`whole_list_pages`: an API with no paging at all (Clevertim; an ASP.NET Web API
   without OData): one answer holds every record, which is filtered, ordered and chunked
   here.
-- :func:`follow_pages`: any :mod:`ferryman.http.pagination` paginator (the generic ``rest``
-  connector), with the repeat guard and the page cap.
+- any other loop (a :mod:`ferryman.http.pagination` paginator in
+  :func:`ferryman.http.pagination.paginate`, a page walk of a ``find``) keeps a
+  :class:`PageGuard` for the repeat guard and the page cap.
 """
 
 from __future__ import annotations
@@ -98,11 +99,16 @@ class PageGuard:
         if signature and signature == self._last:
             raise PagingError(
                 f"{what}page {self.pages} repeats the page before it{at}: the API ignores its paging parameters. "
-                "Stopped instead of paging for ever; read the whole list at once (paging: none) if that is how "
-                "this API works",
+                "Stopped instead of paging for ever; if this API answers every record at once, declare the "
+                "stream unpaged (see the connector's README)",
                 system=self.system,
             )
         self._last = signature
+
+    def restart(self) -> None:
+        """A second query begins within the same read: its first page may equal the last
+        page of the one before (the page count, and so the cap, carries on)."""
+        self._last = None
 
 
 def _signature(records: Sequence[Record]) -> tuple[tuple[str, datetime], ...]:
