@@ -253,27 +253,30 @@ def ticket_fields(item: Mapping[str, Any], settings: MappingSettings) -> dict[st
         )
     else:
         created = None
-    if meta.get("dateUpdated") not in (None, ""):
-        updated = _epoch(meta.get("dateUpdated"), "dateUpdated")
-    elif created is not None:
-        updated = created
-    else:
-        raise ValidationFailed("dateUpdated: missing (and no dateSubmitted to fall back on)")
     code = _text(meta.get("status"))
     status = None
     if code is not None:
         status = settings.ticket_statuses.get(code) or ("closed" if code == "-1" else "open")
     comments = []
+    newest = created
     for i, comment in enumerate(item.get("comments") or []):
         if not isinstance(comment, Mapping):
             raise ValidationFailed(f"comments[{i}]: not an object")
         out = dict(comment)
         stamp = _text(comment.get("createdAt"))
         if stamp is not None:
-            out["createdAt"] = format_utc(
-                local_datetime(stamp, settings.datetime_format, settings, f"comments[{i}].createdAt")
-            )
+            at = local_datetime(stamp, settings.datetime_format, settings, f"comments[{i}].createdAt")
+            out["createdAt"] = format_utc(at)
+            newest = at if newest is None or at > newest else newest
         comments.append(out)
+    if meta.get("dateUpdated") not in (None, ""):
+        updated = _epoch(meta.get("dateUpdated"), "dateUpdated")
+    elif newest is not None:
+        # No documented answer has an update time: the newest time the ticket shows (its
+        # latest comment) is a lower bound, which a status change does not move.
+        updated = newest
+    else:
+        raise ValidationFailed("dateSubmitted: missing (and no dateUpdated or comment time to use instead)")
     description = None
     if comments:
         description = _text(comments[0].get("message"))
@@ -374,7 +377,7 @@ def ticket_to_native(
 
 # -- users (contacts) -----------------------------------------------------------------------
 _USER_MAPPED = {"userid", "firstname", "lastname", "email", "phone", "date_activated", "dateUpdated", "local"}
-_LOCAL_MAPPED = {"organization", "address", "city", "zip", "country"}
+_LOCAL_MAPPED = {"organization", "address", "city", "zipcode", "zip", "country"}
 
 
 def contact_fields(item: Mapping[str, Any], settings: MappingSettings) -> dict[str, Any]:
@@ -392,7 +395,7 @@ def contact_fields(item: Mapping[str, Any], settings: MappingSettings) -> dict[s
     elif created is not None:
         updated = created
     else:
-        raise ValidationFailed("dateUpdated: missing (and no date_activated to fall back on)")
+        raise ValidationFailed("date_activated: missing (and no dateUpdated to use instead)")
     extra = {k: v for k, v in item.items() if k not in _USER_MAPPED}
     extra.update({f"local.{k}": v for k, v in local.items() if k not in _LOCAL_MAPPED})
     if activated is not None:
@@ -408,7 +411,8 @@ def contact_fields(item: Mapping[str, Any], settings: MappingSettings) -> dict[s
         "organisation": _text(local.get("organization")),
         "street": _text(local.get("address")),
         "city": _text(local.get("city")),
-        "postcode": _text(local.get("zip")),
+        # local.zipcode, verified against the real API; local.zip only as an older spelling
+        "postcode": _text(local.get("zipcode")) or _text(local.get("zip")),
         "country": _text(local.get("country")),
         "extra": extra,
     }
@@ -428,7 +432,7 @@ def contact_to_native(record: Contact, *, create: bool) -> dict[str, Any]:
         "organization": record.organisation,
         "address": record.street,
         "city": record.city,
-        "zip": record.postcode,
+        "zipcode": record.postcode,  # Add User takes zipcode (the answer has local.zipcode)
         "country": record.country,
     }
     if create:
@@ -445,6 +449,7 @@ _INVOICE_MAPPED = {
     "duedate",
     "amount",
     "balancedue",
+    "simplebalancedue",
     "billstatus",
     "statusenum",
     "description",
@@ -454,18 +459,28 @@ _INVOICE_MAPPED = {
 
 
 def invoice_status(item: Mapping[str, Any], settings: MappingSettings) -> str | None:
+    """The canonical status: by ``statusenum`` when the code is known, else by ``billstatus``.
+
+    Real installs answer codes outside the documented set (the vendor's own example has
+    ``statusenum: -2`` with ``billstatus: "not paid"``), so an unknown code is read through
+    the words Clientexec shows beside it, and only both unknown is a rejection.
+    """
     code = _text(item.get("statusenum"))
     if code is not None:
         status = settings.invoice_statuses.get(code)
-        if status is None:
-            raise ValidationFailed(f"statusenum: unknown code {code!r} (map it under invoice_statuses)")
-        return status
+        if status is not None:
+            return status
     text = _text(item.get("billstatus"))
     if text is None:
+        if code is not None:
+            raise ValidationFailed(
+                f"statusenum: unknown code {code!r} and no billstatus (map it under invoice_statuses)"
+            )
         return None
     status = _BILLSTATUS.get(text.lower())
     if status is None:
-        raise ValidationFailed(f"billstatus: unknown status {text!r}")
+        unknown = f"statusenum {code!r} and " if code is not None else ""
+        raise ValidationFailed(f"billstatus: unknown status {unknown}{text!r} (map the code under invoice_statuses)")
     return status
 
 
@@ -475,9 +490,11 @@ def invoice_fields(item: Mapping[str, Any], settings: MappingSettings) -> dict[s
     if key is None:
         raise ValidationFailed("invoiceid: missing")
     amount = parse_money(item.get("amount"), settings, "amount")
-    balance = parse_money(item.get("balancedue"), settings, "balancedue")
+    # The vendor's own example has balancedue null and the amount due in simplebalancedue.
+    due_field = "simplebalancedue" if _text(item.get("simplebalancedue")) is not None else "balancedue"
+    balance = parse_money(item.get(due_field), settings, due_field)
     if amount and balance and amount[1] != balance[1]:
-        raise ValidationFailed(f"balancedue is in {balance[1]} but amount is in {amount[1]}")
+        raise ValidationFailed(f"{due_field} is in {balance[1]} but amount is in {amount[1]}")
     issued = local_date(item.get("billdate"), settings, "billdate")
     created = midnight_utc(issued, settings) if issued else None
     if item.get("dateUpdated") not in (None, ""):
@@ -485,7 +502,7 @@ def invoice_fields(item: Mapping[str, Any], settings: MappingSettings) -> dict[s
     elif created is not None:
         updated = created
     else:
-        raise ValidationFailed("dateUpdated: missing (and no billdate to fall back on)")
+        raise ValidationFailed("billdate: missing (and no dateUpdated to use instead)")
     extra = {k: v for k, v in item.items() if k not in _INVOICE_MAPPED}
     extra["billstatus"] = item.get("billstatus")
     extra["statusenum"] = item.get("statusenum")

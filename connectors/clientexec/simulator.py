@@ -1,23 +1,38 @@
 """``ferryman sandbox clientexec``: a loopback Clientexec REST API.
 
-Faithful to what Clientexec documents (JSON over HTTP under ``/api``, an Application
-Key on every request, ``429 Too Many Requests`` with a reason body and ``Retry-After``
-seconds past 200 requests a minute on hosted installs, ticket status ``-1`` = closed,
-epoch ``dateSubmitted``, formatted local dates, money as display strings) and, where
-Clientexec documents nothing, exactly the convention the ``clientexec`` connector
-assumes by default (see its README)::
+Faithful to what Clientexec documents and to what was verified against real answers
+(``/work/shared/seeds/README.md``, "Verified against the real systems"): JSON over HTTP
+under ``/api``, an Application Key on every request, ``429 Too Many Requests`` with a
+reason body and ``Retry-After`` seconds past 200 requests a minute on hosted installs,
+ticket status ``-1`` = closed, epoch ``dateSubmitted``, formatted local dates, money as
+display strings, invoices with an integer ``statusenum`` (including codes such as ``-2``
+that only ``billstatus`` explains), ``balancedue: null`` beside ``simplebalancedue``, the
+user's postcode as ``local.zipcode``, Add User taking ``zipcode``/``organization``/
+``state``/``status`` (default 0), and Get User taking an **email**, not an id.
+
+**No update timestamp.** No documented Clientexec answer carries ``dateUpdated`` or any
+field an incremental filter could use, so by default the sandbox has none either: lists
+are in id order and an ``updated_since`` parameter is ignored, as unknown parameters are.
+``update_filter=True`` serves an install that does have one (the connector's
+``since_param`` option): every entity gains ``dateUpdated`` (epoch seconds), lists are in
+``(dateUpdated, id)`` order and ``updated_since`` (inclusive) filters them. That mode is
+an assumption kept for such installs, not documented behaviour.
+
+Where Clientexec documents nothing, the sandbox serves exactly the convention the
+``clientexec`` connector assumes by default (see its README)::
 
     GET    /api/tickets|users|invoices   ?page=N (from 1) &limit=M (1..1000, default 25)
-                                         &updated_since=<epoch seconds, inclusive>
                                          &email=<address> (users only, case-insensitive)
+                                         [&updated_since=<epoch seconds>: update_filter only]
            -> {"success": true, "<resource>s": [...], "page", "limit", "total"}
-              in (dateUpdated, id) order
-    GET    /api/ticket|user|invoice/{id} -> the entity, or 404 {"success": false, "message"}
+    GET    /api/ticket|invoice/{id}      -> the entity, or 404 {"success": false, "message"}
+    GET    /api/user/{email}             -> the user with that address (case-insensitive), or 404
     POST   /api/ticket|user|invoice      JSON or form body
            -> {"<kind>id": N, "success": true, "failure": false, "message"}
               a refused write answers HTTP 200 with success false and the reason
     PUT    /api/ticket|user|invoice/{id} changes the given fields -> {"success": true, ...}
     DELETE /api/ticket|user|invoice/{id} -> {"success": true, ...}; 404 when missing
+           (the entity is gone: lists no longer show it and its GET answers 404)
 
 The key is accepted as an ``X-API-Key`` header or an ``apikey`` query parameter (the
 default key is ``sandbox-app-key``). Hosted mode (the default) limits each key to 200
@@ -26,16 +41,23 @@ requests per minute; ``--rate-limit`` changes the limit.
 Entities::
 
     ticket   {"metadata": {id, userid, userEmail, subject, status, statusName, priority,
-              ticket_type, assignedToId, dateSubmitted, dateSubmittedFormatted, dateUpdated},
+              ticket_type, assignedToId, dateSubmitted, dateSubmittedFormatted[, dateUpdated]},
               "comments": [{logid, authorName, authorEmail, isAdmin, createdAt, message}]}
-    user     {userid, firstname, lastname, email, phone, status, date_activated, dateUpdated,
-              local: {organization, address, city, state, zip, country}}
-    invoice  {invoiceid, customerid, billdate, duedate, amount "$1,234.56 USD", balancedue,
-              billstatus, statusenum, description, note, dateUpdated}
+    user     {userid, firstname, lastname, email, phone, status, date_activated[, dateUpdated],
+              local: {organization, address, city, state, zipcode, country}}
+    invoice  {invoiceid, customerid, billdate, duedate, amount "$1,234.56 USD", balancedue: null,
+              simplebalancedue "$1,234.56 USD", billstatus, statusenum, description, note[, dateUpdated]}
 
 ``dateSubmittedFormatted`` ("2003-03-28 17:42:46"), comment ``createdAt`` ("03/28/2003
 05:42:46 pm"), ``billdate``/``duedate`` ("06/14/2017") and ``date_activated``
 ("2013-12-31") are in the install's ``timezone`` (constructor option, default UTC).
+
+Hostile modes (a deliberate test switch, see :data:`ferryman.sandbox.HOSTILE_MODES`):
+``ignore_paging`` answers every list whole; ``ignore_sort`` answers lists in a fixed order
+that is neither id nor ``(dateUpdated, id)``; ``stub_create`` answers a create with the new
+id only (as text); ``error_in_200`` answers an update with HTTP 200 and Clientexec's
+``success: false`` envelope and changes nothing; ``hide_deleted`` is how this sandbox
+always behaves (a deleted entity vanishes from lists and its GET answers 404).
 """
 
 from __future__ import annotations
@@ -50,7 +72,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from ferryman.sandbox import BodyError, DuplicateValue, Row, Simulator, json_response, read_fields
+from ferryman.sandbox import ALL_HOSTILE, BodyError, DuplicateValue, Row, Simulator, Table, json_response, read_fields
 
 __all__ = ["ClientexecSimulator", "format_money"]
 
@@ -59,6 +81,7 @@ TICKET_STATUS_NAMES = {"1": "Open", "2": "In Progress", "3": "Waiting on Custome
 PRIORITY_NAMES = {"1": "High", "2": "Medium", "3": "Low"}
 TICKET_TYPES = ("General Support", "Billing", "Sales", "Technical Support")
 INVOICE_STATUS = {
+    -2: "not paid",  # the vendor's own invoice example: statusenum -2 with billstatus "not paid"
     -1: "draft",
     0: "not paid",
     1: "paid",
@@ -95,7 +118,7 @@ _USER_FIELDS = {
     "address",
     "city",
     "state",
-    "zip",
+    "zipcode",
     "country",
     "status",
 }
@@ -122,12 +145,15 @@ class ClientexecSimulator(Simulator):
     ``timezone`` is the install's timezone (formatted dates are local to it);
     ``date_format`` its date format; ``decimal_separator`` how it formats money;
     ``hosted`` (default) applies the hosted 200 requests/minute limit when no
-    ``rate_limit`` is given; ``max_page_size`` bounds ``?limit=``.
+    ``rate_limit`` is given; ``max_page_size`` bounds ``?limit=``; ``update_filter``
+    serves an install with ``dateUpdated`` and an ``updated_since`` filter (an assumption:
+    no documented Clientexec answer has them).
     """
 
     name: ClassVar[str] = "clientexec"
     default_credentials: ClassVar[dict[str, str]] = {"api_key": "sandbox-app-key"}
     default_port: ClassVar[int] = 8810
+    hostile_supported: ClassVar[frozenset[str]] = ALL_HOSTILE
 
     def __init__(
         self,
@@ -138,6 +164,7 @@ class ClientexecSimulator(Simulator):
         hosted: bool = True,
         page_size: int = 25,
         max_page_size: int = 1000,
+        update_filter: bool = False,
         **options: Any,
     ) -> None:
         self.zone = ZoneInfo(timezone)
@@ -147,6 +174,7 @@ class ClientexecSimulator(Simulator):
         self.decimal_separator = decimal_separator
         self.page_size = page_size
         self.max_page_size = max_page_size
+        self.update_filter = update_filter
         if hosted and options.get("rate_limit") is None:
             options["rate_limit"] = HOSTED_RATE_LIMIT
         self._next_logid = 1
@@ -165,7 +193,7 @@ class ClientexecSimulator(Simulator):
             person["email_key"] = person["email"].lower()
             person["organization"] = person.pop("company")
             person["address"] = f"{rng.randint(1, 250)} {rng.choice(STREETS)}"
-            person["zip"] = f"{rng.randint(10000, 99999)}"
+            person["zipcode"] = f"{rng.randint(10000, 99999)}"
             person["state"] = ""
             person["status"] = "1" if rng.random() < 0.9 else "-1"
             person.pop("mobile", None)
@@ -203,9 +231,15 @@ class ClientexecSimulator(Simulator):
             code = codes[row.pop("status")]
             if code == 0 and rng.random() < 0.15:
                 code = 5
+            elif code == 0 and rng.random() < 0.5:
+                code = -2  # unpaid, as in the vendor's own example; billstatus says "not paid"
             amount: Decimal = row["amount"]
             balance = (
-                amount if code in (-1, 0) else (amount / 2).quantize(Decimal("0.01")) if code == 5 else Decimal("0.00")
+                amount
+                if code in (-2, -1, 0)
+                else (amount / 2).quantize(Decimal("0.01"))
+                if code == 5
+                else Decimal("0.00")
             )
             row.update(
                 customerid=row.pop("customer") or 0,
@@ -258,7 +292,7 @@ class ClientexecSimulator(Simulator):
                 "assignedToId": row["assignedToId"],
                 "dateSubmitted": int(created.timestamp()),
                 "dateSubmittedFormatted": self._local(created).strftime("%Y-%m-%d %H:%M:%S"),
-                "dateUpdated": int(row["updated_at"].timestamp()),
+                **self._updated(row),
             },
             "comments": [
                 {
@@ -278,13 +312,13 @@ class ClientexecSimulator(Simulator):
             "phone": row["phone"] or "",
             "status": row["status"],
             "date_activated": self._local(row["created_at"]).strftime("%Y-%m-%d"),
-            "dateUpdated": int(row["updated_at"].timestamp()),
+            **self._updated(row),
             "local": {
                 "organization": row["organization"] or "",
                 "address": row["address"] or "",
                 "city": row["city"] or "",
                 "state": row["state"] or "",
-                "zip": row["zip"] or "",
+                "zipcode": row["zipcode"] or "",
                 "country": row["country"] or "",
             },
         }
@@ -297,13 +331,19 @@ class ClientexecSimulator(Simulator):
             "billdate": self._date(row["issued_on"]),
             "duedate": self._date(row["due_on"]),
             "amount": format_money(row["amount"], currency, self.decimal_separator),
-            "balancedue": format_money(row["balancedue"], currency, self.decimal_separator),
+            # As in the vendor's own example: balancedue is null, the display form is simplebalancedue.
+            "balancedue": None,
+            "simplebalancedue": format_money(row["balancedue"], currency, self.decimal_separator),
             "billstatus": INVOICE_STATUS[row["statusenum"]],
             "statusenum": row["statusenum"],
             "description": row["description"],
             "note": row["note"],
-            "dateUpdated": int(row["updated_at"].timestamp()),
+            **self._updated(row),
         }
+
+    def _updated(self, row: Row) -> dict[str, int]:
+        """``dateUpdated`` only where the install is configured to have one (see the module docs)."""
+        return {"dateUpdated": int(row["updated_at"].timestamp())} if self.update_filter else {}
 
     def _renderer(self, resource: str) -> Callable[[Row], dict[str, Any]]:
         return {"tickets": self.render_ticket, "users": self.render_user, "invoices": self.render_invoice}[resource]
@@ -353,7 +393,9 @@ class ClientexecSimulator(Simulator):
                 page = _int_param(query, "page", 1, 1, None)
                 limit = _int_param(query, "limit", self.page_size, 1, self.max_page_size)
                 since = None
-                if query.get("updated_since", "").strip():
+                # Without an update field there is nothing to filter on: the parameter is
+                # ignored like any unknown one, and the answer is the whole list.
+                if self.update_filter and query.get("updated_since", "").strip():
                     since = datetime.fromtimestamp(_int_param(query, "updated_since", 0, 0, None), UTC)
             except ValueError as exc:
                 return _error(str(exc), 400)
@@ -372,13 +414,27 @@ class ClientexecSimulator(Simulator):
                         "total": len(rows),
                     }
                 )
-            total = table.count(since)
-            rows = table.query(since, offset=(page - 1) * limit, limit=limit)
+            every = self._ordered(table, since)
+            total = len(every)
+            if self.is_hostile("ignore_paging"):
+                rows = every
+            else:
+                start = (page - 1) * limit
+                rows = every[start : start + limit]
             return json_response(
                 {"success": True, resource: [render(r) for r in rows], "page": page, "limit": limit, "total": total}
             )
 
         return handler
+
+    def _ordered(self, table: Table, since: datetime | None) -> list[Row]:
+        """The rows a list answers, in the install's order (see the module docs)."""
+        rows = table.query(since) if self.update_filter else sorted(table, key=lambda r: r["id"])
+        if self.is_hostile("ignore_sort"):
+            # A fixed order, so that paging still covers every row once, that is neither the
+            # id order nor the (dateUpdated, id) order a client may have asked for.
+            rows.sort(key=lambda r: (r["id"] * 2654435761) % 4294967291)
+        return rows
 
     def _row(self, resource: str, request: web.Request) -> Row | None:
         text = request.match_info["id"]
@@ -386,7 +442,11 @@ class ClientexecSimulator(Simulator):
 
     def _get(self, resource: str) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.Response:
-            row = self._row(resource, request)
+            if resource == "users":
+                # Get User takes an email, not an id (verified against the real API).
+                row = self.table("users").lookup("email_key", request.match_info["id"].strip().lower())
+            else:
+                row = self._row(resource, request)
             if row is None:
                 return _not_found(resource, request)
             return json_response(self._renderer(resource)(row))
@@ -404,6 +464,8 @@ class ClientexecSimulator(Simulator):
                 return _error(str(exc), 400)
             except Refused as exc:
                 return json_response({f"{kind}id": 0, "success": False, "failure": True, "message": str(exc)})
+            if self.is_hostile("stub_create"):
+                return json_response({f"{kind}id": str(row["id"])})
             return json_response(
                 {f"{kind}id": row["id"], "success": True, "failure": False, "message": f"{kind.capitalize()} created"}
             )
@@ -417,6 +479,14 @@ class ClientexecSimulator(Simulator):
             row = self._row(resource, request)
             if row is None:
                 return _not_found(resource, request)
+            if self.is_hostile("error_in_200"):
+                return json_response(
+                    {
+                        "success": False,
+                        "failure": True,
+                        "message": f"{kind.capitalize()} {row['id']}: this {kind} cannot be changed right now",
+                    }
+                )
             try:
                 fields = await read_fields(request)
                 changes = self._clean(resource, fields, create=False)
@@ -531,13 +601,13 @@ class ClientexecSimulator(Simulator):
             if "@" not in out["email"] or " " in out["email"]:
                 raise Refused(f"Invalid e-mail address {out['email']!r}")
             out["email_key"] = out["email"].lower()
-        for name in ("phone", "organization", "address", "city", "state", "zip", "country"):
+        for name in ("phone", "organization", "address", "city", "state", "zipcode", "country"):
             if name in fields or create:
                 out[name] = str(fields.get(name) or "").strip() or None
         if "status" in fields:
             out["status"] = str(fields["status"])
         elif create:
-            out["status"] = "1"
+            out["status"] = "0"  # Add User's documented default
         return out
 
     def _clean_invoice(self, fields: Mapping[str, Any], create: bool) -> dict[str, Any]:

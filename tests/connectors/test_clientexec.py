@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -15,7 +15,7 @@ from ferryman.connector import SystemContext
 from ferryman.errors import AuthError, RecordRejected
 from ferryman.records import Contact, Invoice, Ticket
 from ferryman.sandbox import SimulatorThread
-from ferryman.testing import ConnectorContract, ContractSetup, collect
+from ferryman.testing import ContractSetup, HostileContract, collect
 from ferryman.timeutil import utcnow
 from ferryman_connectors.clientexec import ClientexecConnector
 from ferryman_connectors.clientexec._mapping import (
@@ -38,56 +38,74 @@ def options(url: str, **more: Any) -> dict[str, Any]:
     return {"base_url": url + "/api", "api_key": KEY, "rate_limit": None, **more}
 
 
-class TestClientexecContract(ConnectorContract):
+def contract_setup(**more: Any) -> ContractSetup:
+    """The contract against a real-like install; ``more`` for an install with an update filter."""
+    return ContractSetup(
+        connector="clientexec",
+        simulator="clientexec",
+        options=lambda url: options(url, **more),
+        bad_options=lambda url: options(url, api_key="not-the-key", **more),
+        simulator_kwargs={"records": 30, "seed": 7, "rate_limit": 100_000, "update_filter": bool(more)},
+        samples=SAMPLES,
+    )
+
+
+class TestClientexecContract(HostileContract):
+    """The documented API: no update timestamp, so every stream is a full scan."""
+
     @pytest.fixture
     def contract(self) -> ContractSetup:
-        return ContractSetup(
-            connector="clientexec",
-            simulator="clientexec",
-            options=options,
-            bad_options=lambda url: options(url, api_key="not-the-key"),
-            simulator_kwargs={"records": 30, "seed": 7, "rate_limit": 100_000},
-            samples={
-                "contacts": lambda n: Contact(
-                    key="new",
-                    updated_at=utcnow(),
-                    email=f"contract{n}@example.com",
-                    first_name="Ada",
-                    last_name="Lovelace",
-                    phone="+44 20 7946 0001",
-                    organisation="Analytical Engines Ltd",
-                    city="London",
-                    postcode="N1 9GU",
-                    country="GB",
-                ),
-                "tickets": lambda n: Ticket(
-                    key="new",
-                    updated_at=utcnow(),
-                    subject=f"Contract ticket {n}",
-                    description="The control panel shows error 500.",
-                    status="pending",
-                    priority="high",
-                    type="Billing",
-                    requester_email=f"guest{n}@example.com",
-                    assignee="2",
-                ),
-                "invoices": lambda n: Invoice(
-                    key="new",
-                    updated_at=utcnow(),
-                    customer_key="1",
-                    amount=Decimal("1234.50"),
-                    currency="EUR",
-                    status="open",
-                    subject=f"Hosting {n}",
-                    issued_on=date(2025, 5, 1),
-                    due_on=date(2025, 5, 15),
-                ),
-            },
-        )
+        return contract_setup()
+
+
+class TestClientexecWithUpdateFilterContract(HostileContract):
+    """An install that does have ``dateUpdated`` and an ``updated_since`` filter (an assumption)."""
+
+    @pytest.fixture
+    def contract(self) -> ContractSetup:
+        return contract_setup(since_param="updated_since")
+
+
+SAMPLES: dict[str, Any] = {
+    "contacts": lambda n: Contact(
+        key="new",
+        updated_at=utcnow(),
+        email=f"contract{n}@example.com",
+        first_name="Ada",
+        last_name="Lovelace",
+        phone="+44 20 7946 0001",
+        organisation="Analytical Engines Ltd",
+        city="London",
+        postcode="N1 9GU",
+        country="GB",
+    ),
+    "tickets": lambda n: Ticket(
+        key="new",
+        updated_at=utcnow(),
+        subject=f"Contract ticket {n}",
+        description="The control panel shows error 500.",
+        status="pending",
+        priority="high",
+        type="Billing",
+        requester_email=f"guest{n}@example.com",
+        assignee="2",
+    ),
+    "invoices": lambda n: Invoice(
+        key="new",
+        updated_at=utcnow(),
+        customer_key="1",
+        amount=Decimal("1234.50"),
+        currency="EUR",
+        status="open",
+        subject=f"Hosting {n}",
+        issued_on=date(2025, 5, 1),
+        due_on=date(2025, 5, 15),
+    ),
+}
 
 
 @pytest.fixture
-def sandbox() -> AsyncIterator[SimulatorThread]:
+def sandbox() -> Iterator[SimulatorThread]:
     with SimulatorThread(ClientexecSimulator(records=20, rate_limit=100_000)) as thread:
         yield thread
 

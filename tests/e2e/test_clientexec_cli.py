@@ -117,10 +117,11 @@ def test_csv_to_clientexec_creates_users_and_tickets_and_dead_letters_what_clien
         )
         result = sync(config, "contacts-in")
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "created 2" in result.stdout and "dead_lettered 1" in result.stdout
-        assert (
-            "Clientexec refused the new user" in result.stderr and "already in use" in result.stderr
-        )  # the log says why
+        # c2's address is already a Clientexec user: found by email (Get User) and linked to
+        # it before any create, so no duplicate is attempted.
+        assert "created 2, updated 1" in result.stdout and "dead_lettered 0" in result.stdout
+        [same] = api(url, "/users", email=taken)["users"]
+        assert (same["firstname"], same["lastname"]) == ("Someone", "Else")
 
         [ines] = api(url, "/users", email="INES.ORTEGA@example.com")["users"]
         assert (ines["firstname"], ines["lastname"], ines["local"]["city"]) == ("Inés", "Ortega", "Madrid")
@@ -178,3 +179,23 @@ def test_an_install_in_new_york_time_becomes_utc_z_in_the_csv(tmp_path: Path, de
         midnight = datetime.combine(native["issued_on"], dt_time(), zone).astimezone(UTC)
         assert row["created_at"] == midnight.strftime("%Y-%m-%dT%H:%M:%SZ")
         assert row["created_at"][11:13] in ("04", "05")  # EDT or EST midnight, never 00
+
+
+def test_a_status_change_to_an_old_ticket_reaches_the_csv_although_clientexec_has_no_update_time(
+    tmp_path: Path, default_state_url: str
+) -> None:
+    """No documented answer has dateUpdated: each run is a full scan, and fingerprints find the change."""
+    sim = ClientexecSimulator(records=30, rate_limit=100_000)
+    with SimulatorThread(sim) as thread:
+        config = write_config(
+            tmp_path, default_state_url, thread.url, {"tickets-out": {"from": "billing.tickets", "to": "files.tickets"}}
+        )
+        first = sync(config, "tickets-out")
+        assert first.returncode == 0 and "read 30, created 30" in first.stdout, first.stdout + first.stderr
+        oldest = min((r for r in sim.table("tickets") if r["status"] != "-1"), key=lambda r: r["created_at"])
+        sim.table("tickets").update(oldest["id"], {"status": "-1"})
+        second = sync(config, "tickets-out")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "read 30, created 0, updated 1" in second.stdout and "skipped 29" in second.stdout
+    rows = {r["key"]: r for r in csv_rows(tmp_path / "files" / "tickets.csv")}
+    assert rows[str(oldest["id"])]["status"] == "closed"
