@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -31,11 +32,13 @@ from ._schema import ENTITIES, Entity, Kind
 
 __all__ = [
     "Format",
+    "WriteAnswer",
     "encode",
     "error_message",
     "list_decoder",
     "one_decoder",
     "typed",
+    "write_decoder",
 ]
 
 Format = Literal["json", "xml"]
@@ -129,6 +132,78 @@ def one_decoder(
                 f"{_where(response)}expected a JSON {entity.name} object; body starts: {excerpt(response.content)!r}"
             )
         return body
+
+    return decode
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAnswer:
+    """What a 2xx answer to a POST, PUT or DELETE said, without believing it.
+
+    ``entity`` is the body when it is one entity (it may still be a stub that does not
+    map); ``errors`` are the helpdesk's words when the body is a refusal despite the 2xx;
+    neither for an empty, garbled or unrecognised body (the caller reads the entity back).
+    """
+
+    entity: Raw | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def _json_errors(body: Any) -> list[str] | None:
+    """The words of a refusal in a JSON body, or ``None`` when the body is not one."""
+    if isinstance(body, list) and all(isinstance(item, str) for item in body):
+        return [item for item in body if item.strip()]  # ``[]`` is a no-op answer, not an error
+    if isinstance(body, dict) and "Id" not in body and "id" not in body:
+        message = body.get("Message") or body.get("message")
+        if isinstance(message, str):
+            return [_with_model_state(message, body.get("ModelState"))]
+    return None
+
+
+def _with_model_state(message: str, state: Any) -> str:
+    problems: list[str] = []
+    if isinstance(state, dict):
+        for key, value in state.items():
+            values = value if isinstance(value, list) else [value]
+            problems += [f"{key}: {v}" for v in values if isinstance(v, str)]
+    return f"{message} ({'; '.join(problems)})" if problems else message
+
+
+def write_decoder(
+    entity: Entity, fmt: Format, namespace: str, system: str | None = None
+) -> Callable[[httpx.Response], WriteAnswer]:
+    """A ``decode`` for a write: never raises on a body it cannot read (the write happened)."""
+
+    def decode(response: httpx.Response) -> WriteAnswer:
+        content = response.content
+        if not content.strip():
+            return WriteAnswer()
+        if content.lstrip().startswith(b"<"):
+            try:
+                root = parse_xml(content)
+            except MalformedResponseError:
+                return WriteAnswer()
+            ns, name = _local(root.tag)
+            if name == "Error":
+                body = xml_to_dict(root)
+                message = body.get("Message") if isinstance(body, dict) else None
+                return WriteAnswer(errors=[message if isinstance(message, str) else excerpt(content)])
+            if name.startswith("ArrayOf"):  # ArrayOfstring: a list of messages
+                words = [(child.text or "").strip() for child in root]
+                return WriteAnswer(errors=[w for w in words if w])
+            if name != entity.name:
+                return WriteAnswer()
+            if ns != namespace:
+                _xml_root(response, entity.name, namespace, system)  # raises the namespace FatalError
+            return WriteAnswer(entity=_xml_entity(root))
+        try:
+            body = loads_json(response)
+        except MalformedResponseError:
+            return WriteAnswer()
+        errors = _json_errors(body)
+        if errors is not None:
+            return WriteAnswer(errors=errors)
+        return WriteAnswer(entity=body) if isinstance(body, dict) else WriteAnswer()
 
     return decode
 
@@ -246,7 +321,6 @@ def error_message(response: httpx.Response) -> str | None:
     if not content.strip():
         return None
     message: Any = None
-    problems: list[str] = []
     try:
         if content.lstrip().startswith(b"<"):
             root = parse_xml(content)
@@ -257,11 +331,6 @@ def error_message(response: httpx.Response) -> str | None:
         return None
     if isinstance(body, dict):
         message = body.get("Message") or body.get("message")
-        state = body.get("ModelState")
-        if isinstance(state, dict):
-            for key, value in state.items():
-                values = value if isinstance(value, list) else [value]
-                problems += [f"{key}: {v}" for v in values if isinstance(v, str)]
     if not isinstance(message, str):
         return None
-    return f"{message} ({'; '.join(problems)})" if problems else message
+    return _with_model_state(message, body.get("ModelState"))

@@ -6,7 +6,11 @@ Resources, as documented::
     GET    /api/{resource}/{id}                                one entity, or 404
     POST   /api/{resource}                                     create -> 201, Location, the entity
     PUT    /api/{resource}/{id}                                FULL replacement -> 204 No Content
-    DELETE /api/{resource}/{id}                                -> 204, or 404
+    DELETE /api/{resource}/{id}                                -> 200 with the deleted entity, or 404
+
+This is the stock ASP.NET Web API 2 scaffold (a controller over Entity Framework), which
+is what the real helpdesk was verified to be: ``NotFound()`` is a 404 with an **empty
+body**, ``Ok(entity)`` answers a DELETE, and list actions are ``return db.Tickets;``.
 
 Every request needs ``?key=`` (default ``sandbox-key``); without it: 401
 ``{"Message": "Authorization has been denied for this request."}``. Paths and query
@@ -35,13 +39,23 @@ ignored. A ticket is closed while ``ClosedTime`` is later than ``ReopenedTime``.
 ``GET /__sandbox/emails``) unless the body has ``DoNotSendEmail=true``. Every POST and PUT
 is logged with its ``DoNotSendEmail`` value in ``GET /__sandbox/writes``.
 
-**Lists** (unknown in the docs; ASP.NET ``[EnableQuery]`` OData conventions):
+**Lists** are answered whole, in Id order: OData query options (``$filter``, ``$top``,
+``$skip``, ``$orderby``) are silently ignored, as the real helpdesk does. ``odata=True``
+simulates a helpdesk whose actions have ``[EnableQuery]``:
 ``$filter`` (clauses ``Member eq|ne|gt|ge|lt|le literal`` joined by ``and``; literals
 ``'text'`` with ``''`` for a quote, numbers, ``null``, ``true``/``false``, timestamps
 ``2025-06-02T09:30:00Z`` or ``datetime'2025-06-02T09:30:00'``; text compares
 case-insensitively, like SQL Server), ``$orderby`` (``ModifiedTime,Id``, ``Id desc``),
 ``$top`` (at most ``max_top``, 1000: more answers 400) and ``$skip``. Without ``$orderby``
 a list is in Id order; without ``$top`` it is complete.
+
+**Hostile modes** (a test switch, :data:`~ferryman.sandbox.HOSTILE_MODES`): ``ignore_paging``
+(with ``odata=True``: ``$top``/``$skip`` ignored), ``ignore_sort`` (lists newest first),
+``stub_create`` (201 with ``{"id": "12", "_url": ..., "type": ...}``, or ``<Ticket><Id>``
+in XML, and no ``Location``), ``error_in_200`` (a PUT answers 200 with
+``["Ticket 2: Status 'closed' isn't a valid status ..."]`` and changes nothing), and
+``hide_deleted`` (how the scaffold always behaves: hard deletes); plus the base's
+``garble_reads`` and ``garble_writes``.
 
 **Errors** are Web API's: ``{"Message": "..."}``, ``{"Message": "The request is invalid.",
 "ModelState": {"ticket.Title": ["..."]}}`` for a bad body; ``<Error><Message>`` in XML.
@@ -63,7 +77,7 @@ from aiohttp import web
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as defused_fromstring
 
-from ferryman.sandbox import ADMIN_PREFIX, DuplicateValue, Row, Simulator, Table, json_response
+from ferryman.sandbox import ADMIN_PREFIX, ALL_HOSTILE, DuplicateValue, Row, Simulator, Table, json_response
 from ferryman.timeutil import parse_datetime
 
 from ._schema import CUSTOMER, DEFAULT_NAMESPACE, ENTITIES, OPERATOR, PRIORITIES, SERVICE, TICKET, Entity, Kind
@@ -72,6 +86,7 @@ __all__ = ["AspnetHelpdeskSimulator"]
 
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 _NIL = f"{{{XSI}}}nil"
+_ARRAYS = "http://schemas.microsoft.com/2003/10/Serialization/Arrays"
 _RESOURCES = {e.resource.lower(): e for e in ENTITIES.values()}
 _OPS = ("eq", "ne", "gt", "ge", "lt", "le")
 _CLAUSE = re.compile(r"^\s*([A-Za-z_]\w*)\s+(eq|ne|gt|ge|lt|le)\s+(.+?)\s*$", re.IGNORECASE)
@@ -414,12 +429,20 @@ class AspnetHelpdeskSimulator(Simulator):
     name: ClassVar[str] = "aspnet_helpdesk"
     default_credentials: ClassVar[dict[str, str]] = {"api_key": "sandbox-key"}
     default_port: ClassVar[int] = 8801
+    # hide_deleted is how the scaffold always behaves (a hard delete: gone from lists, GET 404);
+    # the mode is accepted so the hostile kit proves the connector's get() answers None for it.
+    hostile_supported: ClassVar[frozenset[str]] = ALL_HOSTILE
 
-    def __init__(self, *, namespace: str = DEFAULT_NAMESPACE, max_top: int = 1000, **options: Any) -> None:
+    def __init__(
+        self, *, namespace: str = DEFAULT_NAMESPACE, max_top: int = 1000, odata: bool = False, **options: Any
+    ) -> None:
         if max_top < 1:
             raise ValueError("max_top must be at least 1")
         self.namespace = namespace
         self.max_top = max_top
+        #: whether list actions honour OData query options ([EnableQuery]); the real
+        #: scaffold does not, and silently ignores them
+        self.odata = odata
         #: every POST and PUT: method, resource, id, format and the DoNotSendEmail it carried
         self.writes: list[dict[str, Any]] = []
         #: the emails the helpdesk would have sent to customers
@@ -637,15 +660,20 @@ class AspnetHelpdeskSimulator(Simulator):
             if request.method == "PUT":
                 return await self.replace_entity(request, entity, id)
             if request.method == "DELETE":
-                if self.table(entity.resource).delete(id) is None:
+                # The scaffold's DeleteTicket: `db.Tickets.Remove(ticket); ... return Ok(ticket);`
+                row = self.table(entity.resource).get(id)
+                if row is None:
                     return self._missing(request, entity, id)
-                return web.Response(status=204)
+                gone = self.render(entity, row)
+                self.table(entity.resource).delete(id)
+                return self.answer(request, gone, entity=entity)
         except Invalid as exc:
             return self._invalid(request, exc)
         return self._not_allowed(request)
 
     def _missing(self, request: web.Request, entity: Entity, id: int) -> web.Response:
-        return self.error(request, 404, f"{entity.name} {id} was not found.")
+        # The scaffold's `return NotFound();`: a 404 with an empty body (verified).
+        return web.Response(status=404)
 
     def _invalid(self, request: web.Request, exc: Invalid) -> web.Response:
         extra = {"ModelState": exc.model_state} if exc.model_state else {}
@@ -653,9 +681,19 @@ class AspnetHelpdeskSimulator(Simulator):
 
     # -- reading lists ----------------------------------------------------------------------------
     def list_entities(self, request: web.Request, entity: Entity) -> web.Response:
-        query = Query(entity, request.query, self.max_top)
         table = self.table(entity.resource)
-        rendered = self._select(entity, table, query)
+        if not self.odata:
+            # The scaffold's `return db.Tickets;`: every query option is ignored, unread.
+            rendered = [self.render(entity, row) for row in table]
+        else:
+            query = Query(entity, request.query, self.max_top)
+            if self.is_hostile("ignore_paging"):
+                query.top, query.skip = None, 0
+            if self.is_hostile("ignore_sort"):
+                query.order = [("ModifiedTime", True), ("Id", True)]
+            rendered = self._select(entity, table, query)
+        if self.is_hostile("ignore_sort"):
+            rendered.sort(key=lambda r: (r["ModifiedTime"], r["Id"]), reverse=True)
         return self.answer(request, rendered, entity=entity)
 
     def _select(self, entity: Entity, table: Table, query: Query) -> list[dict[str, Any]]:
@@ -780,6 +818,13 @@ class AspnetHelpdeskSimulator(Simulator):
             if _closed(row):
                 self._email(row, "closed")
         location = f"{request.url.origin()}/api/{entity.resource}/{row['id']}"
+        if self.is_hostile("stub_create"):
+            # Hostile: the new id and little else (the shape seen from another helpdesk), no Location.
+            if _wants_xml(request):
+                stub = _xml_document(entity.name, f"<Id>{row['id']}</Id>", self.namespace)
+                return web.Response(body=stub, status=201, content_type="application/xml")
+            url = f"/api/{entity.resource}/{row['id']}"
+            return json_response({"id": str(row["id"]), "_url": url, "type": entity.name.lower()}, status=201)
         return self.answer(request, self.render(entity, row), entity=entity, status=201, Location=location)
 
     async def replace_entity(self, request: web.Request, entity: Entity, id: int) -> web.StreamResponse:
@@ -791,6 +836,13 @@ class AspnetHelpdeskSimulator(Simulator):
         quiet = self._log_write(request, entity, id, fmt, body)
         if body.get("Id") != id:
             raise Invalid(400, f"The Id in the URL ({id}) does not match the Id in the entity ({body.get('Id') or 0}).")
+        if self.is_hostile("error_in_200"):
+            # Hostile: the refusal inside a 200 (the shape seen from another helpdesk); nothing changes.
+            words = f"{entity.name} {id}: Status 'closed' isn't a valid status for this {entity.name.lower()}."
+            if _wants_xml(request):
+                refusal = f'<ArrayOfstring xmlns="{_ARRAYS}"><string>{escape(words)}</string></ArrayOfstring>'
+                return web.Response(body=refusal.encode(), status=200, content_type="application/xml")
+            return json_response([words])
         was_closed = _closed(current)
         # A full replacement: every property the PUT may change takes the body's value, and
         # one the body left out becomes null. A ticket's other properties are kept as they were.

@@ -23,7 +23,7 @@ from ferryman.errors import FatalError, MalformedResponseError, RecordRejected
 from ferryman.records import Contact, Ticket
 from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
-from ferryman.testing import ConnectorContract, ContractSetup, collect
+from ferryman.testing import ContractSetup, HostileContract, collect
 from ferryman.timeutil import utcnow
 from ferryman_connectors.aspnet_helpdesk import AspnetHelpdeskConnector, AspnetHelpdeskOptions
 from ferryman_connectors.aspnet_helpdesk._mapping import Refs, customer_changes, ticket_changes, ticket_status
@@ -57,20 +57,26 @@ def contact_sample(n: int) -> Contact:
     )
 
 
-class TestContract(ConnectorContract):
-    """The shared suite, in JSON and in XML."""
+class TestContract(HostileContract):
+    """The shared suite with the hostile server: the real (whole-list) helpdesk in JSON and in
+    XML, and a helpdesk with OData query options enabled, read with ``query: odata``."""
 
-    @pytest.fixture(params=["json", "xml"])
+    @pytest.fixture(params=["json", "xml", "odata"])
     def contract(self, request: pytest.FixtureRequest) -> ContractSetup:
-        fmt = request.param
+        fmt = "xml" if request.param == "xml" else "json"
+        odata = request.param == "odata"
+        extra = {"query": "odata"} if odata else {}
         return ContractSetup(
             connector="aspnet_helpdesk",
             simulator="aspnet_helpdesk",
-            options=lambda url: {"base_url": url, "api_key": KEY, "format": fmt},
-            bad_options=lambda url: {"base_url": url, "api_key": "not-the-key", "format": fmt},
+            options=lambda url: {"base_url": url, "api_key": KEY, "format": fmt, **extra},
+            bad_options=lambda url: {"base_url": url, "api_key": "not-the-key", "format": fmt, **extra},
             samples={"tickets": ticket_sample, "contacts": contact_sample},
             # A ticket's subject cannot change through the API; its description can.
             edits={"tickets": lambda r: r.model_copy(update={"description": f"{r.description} (edited)"})},
+            # A whole-list read is ONE request, and the kit's "5xx:0.3" phase draws once per
+            # request: seed 13's first draw is a 5xx (seed 7's is not), so the retry is exercised.
+            simulator_kwargs={"records": 30, "seed": 7, "odata": True} if odata else {"records": 30, "seed": 13},
         )
 
 
@@ -78,6 +84,13 @@ class TestContract(ConnectorContract):
 @pytest.fixture
 def sandbox() -> Iterator[SimulatorThread]:
     with SimulatorThread(AspnetHelpdeskSimulator(records=25, seed=3)) as thread:
+        yield thread
+
+
+@pytest.fixture
+def odata_sandbox() -> Iterator[SimulatorThread]:
+    """A helpdesk whose list actions have OData query options enabled ([EnableQuery])."""
+    with SimulatorThread(AspnetHelpdeskSimulator(records=25, seed=3, odata=True)) as thread:
         yield thread
 
 
@@ -338,8 +351,9 @@ async def test_json_and_xml_read_the_same_records(sandbox: SimulatorThread) -> N
         assert results[0] == results[1], stream
 
 
-async def test_whole_list_reads_match_odata_reads_and_honour_the_cursor(sandbox: SimulatorThread) -> None:
-    """``query: none`` for a helpdesk without OData: one GET, filtered and ordered here."""
+async def test_whole_list_reads_match_odata_reads_and_honour_the_cursor(odata_sandbox: SimulatorThread) -> None:
+    """``query: none`` (the default): one GET, filtered and ordered here; the same records as OData pages."""
+    sandbox = odata_sandbox
     for stream in ("tickets", "contacts"):
         got = {}
         for query in ("odata", "none"):
@@ -492,6 +506,8 @@ class SpoilPage(httpx.AsyncBaseTransport):
         if request.url.path != "/api/Tickets" or request.method != "GET":
             return response
         query = str(request.url.query)
+        if "orderby" not in query:
+            return response  # the $top=1 probe, not a page
         if query not in self.queries:
             self.queries.append(query)
         if self.page is None or self.queries.index(query) != self.page - 1:
@@ -504,8 +520,9 @@ class SpoilPage(httpx.AsyncBaseTransport):
 
 
 async def test_a_broken_page_fails_the_run_without_moving_the_cursor_past_it(
-    tmp_path: Path, default_state_url: str, sandbox: SimulatorThread
+    tmp_path: Path, default_state_url: str, odata_sandbox: SimulatorThread
 ) -> None:
+    sandbox = odata_sandbox  # pages: a helpdesk with OData enabled, read with query: odata
     doc = {
         "state": {"url": default_state_url},
         "systems": {
@@ -514,6 +531,7 @@ async def test_a_broken_page_fails_the_run_without_moving_the_cursor_past_it(
                 "base_url": sandbox.url,
                 "api_key": "${HELPDESK_KEY}",
                 "format": "xml",
+                "query": "odata",
                 "max_retries": 1,
                 "backoff_base": 0.01,
             },
@@ -610,3 +628,9 @@ def test_a_naive_time_in_extra_is_refused_rather_than_guessed() -> None:
     record = Ticket(key="x", updated_at=T0, extra={"NextUpdateTime": "2025-06-03 10:00"})
     with pytest.raises(ValueError, match=r"extra\.NextUpdateTime: .*no timezone"):
         ticket_changes(native_ticket(), record, Refs(), empty_clears=False, now=T0)
+
+
+def test_streams_declare_timestamp_precision_and_hidden_deletes() -> None:
+    streams = AspnetHelpdeskConnector.describe()
+    assert {info.precision for info in streams.values()} == {timedelta(milliseconds=10)}
+    assert {name for name, info in streams.items() if info.hides_deleted} == {"tickets", "contacts"}
