@@ -14,28 +14,39 @@ HTTP    Clevertim means                        Ferryman does
 500     the JSON could not be parsed           a read is retried; a write is dead-lettered
                                                (the same body would fail again)
 501     the operation is not supported         the run stops: "not supported", no retry
+200     ``"status": "ERROR"`` inside a 200     a read is retried as malformed; a write is
+                                               dead-lettered with Clevertim's words
 ======  =====================================  =========================================
 
-Pagination and an incremental filter are not documented. By default this connector
-asks for ``?page=N&limit=M&modified_since=<ISO 8601 UTC>`` and expects the list in
-``(lm, id)`` order, which is what ``ferryman sandbox clevertim`` serves; every name is
-configurable, and ``server_filter: false`` reads whole lists and filters and orders them
-here for an API that ignores the filter.
+Clevertim "reads one entry or all entries": a list has **no paging and no modified-since
+filter**, and paging parameters are ignored (a client paging until a short page loops for
+ever). So by default every read is one ``GET`` of the whole list, filtered by the cursor
+and ordered here (:func:`ferryman.sdk.readloop.whole_list_pages`, comparing ``lm`` through
+:mod:`ferryman.cursor`), and ``find()`` is one ``GET`` compared here. ``paging: true``
+keeps the old assumed convention (``?page=N&limit=M&modified_since=<ISO 8601 UTC>`` in
+``(lm, id)`` order) for a server that really has it; it reads through
+:func:`~ferryman.sdk.readloop.keyset_read`, whose guards stop a server that ignores it.
+
+Writes are verified: Clevertim's PUT answers only ``id`` (and ``lc``), so an answer that
+is not the whole entity is read back with ``GET /{kind}/{id}``; a 2xx is never a rejection,
+an ``{"status": "ERROR"}`` inside a 200 always is.
 
 Field mapping (full tables in README.md)::
 
-    person   id / fn / ln / title / companyId / email[0] / phones[work] / phones[mobile] /
+    person   id / fn / ln / title / companyId / email[0] / phones[Work] / phones[Mobile] /
              address / city / postcode / country / ao / lm
           -> key / first_name / last_name / title / organisation_key / email / phone / mobile /
              street / city / postcode / country / created_at / updated_at
-    company  id / cn / websites[0] / phones[work] / address / city / postcode / country / ao / lm
+    company  id / cn / website[0] / phones[Work] / address / city / postcode / country / ao / lm
           -> key / name / website / phone / street / city / postcode / country / created_at / updated_at
     case     id / name / description / leadUser / cust / ao / lm
           -> key / subject / description / assignee / requester_key / created_at / updated_at
 
-Everything else (the other emails and phones, ``ctype``, ``cf``, ``tags``...) is kept in
-``extra`` on read and preserved on write: an update reads the entity, changes the mapped
-fields and writes the whole entity back, because Clevertim's PUT replaces it.
+Everything else (the other emails and phones, ``website``, ``smids``, ``region``, ``ctype``,
+``cf`` keyed by custom-field id, ``tags``, ``gid``, ``lc``...) is kept in ``extra`` on read
+and preserved on write: an update reads the entity, changes the mapped fields and writes
+the whole entity back, because Clevertim's PUT replaces it. An entity without ``lm`` gets
+``updated_at`` 1970-01-01 and is read on every run (fingerprints skip it when unchanged).
 """
 
 from __future__ import annotations
@@ -43,14 +54,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from pydantic import Field, field_validator
 
-from ferryman.api import ApiConnector, keyset_pages, sort_natural, to_record
+from ferryman.api import ApiConnector, to_record
 from ferryman.config import Secret
 from ferryman.connector import Capability, Cursor, Page, Reject, StreamInfo
+from ferryman.cursor import SECOND, is_older
 from ferryman.errors import (
     FatalError,
     MalformedResponseError,
@@ -62,19 +74,34 @@ from ferryman.errors import (
 from ferryman.http import Basic, HttpOptions, RateLimitOptions
 from ferryman.http.codecs import excerpt, loads_json
 from ferryman.records import Contact, Organisation, Record, Ticket
-from ferryman.timeutil import format_utc
+from ferryman.sdk.readloop import Fetched, PageGuard, keyset_read, whole_list_pages
+from ferryman.timeutil import format_utc, parse_datetime
 
-from ._mapping import case_fields, company_fields, contact_fields, merge_case, merge_company, merge_contact
+from ._mapping import (
+    case_fields,
+    company_fields,
+    contact_fields,
+    merge_case,
+    merge_company,
+    merge_contact,
+    undated,
+)
 
 __all__ = ["ClevertimConnector", "ClevertimOptions"]
 
 _ALL = frozenset(Capability)
 _NO_FIND = _ALL - {Capability.FIND}
 
+
+def _info(name: str, record_type: type[Record], capabilities: frozenset[Capability], **more: Any) -> StreamInfo:
+    # lm has whole seconds; a deleted entity is gone from the list (GET answers 404).
+    return StreamInfo(name, record_type, capabilities, precision=SECOND, hides_deleted=True, **more)
+
+
 STREAMS: dict[str, StreamInfo] = {
-    "contacts": StreamInfo("contacts", Contact, _ALL, natural_key="email", description="people"),
-    "organisations": StreamInfo("organisations", Organisation, _ALL, natural_key="name", description="companies"),
-    "tickets": StreamInfo("tickets", Ticket, _NO_FIND, description="cases"),
+    "contacts": _info("contacts", Contact, _ALL, natural_key="email", description="people"),
+    "organisations": _info("organisations", Organisation, _ALL, natural_key="name", description="companies"),
+    "tickets": _info("tickets", Ticket, _NO_FIND, description="cases"),
 }
 _KIND = {"contacts": "contact", "organisations": "company", "tickets": "case"}
 _FIELDS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
@@ -94,15 +121,24 @@ class ClevertimOptions(HttpOptions):
         RateLimitOptions(requests=120, per=60), description="Clevertim documents no limit: stay polite"
     )
     paths: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_PATHS))
-    page_param: str = Field("page", min_length=1, description="page number parameter (pages count from 1)")
-    limit_param: str = Field("limit", min_length=1, description="page size parameter")
-    max_page_size: int = Field(500, ge=1, le=100_000)
-    since_param: str = Field("modified_since", min_length=1, description="incremental filter on lm (ISO 8601 UTC)")
-    server_filter: bool = Field(
-        True, description="the API filters by since_param and orders by (lm, id); false: read all, filter here"
+    paging: bool = Field(
+        False,
+        description="false (Clevertim as it is): one GET of the whole list, filtered and ordered here; true: an "
+        "assumed server that pages (page_param, limit_param), filters by since_param and orders by (lm, id)",
     )
-    email_param: str | None = Field("email", description="list filter for find() by email; null: scan the list")
-    name_param: str | None = Field("cn", description="list filter for find() of companies by name; null: scan")
+    page_param: str = Field("page", min_length=1, description="with paging: page number parameter (from 1)")
+    limit_param: str = Field("limit", min_length=1, description="with paging: page size parameter")
+    max_page_size: int = Field(500, ge=1, le=100_000, description="with paging: the largest page size")
+    since_param: str = Field(
+        "modified_since", min_length=1, description="with paging: incremental filter on lm (ISO 8601 UTC)"
+    )
+    server_filter: bool | None = Field(None, description="deprecated, ignored: Clevertim has no filter (see paging)")
+    email_param: str | None = Field(
+        None, description="a list filter find() sends with the contact's email (compared here all the same)"
+    )
+    name_param: str | None = Field(
+        None, description="a list filter find() sends with the company's name (compared here all the same)"
+    )
 
     @field_validator("paths")
     @classmethod
@@ -118,7 +154,7 @@ class ClevertimConnector(ApiConnector):
 
     kind = "clevertim"
     Options = ClevertimOptions
-    summary = "Clevertim CRM: contacts, companies, cases (token auth, status/content envelope)"
+    summary = "Clevertim CRM: contacts, companies, cases (token auth, status/content envelope, unpaged lists)"
 
     options: ClevertimOptions
 
@@ -171,7 +207,8 @@ class ClevertimConnector(ApiConnector):
             )
 
     async def check(self) -> None:
-        await self._get_list("contacts", {self.options.limit_param: 1})
+        # Without paging there is no cheap list request: the check reads the whole list once.
+        await self._get_list("contacts", {self.options.limit_param: 1} if self.options.paging else {})
 
     # -- plumbing --------------------------------------------------------------------------------
     def _path(self, stream: str, key: str | None = None) -> str:
@@ -238,63 +275,64 @@ class ClevertimConnector(ApiConnector):
         # /contact may list companies too (they are contacts with is_company); they are organisations here.
         return not (stream == "contacts" and isinstance(item, Mapping) and item.get("is_company") is True)
 
-    # -- reading --------------------------------------------------------------------------------
-    def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
-        self.stream(stream)
-        limit = max(1, min(page_size, self.options.max_page_size))
-        if self.options.server_filter:
-            return self._read_keyset(stream, since, limit)
-        return self._read_all(stream, since, limit)
-
-    async def _fetch(
-        self, stream: str, updated_since: datetime | None, page: int, limit: int, rejected: set[str]
-    ) -> tuple[list[Record], list[Reject], bool]:
-        params: dict[str, Any] = {self.options.page_param: page, self.options.limit_param: limit}
-        if updated_since is not None:
-            # Whole seconds, floored: lm has no fractions and the filter is inclusive.
-            params[self.options.since_param] = format_utc(updated_since.replace(microsecond=0))
-        items = await self._get_list(stream, params)
+    def _map_items(self, stream: str, items: list[Any]) -> tuple[list[Record], list[Reject], list[Record]]:
+        """Records (dated), rejects, and records without ``lm``, in the server's order."""
         records: list[Record] = []
         rejects: list[Reject] = []
+        timeless: list[Record] = []
         for item in items:
             if not self._belongs(stream, item):
                 continue
             result = self._to_record(stream, item)
             if isinstance(result, Reject):
-                if (result.key or result.ref) not in rejected:
-                    rejected.add(result.key or result.ref)
-                    rejects.append(result)
+                rejects.append(result)
+            elif undated(item):
+                timeless.append(result)
             else:
                 records.append(result)
-        return sort_natural(records), rejects, len(items) >= limit
+        return records, rejects, timeless
 
-    async def _read_keyset(self, stream: str, since: Cursor | None, limit: int) -> AsyncIterator[Page]:
-        rejected: set[str] = set()
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
+        self.stream(stream)
+        if self.options.paging:
+            return self._read_paged(stream, since, max(1, min(page_size, self.options.max_page_size)))
+        return self._read_whole(stream, since, page_size)
 
-        async def fetch(updated_since: datetime | None, page: int) -> tuple[list[Record], list[Reject], bool]:
-            return await self._fetch(stream, updated_since, page, limit, rejected)
-
-        async for page in keyset_pages(fetch, since):
+    async def _read_whole(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
+        """Clevertim as it is: one request answers every entity; the cursor filters here."""
+        items = await self._get_list(stream, {})
+        records, rejects, timeless = self._map_items(stream, items)
+        # A reject whose lm is before the cursor was reported when it was new.
+        fresh_rejects = [r for r in rejects if not is_older(_raw_stamp(r.raw), since)]
+        # Entities without lm cannot be placed in time: every read delivers them (their
+        # updated_at sorts first) and fingerprints skip the unchanged ones.
+        for page in whole_list_pages(timeless, [], None, page_size):
+            yield page
+        for page in whole_list_pages(records, fresh_rejects, since, page_size):
             yield page
 
-    async def _read_all(self, stream: str, since: Cursor | None, limit: int) -> AsyncIterator[Page]:
-        """For an API without the filter: read every page, then filter and order here."""
+    async def _read_paged(self, stream: str, since: Cursor | None, limit: int) -> AsyncIterator[Page]:
+        """The assumed ``paging: true`` convention, through the guarded keyset loop."""
         rejected: set[str] = set()
-        records: list[Record] = []
-        rejects: list[Reject] = []
-        page = 1
-        while True:
-            got, bad, more = await self._fetch(stream, None, page, limit, rejected)
-            records.extend(got)
-            rejects.extend(bad)
-            if not more:
-                break
-            page += 1
-        wanted = sort_natural([r for r in records if since is None or Cursor.of(r) >= since])
-        if rejects:
-            yield Page([], rejects)
-        for start in range(0, len(wanted), limit):
-            yield Page(wanted[start : start + limit])
+
+        async def fetch(updated_since: datetime | None, page: int) -> Fetched:
+            params: dict[str, Any] = {self.options.page_param: page, self.options.limit_param: limit}
+            if updated_since is not None:
+                params[self.options.since_param] = format_utc(updated_since)
+            items = await self._get_list(stream, params)
+            records, rejects, timeless = self._map_items(stream, items)
+            fresh = []
+            for reject in rejects:
+                if (reject.key or reject.ref) not in rejected:
+                    rejected.add(reject.key or reject.ref)
+                    fresh.append(reject)
+            where = f"GET {self._path(stream)}?{urlencode(params)}"
+            # Never sorted here: the loop verifies the server's order instead of hiding it.
+            return Fetched(timeless + records, fresh, len(items) >= limit, where)
+
+        async for page in keyset_read(fetch, since, system=self.name, stream=stream, granularity=SECOND):
+            yield page
 
     async def get(self, stream: str, key: str) -> Record | None:
         self.stream(stream)
@@ -311,19 +349,27 @@ class ClevertimConnector(ApiConnector):
         if not wanted:
             return None
         target = wanted.strip().lower()
+        filters = {param: wanted} if param else {}
+        if not self.options.paging:
+            # One request: Clevertim answers the whole list whatever the parameters say.
+            return self._match(stream, await self._get_list(stream, filters), target)
         limit = self.options.max_page_size
+        guard = PageGuard(system=self.name, stream=stream)
         page = 1
         while True:
-            params: dict[str, Any] = {self.options.page_param: page, self.options.limit_param: limit}
-            if param:
-                params[param] = wanted
+            params: dict[str, Any] = {self.options.page_param: page, self.options.limit_param: limit, **filters}
             items = await self._get_list(stream, params)
-            for item in items:
-                if self._belongs(stream, item) and _natural_value(stream, item) == target:
-                    return self._record(stream, item)
-            if len(items) < limit:
-                return None
+            guard.fetched(_ids(items), f"GET {self._path(stream)}?{urlencode(params)}")
+            found = self._match(stream, items, target)
+            if found is not None or len(items) < limit:
+                return found
             page += 1
+
+    def _match(self, stream: str, items: list[Any], target: str) -> Record | None:
+        for item in items:
+            if self._belongs(stream, item) and _natural_value(stream, item) == target:
+                return self._record(stream, item)
+        return None
 
     # -- writing ----------------------------------------------------------------------------------
     def _body(self, stream: str, record: Record, current: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -335,17 +381,53 @@ class ClevertimConnector(ApiConnector):
             return merge_case(record, current)
         raise NotSupportedError(f"cannot write {type(record).__name__} records to {stream}", system=self.name)
 
-    async def _write(self, method: str, path: str, body: dict[str, Any]) -> Record | None:
+    async def _write(self, method: str, path: str, body: dict[str, Any]) -> Any:
         _, content = await self.http.request_decoded(method, path, json=body, decode=self._content)
         return None if not content else content[0]
+
+    async def _written(self, stream: str, item: Any, body: Mapping[str, Any], where: str, key: str | None) -> Record:
+        """The record a 2xx write answered: its body when that is the whole entity, else read back.
+
+        Clevertim's PUT answers only ``{"id", "lc"}`` (a case: ``{"id"}``); a 2xx is never a
+        rejection, so whatever it answered, the entity is what ``GET /{kind}/{id}`` says now.
+        """
+        kind = _KIND[stream]
+        if isinstance(item, Mapping):
+            if not undated(item) and any(name in item for name in body):
+                result = self._to_record(stream, item)
+                if not isinstance(result, Reject):
+                    return result
+            raw_id = item.get("id")
+            if raw_id not in (None, ""):
+                key = str(raw_id)
+        if key is not None:
+            current = await self._get_native(stream, key)
+            if current is not None:
+                result = self._to_record(stream, current)
+                if isinstance(result, Reject):
+                    raise MalformedResponseError(
+                        f"{where} succeeded, but {kind} {key} reads back unusable: {result.reason}", system=self.name
+                    )
+                return result
+            raise MalformedResponseError(
+                f"{where} succeeded, but {kind} {key} cannot be read back (404)", system=self.name
+            )
+        raise MalformedResponseError(
+            f"{where} succeeded without saying which {kind} it wrote: {excerpt(repr(item).encode())}",
+            system=self.name,
+        )
 
     async def create(self, stream: str, record: Record) -> Record:
         self.stream(stream)
         body = self._body(stream, record, None)
-        item = await self._write("POST", self._path(stream), body)
-        if item is None:
-            raise MalformedResponseError(f"POST {self._path(stream)} answered no new {_KIND[stream]}", system=self.name)
-        return self._record(stream, item)
+        path = self._path(stream)
+        item = await self._write("POST", path, body)
+        if not (isinstance(item, Mapping) and item.get("id") not in (None, "")) and stream != "tickets":
+            # No id in a 2xx: the entity exists; its natural key finds it.
+            found = await self.find(stream, record)
+            if found is not None:
+                return found
+        return await self._written(stream, item, body, f"POST {path}", None)
 
     async def update(self, stream: str, key: str, record: Record) -> Record:
         self.stream(stream)
@@ -356,13 +438,9 @@ class ClevertimConnector(ApiConnector):
                 f"{kind} {key} does not exist in Clevertim", system=self.name, status=404, ref=f"{kind} {key}"
             )
         body = self._body(stream, record, current)
-        item = await self._write("PUT", self._path(stream, key), body)
-        if item is None:  # an OK without content: read what was stored
-            stored = await self.get(stream, key)
-            if stored is None:
-                raise MalformedResponseError(f"{kind} {key} vanished after an update", system=self.name)
-            return stored
-        return self._record(stream, item)
+        path = self._path(stream, key)
+        item = await self._write("PUT", path, body)
+        return await self._written(stream, item, body, f"PUT {path}", key)
 
     async def delete(self, stream: str, key: str) -> None:
         self.stream(stream)
@@ -380,6 +458,20 @@ def _natural_value(stream: str, item: Any) -> str | None:
         return str(first).strip().lower() if first else None
     name = item.get("cn")
     return str(name).strip().lower() if name else None
+
+
+def _ids(items: list[Any]) -> tuple[Any, ...]:
+    return tuple(item.get("id") if isinstance(item, Mapping) else None for item in items)
+
+
+def _raw_stamp(raw: Any) -> datetime | None:
+    """The ``lm`` of an entity that could not become a record, when it can be read at all."""
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return parse_datetime(str(raw.get("lm") or ""))
+    except ValueError:
+        return None
 
 
 def _envelope_error(response: httpx.Response) -> str | None:

@@ -1,18 +1,23 @@
 """Clevertim native entities <-> canonical records: pure functions, no I/O.
 
 Clevertim keeps several emails and typed phones per contact. Ferryman maps one of each
-(the first email, the first ``work`` and ``mobile`` phone) and must never lose the rest,
+(the first email, the first ``Work`` and ``Mobile`` phone: Clevertim's phone types are
+capitalised) and must never lose the rest (``website``, ``smids``, ``region``, ``cf`` keyed
+by custom-field id, ``ctype``, ``gid``, ``lc``...),
 so writes are built *on top of* the entity as Clevertim holds it (:func:`merge_contact`
 and friends take the current entity and change only what the canonical record says).
 A canonical field that is empty leaves Clevertim's value alone: a blank never erases.
 
 Timestamps ``ao`` (added on) and ``lm`` (last modified) are ISO 8601 UTC
-(``2017-01-02T08:22:12Z``); one without an offset is refused rather than guessed.
+(``2017-01-02T08:22:12Z``); one without an offset is refused rather than guessed. An
+entity without ``lm`` reads as :data:`UNDATED`; ``lc`` is *last contacted*, not a
+modification time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from ferryman.errors import RecordRejected, ValidationFailed
@@ -21,17 +26,24 @@ from ferryman.timeutil import parse_datetime
 
 __all__ = [
     "READ_ONLY",
+    "UNDATED",
     "case_fields",
     "company_fields",
     "contact_fields",
     "merge_case",
     "merge_company",
     "merge_contact",
+    "undated",
 ]
 
 #: Fields Clevertim sets itself; never sent back.
 READ_ONLY = frozenset({"id", "ao", "lm", "is_company"})
-PHONE_TYPES = {"phone": "work", "mobile": "mobile"}
+#: Clevertim's phone types are capitalised (its own client refuses others): ``Work``,
+#: ``Home``, ``Mobile``, ``Fax``, ``Pager``; Ferryman maps the first two it writes
+WORK, MOBILE = "Work", "Mobile"
+#: ``updated_at`` of an entity without ``lm`` (the vendor's example payloads have none):
+#: it sorts before everything, and the connector reads it on every run (see ``undated``)
+UNDATED = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _text(value: Any) -> str | None:
@@ -57,6 +69,17 @@ def _stamp(item: Mapping[str, Any], name: str, *, required: bool) -> Any:
         return parse_datetime(text)
     except ValueError as exc:
         raise ValidationFailed(f"{name}: {exc}") from None
+
+
+def _updated(item: Mapping[str, Any]) -> datetime:
+    """``lm``; :data:`UNDATED` when the entity carries none (never ``lc``: last *contacted*)."""
+    stamp = _stamp(item, "lm", required=False)
+    return UNDATED if stamp is None else stamp
+
+
+def undated(item: Mapping[str, Any]) -> bool:
+    """Whether an entity carries no ``lm``: a read cannot place it in time."""
+    return _text(item.get("lm")) is None
 
 
 def _list(item: Mapping[str, Any], name: str) -> list[Any]:
@@ -86,9 +109,9 @@ def phones(item: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def phone_of(entries: list[dict[str, Any]], kind: str) -> str | None:
-    """The number of the first phone of ``kind`` (``work``, ``mobile``), case-insensitively."""
+    """The number of the first phone of ``kind`` (``Work``, ``Mobile``), case-insensitively."""
     for entry in entries:
-        if str(entry.get("type") or "").strip().lower() == kind:
+        if str(entry.get("type") or "").strip().lower() == kind.lower():
             return _text(entry.get("no"))
     return None
 
@@ -114,14 +137,14 @@ def contact_fields(item: Mapping[str, Any]) -> dict[str, Any]:
     addresses = emails(item)
     return {
         "key": key,
-        "updated_at": _stamp(item, "lm", required=True),
+        "updated_at": _updated(item),
         "created_at": _stamp(item, "ao", required=False),
         "email": addresses[0] if addresses else None,
         "first_name": _text(item.get("fn")),
         "last_name": _text(item.get("ln")),
         "title": _text(item.get("title")),
-        "phone": phone_of(entries, "work"),
-        "mobile": phone_of(entries, "mobile"),
+        "phone": phone_of(entries, WORK),
+        "mobile": phone_of(entries, MOBILE),
         "organisation_key": _ref(item.get("companyId")),
         "street": _text(item.get("address")),
         "city": _text(item.get("city")),
@@ -136,14 +159,14 @@ def company_fields(item: Mapping[str, Any]) -> dict[str, Any]:
     key = _text(item.get("id"))
     if key is None:
         raise ValidationFailed("id: missing")
-    websites = [w for w in _list(item, "websites") if _text(w)]
+    websites = [w for w in _list(item, "website") if _text(w)]
     return {
         "key": key,
-        "updated_at": _stamp(item, "lm", required=True),
+        "updated_at": _updated(item),
         "created_at": _stamp(item, "ao", required=False),
         "name": _text(item.get("cn")),
         "website": _text(websites[0]) if websites else None,
-        "phone": phone_of(phones(item), "work"),
+        "phone": phone_of(phones(item), WORK),
         "street": _text(item.get("address")),
         "city": _text(item.get("city")),
         "postcode": _text(item.get("postcode")),
@@ -159,7 +182,7 @@ def case_fields(item: Mapping[str, Any]) -> dict[str, Any]:
         raise ValidationFailed("id: missing")
     return {
         "key": key,
-        "updated_at": _stamp(item, "lm", required=True),
+        "updated_at": _updated(item),
         "created_at": _stamp(item, "ao", required=False),
         "subject": _text(item.get("name")),
         "description": _text(item.get("description")),
@@ -201,7 +224,7 @@ def with_phone(current: list[dict[str, Any]], kind: str, number: str | None) -> 
         return current
     out = [dict(p) for p in current]
     for entry in out:
-        if str(entry.get("type") or "").strip().lower() == kind:
+        if str(entry.get("type") or "").strip().lower() == kind.lower():
             entry["no"] = number
             return out
     out.append({"type": kind, "no": number})
@@ -225,7 +248,7 @@ def merge_contact(record: Contact, current: Mapping[str, Any] | None) -> dict[st
     _set(body, "postcode", record.postcode)
     _set(body, "country", record.country)
     addresses = with_primary_email(emails(body), record.email)
-    entries = with_phone(with_phone(phones(body), "work", record.phone), "mobile", record.mobile)
+    entries = with_phone(with_phone(phones(body), WORK, record.phone), MOBILE, record.mobile)
     if addresses or "email" in body:
         body["email"] = addresses
     if entries or "phones" in body:
@@ -242,9 +265,9 @@ def merge_company(record: Organisation, current: Mapping[str, Any] | None) -> di
     _set(body, "postcode", record.postcode)
     _set(body, "country", record.country)
     if record.website is not None:
-        websites = [w for w in _list(body, "websites") if _text(w)]
-        body["websites"] = [record.website, *[w for w in websites[1:] if w != record.website]]
-    entries = with_phone(phones(body), "work", record.phone)
+        websites = [w for w in _list(body, "website") if _text(w)]
+        body["website"] = [record.website, *[w for w in websites[1:] if w != record.website]]
+    entries = with_phone(phones(body), WORK, record.phone)
     if entries or "phones" in body:
         body["phones"] = entries
     return body

@@ -53,6 +53,11 @@ def api(url: str, path: str, **params: Any) -> Any:
     return body["content"]
 
 
+def with_email(people: list[Any], email: str) -> list[Any]:
+    """Clevertim's list has no filter: the people carrying ``email``, picked here."""
+    return [p for p in people if email in p["email"]]
+
+
 def sync(config: Path, pipeline: str) -> subprocess.CompletedProcess[str]:
     return run_cli("--config", str(config), "sync", pipeline, "--no-progress", env=ENV)
 
@@ -71,9 +76,11 @@ def test_clevertim_contacts_to_csv_retry_500s_on_reads_and_keep_every_email_and_
         assert result.returncode == 0, result.stdout + result.stderr
         assert "read 30, created 30" in result.stdout and "dead_lettered 0" in result.stdout
         stats = httpx.get(url + "/__sandbox/stats").json()
-        people = {str(p["id"]): p for p in api(url, "/contact", limit=100)}
+        people = {str(p["id"]): p for p in api(url, "/contact")}
 
-    assert stats["by_status"].get("500", 0) >= 3, stats["by_status"]  # Clevertim's 500s were met, and retried
+    # Clevertim answers the whole list at once (no paging): the read is one request that
+    # succeeded once, after Clevertim's 500s were met and retried.
+    assert stats["by_status"].get("500", 0) >= 1 and stats["by_status"].get("200") == 1, stats["by_status"]
     contacts = csv_rows(tmp_path / "out" / "contacts.csv")
     assert len(contacts) == 30
     for row in contacts:
@@ -109,11 +116,11 @@ def test_csv_to_clevertim_dead_letters_a_400_and_stops_on_a_501(tmp_path: Path, 
         letters = run_cli("--config", str(config), "dlq", "list", env=ENV).stdout
         assert "c2" in letters and "invalid email address 'not-an-email'" in letters
 
-        [lena] = api(url, "/contact", email="lena.berg@example.com")
+        [lena] = with_email(api(url, "/contact"), "lena.berg@example.com")
         assert (lena["fn"], lena["ln"], lena["city"]) == ("Lena", "Berg", "Stockholm")
-        assert lena["phones"] == [{"type": "work", "no": "+46 8 123 456"}]
-        [omar] = api(url, "/contact", email="omar.haddad@example.com")
-        assert omar["phones"] == [{"type": "mobile", "no": "+44 7700 900123"}]
+        assert lena["phones"] == [{"type": "Work", "no": "+46 8 123 456"}]
+        [omar] = with_email(api(url, "/contact"), "omar.haddad@example.com")
+        assert omar["phones"] == [{"type": "Mobile", "no": "+44 7700 900123"}]
 
         httpx.post(url + "/__sandbox/unsupported", json={"operations": ["POST /contact"]}).raise_for_status()
         with (files / "contacts.csv").open("a") as fh:
