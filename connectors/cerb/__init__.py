@@ -1,4 +1,4 @@
-"""Cerb, the open-source helpdesk: tickets, contacts and organisations through its records API.
+r"""Cerb, the open-source helpdesk: tickets, contacts and organisations through its records API.
 
 Streams (each reads, reads incrementally, creates, updates, deletes and finds)::
 
@@ -11,9 +11,28 @@ Paths are Cerb's ``/rest/records/{type}/...`` with ``.json``: ``GET {id}.json``,
 1 records), ``DELETE {id}.json``; bodies are form-encoded ``fields[subject]=...``.
 
 Reading searches ``GET search.json?q=updated:"<from> to now" sort:updated&page=N&limit=M``
-(``<from>`` ISO 8601 with ``Z``; limit at most 500) through
-:func:`ferryman.api.keyset_pages`, which restarts the search from the newest timestamp
-seen instead of paging deep into a result set that moves while it is read.
+(``<from>`` ISO 8601 with ``Z``; limit at most 500; contacts add ``expand=email_address``,
+without which Cerb leaves their email out) through the one read loop,
+:func:`ferryman.sdk.readloop.keyset_read`: it restarts the search from the newest timestamp
+seen instead of paging deep into a result set that moves while it is read, and verifies
+what Cerb says instead of believing it. Records are handed over in Cerb's order, never
+sorted here: Cerb sorts by ``updated`` only (ties in any order, which the loop tolerates),
+and a search that silently dropped our sort (Cerb ignores what it does not understand)
+stops the read with OrderViolation instead of losing records. Whether another page follows
+is computed from ``total``/``count`` (Cerb 7 sends no ``limit``), because a page past the
+end repeats the last page; the loop's repeat guard catches it if that ever fails.
+
+**Verified writes.** A 2xx answer is never a rejection: when its body is not the whole
+record (a stub with the id, a contact without its expanded email), the record is read back
+with ``GET {id}.json`` (or found by its natural key). Every ticket PUT carries
+``fields[updated]=<now>``: Cerb does not move a ticket's ``updated`` on a records-API PUT,
+and an edit nobody's incremental read can see is an edit lost.
+
+**Queries.** Inside ``"..."`` Cerb knows no escapes and ``*`` is a wildcard, so a lookup
+never sends ``"``, ``\`` or ``*`` as text: they become ``*`` and the answers are compared
+exactly here. Contacts are looked up with ``email:(email:"...")``, Cerb's exact address
+filter; ``email:"..."`` is a full-text phrase (``doe@acme.example`` matches
+``john.doe@acme.example``) that also misses addresses the indexer has not seen yet.
 
 **Errors inside HTTP 200.** Cerb answers most failures with status 200 and
 ``{"__status": "error", "__error": "ERROR_...", "message": "..."}``. :meth:`CerbConnector.response_hook`
@@ -28,20 +47,23 @@ verbatim (secrets redacted):
 ``ERROR_SEARCH_FILTERS_INVALID``
 ``ERROR_NOT_FOUND``               delete: done (it is gone);       get: ``None``; search: FatalError (unknown
                                   update, upsert: RecordRejected   record type)
-``ERROR_PERMISSIONS``, "Access    AuthError: the run stops, the cursor stays
-denied!" without a code, 401/403
+``ERROR_PERMISSIONS``, an error    AuthError: the run stops, the cursor stays
+without ``__error`` (a token
+lacking the scope), 401/403
 ``ERROR_NOT_IMPLEMENTED``         NotSupportedError: the run stops, not retried
 ``ERROR`` or anything else        RetriableError: retried with backoff where the request is idempotent
                                   (GET, PUT, DELETE, upsert); otherwise the run fails and the next one retries
 ================================  ===============================  ===========================================
 
 **Idempotent creates.** With ``upsert_creates`` (the default) a contact with an email, or
-an org with a name, is created through ``PATCH upsert.json`` with ``query=email:"..."`` /
-``query=name:"..."``: if a create was interrupted after Cerb stored the record, doing it
+an org with a name, is created through ``PATCH upsert.json`` with
+``query=email:(email:"...")`` / ``query=name:"..."``: if a create was interrupted after Cerb stored the record, doing it
 again updates that record instead of making a twin, so the HTTP layer may retry it after
-a timeout or a 5xx like a PUT. Tickets have no natural key Cerb can enforce, so they are
-created with ``POST create.json`` and the engine's intents reconcile them through
-:meth:`CerbConnector.find` (subject and creation second).
+a timeout or a 5xx like a PUT. A natural key the query language cannot say exactly (it
+holds ``"``, ``\`` or ``*``) is looked up first instead, then updated or created.
+Tickets have no natural key Cerb can enforce, so they are created with ``POST create.json``
+and the engine's intents reconcile them through :meth:`CerbConnector.find` (subject and
+creation second).
 
 Auth: ``auth: bearer`` (default) sends ``Authorization: Bearer <token>`` (an OAuth2
 access token); ``auth: cerb_auth`` signs each request with the legacy ``Cerb-Auth``
@@ -55,16 +77,19 @@ both directions' rules; unlisted native keys go to ``extra``; epoch seconds <-> 
              status deleted<->deleted=true  importance 0-100<->priority low/normal/high/urgent
              (25/50/75/100; exact value in extra.importance)  owner_id<->assignee
              org_id<->organisation_key  created<->created_at  updated->updated_at
-             closed<->closed_at  group_id, bucket_id, mask, url -> extra
-             (group_id/bucket_id written on create from extra or the defaults)
-    contact  id<->key  first_name, last_name, email, title, phone, mobile<->same
-             org_id<->organisation_key  created_at<->created_at  updated_at->updated_at
+             closed (closed_at in Cerb 7)<->closed_at while closed
+             group_id, bucket_id, mask, url -> extra  (elapsed_*, num_messages*: dropped)
+             (group_id written on create from extra or the default; bucket_id only when set)
+    contact  id<->key  first_name, last_name, title, phone, mobile<->same
+             email_address (expand)<->email  org_id<->organisation_key
+             created_at->created_at (when Cerb renders it)  updated_at->updated_at
     org      id<->key  name, street, city, country, phone, website<->same  postal<->postcode
              created<->created_at  updated->updated_at  province -> extra
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -72,13 +97,15 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, field_validator, model_validator
 
-from ferryman.api import ApiConnector, NativePage, keyset_pages, sort_natural, to_record
+from ferryman.api import ApiConnector, to_record
 from ferryman.config import Secret
 from ferryman.connector import Capability, Cursor, Page, Reject, StreamInfo
+from ferryman.cursor import SECOND
 from ferryman.errors import (
     AuthError,
     ConnectorError,
     FatalError,
+    MalformedResponseError,
     NotSupportedError,
     RecordRejected,
     RetriableError,
@@ -88,27 +115,59 @@ from ferryman.http import Bearer, HttpOptions
 from ferryman.http.codecs import excerpt
 from ferryman.records import Contact, Organisation, Record, Ticket
 from ferryman.redact import redact, redact_url
-from ferryman.timeutil import format_utc
+from ferryman.sdk.readloop import Fetched, PageGuard, keyset_read
+from ferryman.timeutil import format_utc, utcnow
 
 from ._auth import CerbAuth
-from ._mapping import NATIVE_TYPES, READERS, epoch, to_cerb
+from ._mapping import CONTACT_EXPANDED, NATIVE_TYPES, READERS, VOLATILE_FIELDS, epoch, to_cerb
 
 __all__ = ["CerbConnector", "CerbNotFound", "CerbOptions", "cerb_error"]
 
 MAX_LIMIT = 500  # Cerb clamps a search's limit to 1..500
+FIND_LIMIT = 100
+FIND_MAX_PAGES = 50  # a lookup whose wildcards match more than this many pages is not a lookup
 
 ALL = frozenset(Capability)
+# Whole epoch seconds everywhere. Every stream can lose records from its lists: contacts and
+# orgs are deleted for good, and tickets with `ticket_delete: purge` (or Cerb's own purge of
+# its recycle bin), so the engine probes linked keys with get().
 STREAMS: dict[str, StreamInfo] = {
     "tickets": StreamInfo(
-        "tickets", Ticket, ALL, natural_key="subject", description="Cerb tickets (records type ticket)"
+        "tickets",
+        Ticket,
+        ALL,
+        natural_key="subject",
+        description="Cerb tickets (records type ticket)",
+        precision=SECOND,
+        hides_deleted=True,
     ),
     "contacts": StreamInfo(
-        "contacts", Contact, ALL, natural_key="email", description="Cerb contacts (records type contact)"
+        "contacts",
+        Contact,
+        ALL,
+        natural_key="email",
+        description="Cerb contacts (records type contact)",
+        precision=SECOND,
+        hides_deleted=True,
     ),
     "organisations": StreamInfo(
-        "organisations", Organisation, ALL, natural_key="name", description="Cerb organizations (records type org)"
+        "organisations",
+        Organisation,
+        ALL,
+        natural_key="name",
+        description="Cerb organizations (records type org)",
+        precision=SECOND,
+        hides_deleted=True,
     ),
 }
+#: keys a write answer must carry to be taken as the stored record (else it is read back)
+COMPLETE = {
+    "tickets": ("id", "updated", "subject", "status"),
+    "contacts": ("id", "updated_at", "first_name", CONTACT_EXPANDED),
+    "organisations": ("id", "updated", "name"),
+}
+#: per stream, the expand= that makes Cerb render what the mapping needs
+EXPAND = {"contacts": CONTACT_EXPANDED}
 
 
 class CerbOptions(HttpOptions):
@@ -125,7 +184,17 @@ class CerbOptions(HttpOptions):
     access_key: str | None = Field(None, description="API access key (auth: cerb_auth)")
     secret_key: Secret | None = Field(None, description="API secret key (auth: cerb_auth)")
     default_group_id: int = Field(1, ge=1, description="group a new ticket lands in when the record has no group_id")
-    default_bucket_id: int = Field(0, ge=0, description="bucket of that group (0: its inbox)")
+    default_bucket_id: int | None = Field(
+        None,
+        ge=0,
+        description="bucket a new ticket lands in; unset (or 0): its group's inbox. Cerb has no bucket 0, and a "
+        "bucket of another group moves the ticket to that group",
+    )
+    volatile_fields: list[str] = Field(
+        default_factory=lambda: list(VOLATILE_FIELDS),
+        description="native fields (globs) kept out of extra and fingerprints: they change without the record "
+        "changing (elapsed_* counts seconds, num_messages* counts messages)",
+    )
     ticket_delete: Literal["status", "purge"] = Field(
         "status",
         description="status: set status=deleted (Cerb's recycle bin, undoable, seen by incremental reads); "
@@ -182,6 +251,13 @@ def cerb_error(body: Mapping[str, Any], method: str, path: str, *, system: str |
     writing = operation in ("create", "update", "upsert", "delete")
     where = f"{method.upper()} {redact_url(path)}"
     said = f"Cerb refused to {operation} ({code or 'no code'}): {message}"
+    if "__error" not in body:
+        # Real Cerb 10.4 answers a token without the needed scope with HTTP 200 and no code.
+        return AuthError(
+            f"{said} [{where}]; an error without a code is how Cerb refuses a token lacking a scope: "
+            "grant the OAuth app the scope for this record type",
+            system=system,
+        )
     if not code and message.startswith("Access denied"):
         return AuthError(f"{said} [{where}]; check the system's credentials", system=system)
     if code == "ERROR_PERMISSIONS":
@@ -269,51 +345,63 @@ class CerbConnector(ApiConnector):
             return Reject(f"{stream} result", f"not a record dictionary: {excerpt(repr(native))}", raw=native)
         id = native.get("id")
         ref = f"{NATIVE_TYPES[stream]} {id}"
-        return to_record(record_type, lambda: fields(native), ref=ref, key=None if id is None else str(id))
+        volatile = self.options.volatile_fields
+        return to_record(record_type, lambda: fields(native, volatile), ref=ref, key=None if id is None else str(id))
+
+    def _page(self, stream: str, body: Mapping[str, Any]) -> tuple[list[Record], list[Reject], int]:
+        """A search answer's records (in Cerb's order), rejects, and how many results it held."""
+        results = body.get("results") or []
+        if isinstance(results, Mapping):  # PHP renders id-keyed arrays as objects
+            results = list(results.values())
+        records: list[Record] = []
+        rejects: list[Reject] = []
+        for native in results:
+            item = self._record(stream, native)
+            if isinstance(item, Record):
+                records.append(item)
+            else:
+                rejects.append(item)
+        return records, rejects, len(results)
 
     async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
         path = self._path(stream, "search")
         limit = max(1, min(MAX_LIMIT, page_size))
 
-        async def fetch(updated_since: datetime | None, page: int) -> NativePage:
-            body = await self._search(path, self._incremental_query(updated_since), page, limit)
-            results = body.get("results") or []
-            if isinstance(results, Mapping):  # PHP renders id-keyed arrays as objects
-                results = list(results.values())
-            records: list[Record] = []
-            rejects: list[Reject] = []
-            for native in results:
-                item = self._record(stream, native)
-                if isinstance(item, Record):
-                    records.append(item)
-                else:
-                    rejects.append(item)
-            total = body.get("total")
-            more = page * limit < int(total) if total is not None else len(results) >= limit
-            return sort_natural(records), rejects, more
+        async def fetch(updated_since: datetime | None, page: int) -> Fetched:
+            query = self._incremental_query(updated_since)
+            body = await self._search(stream, query, page, limit)
+            records, rejects, count = self._page(stream, body)
+            where = f"GET {path}?q={query}&page={page}&limit={limit}"
+            return Fetched(records, rejects, more=_more(body, page, limit, count), where=where)
 
-        async for page in keyset_pages(fetch, since):
+        async for page in keyset_read(fetch, since, system=self.name, stream=stream, granularity=SECOND):
             yield page
 
     def _incremental_query(self, updated_since: datetime | None) -> str:
         sort = f"sort:{self.options.search_sort}"
         if updated_since is None:
             return sort
-        # Cerb compares whole seconds; flooring only widens the (inclusive) range.
+        # Whole seconds with Z: Cerb finds nothing for a date with fractions and reads a
+        # date without a zone in its worker's timezone. Flooring only widens the range.
         return f'updated:"{format_utc(updated_since.replace(microsecond=0))} to now" {sort}'
 
-    async def _search(self, path: str, query: str, page: int, limit: int) -> Mapping[str, Any]:
-        params = {"q": query, "page": page, "limit": limit, "show_meta": 0}
-        _, body = await self.http.request_decoded("GET", path, params=params)
+    async def _search(self, stream: str, query: str, page: int, limit: int) -> Mapping[str, Any]:
+        params: dict[str, Any] = {"q": query, "page": page, "limit": limit, "show_meta": 0}
+        if stream in EXPAND:
+            params["expand"] = EXPAND[stream]
+        _, body = await self.http.request_decoded("GET", self._path(stream, "search"), params=params)
         if not isinstance(body, Mapping):
             raise RetriableError(f"search answered {excerpt(repr(body))}, not a dictionary", system=self.name)
         return body
 
     async def get(self, stream: str, key: str) -> Record | None:
+        """The record ``key``; ``None`` when Cerb has none (a deleted ticket answers with
+        ``deleted=True``)."""
         if not key.isdigit():
             return None
+        params = {"expand": EXPAND[stream]} if stream in EXPAND else None
         try:
-            _, body = await self.http.request_decoded("GET", self._path(stream, key))
+            _, body = await self.http.request_decoded("GET", self._path(stream, key), params=params)
         except CerbNotFound:
             return None
         return self._accept(stream, body)
@@ -326,21 +414,32 @@ class CerbConnector(ApiConnector):
 
     async def find(self, stream: str, record: Record) -> Record | None:
         """The Cerb record that is ``record``: contacts by email, orgs by name, tickets by
-        subject and (when the record has one) the second it was created."""
+        subject and (when the record has one) the second it was created.
+
+        The query may match more than the record (wildcards stand in for ``"``, ``\\`` and
+        ``*``), so every answer is compared exactly here, page by page.
+        """
         term, value, check = self._natural(stream, record)
         if value is None:
             return None
-        body = await self._search(self._path(stream, "search"), f"{term}:{_quote(value)} sort:id", 1, 50)
-        for native in body.get("results") or []:
-            found = self._record(stream, native)
-            if isinstance(found, Record) and check(found):
-                return found
-        return None
+        query = f"{_filter(stream, term, value)} sort:id"
+        guard = PageGuard(system=self.name, stream=stream, cap=FIND_MAX_PAGES)
+        page = 1
+        while True:
+            body = await self._search(stream, query, page, FIND_LIMIT)
+            records, _, count = self._page(stream, body)
+            guard.fetched(tuple(r.key for r in records), f"GET {self._path(stream, 'search')}?q={query}&page={page}")
+            for found in records:
+                if check(found):
+                    return found
+            if not _more(body, page, FIND_LIMIT, count):
+                return None
+            page += 1
 
     def _natural(self, stream: str, record: Record) -> tuple[str, str | None, Any]:
         if isinstance(record, Contact):
             email = (record.email or "").strip()
-            return "email", email or None, lambda r: (r.email or "").lower() == email.lower()
+            return "email", email or None, lambda r: (r.email or "").strip().lower() == email.lower()
         if isinstance(record, Organisation):
             name = (record.name or "").strip()
             return "name", name or None, lambda r: (r.name or "").strip().lower() == name.lower()
@@ -374,13 +473,20 @@ class CerbConnector(ApiConnector):
         fields = self._fields(stream, record, creating=True)
         term, value, _ = self._natural(stream, record)
         if self.options.upsert_creates and stream != "tickets" and value is not None:
+            if not _literal(value):
+                # The query language cannot say this key exactly: look it up, compare exactly.
+                existing = await self.find(stream, record)
+                if existing is not None:
+                    return await self.update(stream, existing.key, record)
+                _, body = await self.http.request_decoded("POST", self._path(stream, "create"), data={"fields": fields})
+                return await self._written(stream, body, record, "create")
             # Keyed by the natural key, so repeating it after a crash or a timeout cannot
             # make a twin: it is as idempotent as a PUT and may be retried like one.
-            data = {"query": f"{term}:{_quote(value)}", "fields": fields}
+            data = {"query": _filter(stream, term, value), "fields": fields}
             _, body = await self.http.request_decoded("PATCH", self._path(stream, "upsert"), data=data, idempotent=True)
-        else:
-            _, body = await self.http.request_decoded("POST", self._path(stream, "create"), data={"fields": fields})
-        return self._accept(stream, body)
+            return await self._written(stream, body, record, "upsert")
+        _, body = await self.http.request_decoded("POST", self._path(stream, "create"), data={"fields": fields})
+        return await self._written(stream, body, record, "create")
 
     async def update(self, stream: str, key: str, record: Record) -> Record:
         if not key.isdigit():
@@ -388,20 +494,76 @@ class CerbConnector(ApiConnector):
         fields = self._fields(stream, record, creating=False)
         # A missing record raises CerbNotFound, a RecordRejected: the update is dead-lettered.
         _, body = await self.http.request_decoded("PUT", self._path(stream, key), data={"fields": fields})
-        return self._accept(stream, body)
+        return await self._written(stream, body, record, "update", key=key)
+
+    async def _written(
+        self, stream: str, body: Any, record: Record, operation: str, *, key: str | None = None
+    ) -> Record:
+        """The record a 2xx write answer stands for. Cerb's errors were raised by the hook
+        already; anything else is a success, read back when the body is not the record."""
+        if isinstance(body, Mapping) and all(name in body for name in COMPLETE[stream]):
+            item = self._record(stream, body)
+            if isinstance(item, Record):
+                return item
+        id = body.get("id") if isinstance(body, Mapping) else None
+        key = str(id) if id not in (None, "", 0) else key
+        if key is not None:
+            stored = await self.get(stream, key)
+            if stored is not None:
+                return stored
+        found = await self.find(stream, record)
+        if found is not None:
+            return found
+        raise MalformedResponseError(
+            f"Cerb accepted the {operation} of {stream} record {record.key!r} but answered "
+            f"{excerpt(repr(body))}, and the record could not be read back",
+            system=self.name,
+        )
 
     async def delete(self, stream: str, key: str) -> None:
         if not key.isdigit():
             return
         try:
             if stream == "tickets" and self.options.ticket_delete == "status":
-                await self.http.request_decoded("PUT", self._path(stream, key), data={"fields": {"status": "deleted"}})
+                # `updated` too: a ticket PUT does not move it, and incremental reads must see this.
+                fields = {"status": "deleted", "updated": epoch(utcnow())}
+                await self.http.request_decoded("PUT", self._path(stream, key), data={"fields": fields})
             else:
                 await self.http.request_decoded("DELETE", self._path(stream, key))
         except CerbNotFound:
             return  # already gone: deleting a missing record is not an error
 
 
-def _quote(value: str) -> str:
-    """A quick-search value in double quotes (inner quotes and backslashes escaped)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _more(body: Mapping[str, Any], page: int, limit: int, count: int) -> bool:
+    """Whether a search has results past ``page``, from its ``total`` (Cerb 7 sends no
+    ``limit``, and a page past the end repeats the last page, so we never ask for one)."""
+    total = _number(body.get("total"))
+    if total is None:
+        return count >= limit
+    shown = _number(body.get("count"))
+    return (page - 1) * limit + (count if shown is None else shown) < total
+
+
+def _number(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+_UNSAYABLE = re.compile(r'["\\*]')
+
+
+def _literal(value: str) -> bool:
+    """Whether a quick-search ``"..."`` can hold ``value`` exactly (no ``"``, ``\\``, ``*``)."""
+    return _UNSAYABLE.search(value) is None
+
+
+def _filter(stream: str, term: str, value: str) -> str:
+    """The quick-search filter for a natural key: contacts by the exact address filter,
+    other streams by ``term:"value"``; ``"``, ``\\`` and ``*`` become the ``*`` wildcard
+    (Cerb has no escapes inside quotes), so the filter may match more, never less."""
+    said = _UNSAYABLE.sub("*", value)
+    if stream == "contacts":
+        return f'email:(email:"{said}")'
+    return f'{term}:"{said}"'
