@@ -12,19 +12,33 @@ Rails typed XML both ways (``type="integer|decimal|boolean|date|datetime|array"`
 laughs, XXE) is refused before anything is expanded. Money is an exact ``Decimal`` from
 the XML text to the record and back; Harvest's ``100.0`` reads as ``100.00``.
 
-Quirks handled:
+Quirks handled (the facts are in shared/seeds/README.md, "Verified against the real systems"):
 
+- Real XML types datetimes as ``dateTime`` as well as ``datetime``, writes ``nil="true"``
+  elements self-closing or not, sends an empty list as ``<nil-classes type="array"/>``,
+  and may start with a UTF-8 BOM or write ``+00:00`` for UTC; the shared codec
+  (:func:`ferryman.http.codecs.typed_xml_to_python`) reads every spelling.
 - ``updated_since`` takes UTC at minute precision (``2010-09-25+18%3A30``): the
-  connector asks from the minute before the cursor and drops what is older itself, so
-  the boundary is right whether Harvest compares with ``>`` or ``>=``.
-- Harvest does not document an order for ``updated_since`` results, and lists invoices
-  by page number. Contacts and clients come in one response; invoices are walked page
-  by page (50 a page) and, when there was more than one page, swept once more from the
-  moment the walk began, so a row that moved between pages while we read is not lost.
-  The connector then sorts everything by ``(updated_at, id)`` and yields it in that
-  order (``ordered=True``): the engine can commit its cursor page by page.
-- ``POST`` answers ``201`` with the new id only in ``Location``; the connector reads
-  the new entity back from there.
+  connector asks from the minute before the cursor (:func:`ferryman.cursor.filter_floor`)
+  and the read loop drops what is older, so the boundary is right whether Harvest
+  compares with ``>`` or ``>=``.
+- Harvest has no sort parameter and lists invoices by page number. Contacts and clients
+  come in one response; invoices are walked page by page (50 a page, a
+  :class:`~ferryman.sdk.readloop.PageGuard` stops a server that ignores ``?page=``) and,
+  when there was more than one page, swept once more from the moment the walk began, so a
+  row that moved between pages while we read is not lost. The whole answer then goes
+  through :func:`~ferryman.sdk.readloop.whole_list_pages`, which filters it by the cursor
+  and yields it in ``(updated_at, id)`` order (``ordered=True``).
+- ``POST`` answers ``201`` with the new id only in ``Location``; the connector reads the
+  new entity back from there (else from an id in the body, else by natural key: a 2xx
+  is never a rejection). ``<errors>`` inside a 2xx answer is a rejection with its words.
+- A deleted entity is gone from every list and its GET answers 404 (``hides_deleted``);
+  a 404 can also mean "insufficient privileges", so :meth:`HarvestConnector.get` takes
+  it as "deleted" only when a second probe of the list agrees.
+- Currency values are Harvest's own names, which changed over the years: read by the
+  ISO code at the end, written as Harvest's current name (it accepts only listed ones).
+- ``due-at-human-format`` (``net 30``, ``upon receipt``, ...) overrides ``due-at``:
+  reads compute the due date from it, writes send it together with ``due-at``.
 - An invoice's amount is computed by Harvest from its line items, and its state from
   messages (``mark_as_sent``, ``mark_as_closed``, ``re_open``, ``mark_as_draft``) and
   payments. A write therefore sends the amount as a line item and then moves the state
@@ -48,9 +62,9 @@ client ``name``             ``Organisation.name``
 ``details``                 street/postcode/city/country  best effort; raw in ``extra.details``
 invoice ``number``          ``Invoice.number``
 ``amount``/``due-amount``   ``amount``/``balance_due``  exact Decimal, >= 2 decimals
-``currency``                ``currency``               "Euro - EUR" <-> ``EUR``
+``currency``                ``currency``               "Euro - EUR" <-> ``EUR`` (by ISO code)
 ``state``                   ``status``                 ``void`` is written as ``closed``
-``issued-at``/``due-at``    ``issued_on``/``due_on``
+``issued-at``/``due-at``    ``issued_on``/``due_on``   ``due-at-human-format`` wins
 ``subject``, ``notes``      ``subject``, ``notes``
 ``client-id``               ``customer_key``           ``customer_name``: the client's name
 ``created-at``/``updated-at``  ``created_at``/``updated_at``  UTC
@@ -67,20 +81,29 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 from xml.etree import ElementTree as ET
 
 import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from ferryman.api import ApiConnector, sort_natural, to_record
+from ferryman.api import ApiConnector, to_record
 from ferryman.config import Secret
 from ferryman.connector import Capability, Cursor, Page, Reject, StreamInfo
-from ferryman.errors import FatalError, MalformedResponseError, NotSupportedError, RecordRejected, ValidationFailed
+from ferryman.cursor import SECOND, filter_floor, is_older
+from ferryman.errors import (
+    AuthError,
+    FatalError,
+    MalformedResponseError,
+    NotSupportedError,
+    RecordRejected,
+    ValidationFailed,
+)
 from ferryman.http import Basic, HttpOptions, RateLimitOptions
 from ferryman.http.codecs import excerpt, parse_xml, python_to_typed_xml, typed_xml_to_python
 from ferryman.records import Contact, Invoice, Organisation, Record
+from ferryman.sdk.readloop import PageGuard, whole_list_pages
 from ferryman.timeutil import parse_datetime, utcnow
 
 from ._common import money
@@ -102,6 +125,8 @@ log = structlog.get_logger("ferryman.connectors.harvest")
 _ALL = frozenset(Capability)
 _WRITE_ERRORS = (400, 404, 409, 422)
 _CLIENT_CACHE_SECONDS = 300.0
+#: ``updated_since`` takes whole minutes
+_MINUTE = timedelta(minutes=1)
 
 
 class InvoiceFilters(BaseModel):
@@ -169,11 +194,25 @@ class HarvestOptions(HttpOptions):
 def _streams(find_invoices: bool) -> dict[str, StreamInfo]:
     invoice_caps = _ALL if find_invoices else _ALL - {Capability.FIND}
     return {
+        # Harvest writes whole-second UTC times; a deleted entity is gone from every list
+        # (its GET answers 404), so deletes are found by probing linked keys.
         "contacts": StreamInfo(
-            "contacts", Contact, _ALL, natural_key="email", description="client contacts (/contacts)"
+            "contacts",
+            Contact,
+            _ALL,
+            natural_key="email",
+            description="client contacts (/contacts)",
+            precision=SECOND,
+            hides_deleted=True,
         ),
         "organisations": StreamInfo(
-            "organisations", Organisation, _ALL, natural_key="name", description="clients (/clients)"
+            "organisations",
+            Organisation,
+            _ALL,
+            natural_key="name",
+            description="clients (/clients)",
+            precision=SECOND,
+            hides_deleted=True,
         ),
         "invoices": StreamInfo(
             "invoices",
@@ -181,6 +220,8 @@ def _streams(find_invoices: bool) -> dict[str, StreamInfo]:
             invoice_caps,
             natural_key="number" if find_invoices else None,
             description="invoices (/invoices, 50 a page)",
+            precision=SECOND,
+            hides_deleted=True,
         ),
     }
 
@@ -196,9 +237,12 @@ _NATIVE: dict[str, tuple[str, str, str]] = {
 def _list_decoder(root_tag: str) -> Callable[[httpx.Response], ET.Element]:
     def decode(response: httpx.Response) -> ET.Element:
         root = parse_xml(response)
-        # Rails renders an empty array of unknown type as <nil-classes type="array"/>.
+        # Rails renders an empty array of unknown type as <nil-classes type="array"/>
+        # (recorded: fixtures/harvest/clients_empty.xml).
         empty_rails = root.tag == "nil-classes" and len(root) == 0
-        if root.get("type") != "array" or (root.tag != root_tag and not empty_rails):
+        # The list's own tag is enough: type="array" is what the server sends, but nothing
+        # is lost by reading a list that leaves it out.
+        if root.tag != root_tag and not (empty_rails and root.get("type") == "array"):
             raise MalformedResponseError(
                 f'expected <{root_tag} type="array">, got <{root.tag}>; body starts: {excerpt(response.content)!r}'
             )
@@ -231,10 +275,6 @@ def _child_stamp(element: ET.Element) -> datetime | None:
         return parse_datetime(text) if text else None
     except ValueError:
         return None
-
-
-def _older(stamp: datetime | None, since: Cursor) -> bool:
-    return stamp is not None and stamp < since.updated_at
 
 
 def _server_time(response: httpx.Response) -> datetime | None:
@@ -294,11 +334,12 @@ class HarvestConnector(ApiConnector):
         """``updated_since`` for a cursor: the minute before it, in UTC, in Harvest's layout."""
         if since is None:
             return {}
-        moment = since.updated_at if isinstance(since, Cursor) else since
+        cursor = since if isinstance(since, Cursor) else Cursor(since, "")
         # One second back before flooring to the minute: a row at exactly hh:mm:00 is
         # included whether Harvest compares with > or >=.
-        moment = (moment - timedelta(seconds=1)).astimezone(UTC)
-        return {"updated_since": moment.strftime(self.options.updated_since_format)}
+        floor = filter_floor(cursor, _MINUTE, margin=SECOND)
+        assert floor is not None
+        return {"updated_since": floor.astimezone(UTC).strftime(self.options.updated_since_format)}
 
     async def _get_list(self, path: str, root_tag: str, params: Mapping[str, str]) -> tuple[httpx.Response, ET.Element]:
         response, root = await self.http.request_decoded("GET", path, decode=_list_decoder(root_tag), params=params)
@@ -332,7 +373,7 @@ class HarvestConnector(ApiConnector):
         rejects: list[Reject] = []
         for child in root:
             key = _child_id(child)
-            if since is not None and _older(_child_stamp(child), since):
+            if is_older(_child_stamp(child), since):
                 continue
             ref = f"{tag} {key or '?'}"
             raw = ET.tostring(child, encoding="unicode")[:4000]
@@ -357,7 +398,7 @@ class HarvestConnector(ApiConnector):
         content = python_to_typed_xml(root_tag, dict(body or {})) if root_tag is not None else None
         headers = {"Content-Type": "application/xml"} if content is not None else None
         response = await self.http.request(method, path, content=content, headers=headers, allow_status=_WRITE_ERRORS)
-        if response.status_code >= 400:
+        if response.status_code >= 400 or _is_error_body(response):
             raise RecordRejected(
                 f"Harvest refused {method} {path} (HTTP {response.status_code}): {_error_text(response)}",
                 system=self.name,
@@ -366,16 +407,45 @@ class HarvestConnector(ApiConnector):
             )
         return response
 
-    def _new_id(self, response: httpx.Response, collection: str) -> str:
+    @staticmethod
+    def _new_id(response: httpx.Response, collection: str, tag: str) -> str | None:
+        """The id of what a create made: from ``Location`` (Harvest answers 201 with it and
+        no body), else from a body that holds the entity or a stub of it."""
         location = response.headers.get("location") or ""
         match = re.search(rf"/{collection}/(\d+)/?$", urlsplit(location).path)
-        if match is None:
-            raise MalformedResponseError(
-                f"POST /{collection} answered {response.status_code} without the new id in Location (got {location!r})",
-                system=self.name,
-                status=response.status_code,
-            )
-        return match[1]
+        if match is not None:
+            return match[1]
+        if response.content.strip():
+            try:
+                root = parse_xml(response.content)
+            except MalformedResponseError:
+                return None
+            ident = _child_id(root) if root.tag == tag else None
+            if ident is not None and ident.isdigit():
+                return ident
+        return None
+
+    async def _created(self, stream: str, response: httpx.Response, record: Record, *, ref: str) -> str:
+        """The id of the record a 2xx create made.
+
+        A 2xx is never a rejection: without an id in ``Location`` or the body, the record is
+        looked up by its natural key before giving up.
+        """
+        collection, _, tag = _NATIVE[stream]
+        new_id = self._new_id(response, collection, tag)
+        if new_id is not None:
+            return new_id
+        found = await self._find_native(stream, record)
+        if found is not None:
+            log.info("harvest.create_found_by_natural_key", system=self.name, ref=ref, key=found.get("id"))
+            return str(found["id"])
+        location = response.headers.get("location") or ""
+        raise MalformedResponseError(
+            f"POST /{collection} answered {response.status_code} without the new id in Location (got {location!r}) "
+            f"or its body, and no {tag} with the record's {self.stream(stream).natural_key} was found",
+            system=self.name,
+            status=response.status_code,
+        )
 
     # -- clients, for names and ids ------------------------------------------------------------
     async def _client_names(self, *, refresh: bool = False) -> dict[int, str]:
@@ -414,9 +484,11 @@ class HarvestConnector(ApiConnector):
             if found is not None:
                 return found
             if self.options.create_missing_clients:
+                wanted = Organisation(key=name.strip(), updated_at=utcnow(), name=name.strip())
                 response = await self._send("POST", "/clients", "client", {"name": name.strip()}, ref=ref)
                 self._clients = None
-                return int(self._new_id(response, "clients"))
+                made = await self._created("organisations", response, wanted, ref=ref)
+                return int(made)
         if key and key.strip().isdigit() and int(key) in await self._client_names():
             return int(key)
         if name and name.strip():
@@ -478,30 +550,30 @@ class HarvestConnector(ApiConnector):
             built = to_record(info.record_type, functools.partial(build, native), ref=f"{tag} {key or '?'}", key=key)
             if isinstance(built, Reject):
                 stamp = native.get("updated-at")
-                if since is None or not _older(stamp if isinstance(stamp, datetime) else None, since):
+                if not is_older(stamp if isinstance(stamp, datetime) else None, since):
                     rejects.append(Reject(built.ref, built.reason, raw=_raw(native), key=key))
-            elif since is None or Cursor.of(built) >= since:
+            else:
                 records.append(built)
-        records = sort_natural(records)
-        if not records:
-            if rejects:
-                yield Page([], rejects)
-            return
-        for start in range(0, len(records), max(1, page_size)):
-            yield Page(records[start : start + page_size], rejects if start == 0 else [])
+        # Harvest promises no order, so the whole answer is in hand before anything is
+        # yielded; the read loop filters it by the cursor, orders and chunks it.
+        for page in whole_list_pages(records, rejects, since, page_size):
+            yield page
 
     async def _walk_invoices(self, since: Cursor | None) -> tuple[list[dict[str, Any]], list[Reject]]:
         """Every invoice changed since the cursor: all pages, then one sweep if there was more than one."""
         base = {**self.options.invoice_filters.params(), **self._since_params(since)}
         seen: dict[str, dict[str, Any]] = {}
         rejects: dict[str, Reject] = {}
-        pages, started = await self._invoice_pages(base, seen, rejects, since)
+        guard = PageGuard(system=self.name, stream="invoices")
+        pages, started = await self._invoice_pages(base, seen, rejects, since, guard)
         if pages > 1:
             # Paging by number over a set that changes while we read can skip a row that
             # was added or updated meanwhile: it has updated_at after the walk began.
             moment = (started or utcnow()) - timedelta(minutes=1)
             sweep = {**self.options.invoice_filters.params(), **self._since_params(moment)}
-            await self._invoice_pages(sweep, seen, rejects, since)
+            # A query of its own: its first page may rightly equal the walk's last one.
+            again = PageGuard(system=self.name, stream="invoices", cap=max(1, guard.cap - guard.pages))
+            await self._invoice_pages(sweep, seen, rejects, since, again)
         return list(seen.values()), list(rejects.values())
 
     async def _invoice_pages(
@@ -510,21 +582,18 @@ class HarvestConnector(ApiConnector):
         seen: dict[str, dict[str, Any]],
         rejects: dict[str, Reject],
         since: Cursor | None,
+        guard: PageGuard,
     ) -> tuple[int, datetime | None]:
         size = self.options.invoice_page_size
         page = 1
         started: datetime | None = None
-        previous: list[str | None] | None = None
         while True:
-            response, root = await self._get_list("/invoices", "invoices", {**params, "page": str(page)})
+            query = {**params, "page": str(page)}
+            response, root = await self._get_list("/invoices", "invoices", query)
             if started is None:
                 started = _server_time(response)
-            ids = [_child_id(child) for child in root]
-            if previous is not None and ids and ids == previous:
-                raise MalformedResponseError(
-                    f"GET /invoices page {page} repeats page {page - 1}: the server ignores ?page=",
-                    system=self.name,
-                )
+            # A server that ignores ?page= answers page 1 again: stop with PagingError.
+            guard.fetched(_page_signature(root), f"GET /invoices?{urlencode(query)}")
             natives, bad = self._entities(root, "invoice", since)
             for native in natives:
                 key = str(native.get("id"))
@@ -537,20 +606,63 @@ class HarvestConnector(ApiConnector):
                     rejects[reject.key or f"?{len(rejects)}"] = reject
             if len(root) < size:
                 return page, started
-            previous = ids
             page += 1
 
     async def get(self, stream: str, key: str) -> Record | None:
+        """The record, or ``None`` when it is gone.
+
+        Harvest answers 404 both for a deleted entity and for one this user lacks the
+        privileges to see (shared/seeds README), and a delete probe must not take the second
+        for the first: a 404 is believed only after a second probe of the list.
+        """
         self.stream(stream)
+        if not key.isdigit():
+            return None  # not a Harvest id: nothing to probe
         native = await self._get_entity(stream, key)
         if native is None:
+            await self._confirm_gone(stream, key)
             return None
         return self._record(stream, native, await self._names_for(stream))
+
+    async def _confirm_gone(self, stream: str, key: str) -> None:
+        """Raise :class:`AuthError` unless a second probe agrees that ``key`` is gone.
+
+        Contacts and clients come as one whole list: the key must be absent from it.
+        Invoices are paged, so the probe is a one-page query that can only succeed for a
+        user allowed to list invoices at all.
+        """
+        path, root_tag, tag = _NATIVE[stream]
+        params = {"updated_since": (utcnow() + timedelta(days=1)).strftime(self.options.updated_since_format)}
+        if stream != "invoices":
+            params = {}
+        response, root = await self.http.request_decoded(
+            "GET", f"/{path}", decode=_list_decoder(root_tag), params=params, allow_status=(404,)
+        )
+        if response.status_code == 404:
+            raise AuthError(
+                f"GET /{path}/{key} and GET /{path} both answer 404: Harvest says that for what this user lacks "
+                f"the privileges to see, so {tag} {key} is not taken as deleted. Give the user access to {path}",
+                system=self.name,
+                status=404,
+            )
+        if root is not None and any(_child_id(child) == key for child in root):
+            raise AuthError(
+                f"GET /{path}/{key} answers 404 but {tag} {key} is in GET /{path}: not taken as deleted "
+                "(Harvest answers 404 for what this user lacks the privileges to see)",
+                system=self.name,
+                status=404,
+            )
 
     async def find(self, stream: str, record: Record) -> Record | None:
         info = self.stream(stream)
         if not info.can(Capability.FIND):
             raise NotSupportedError(f"cannot look up {stream} (invoice_natural_key is null)", system=self.name)
+        native = await self._find_native(stream, record)
+        if native is None:
+            return None
+        return self._record(stream, native, await self._names_for(stream))
+
+    async def _find_native(self, stream: str, record: Record) -> dict[str, Any] | None:
         if isinstance(record, Contact):
             return await self._find_contact(record)
         if isinstance(record, Organisation):
@@ -559,7 +671,7 @@ class HarvestConnector(ApiConnector):
             return await self._find_invoice(record)
         raise NotSupportedError(f"cannot look up {stream}", system=self.name)
 
-    async def _find_contact(self, record: Contact) -> Record | None:
+    async def _find_contact(self, record: Contact) -> dict[str, Any] | None:
         email = (record.email or "").strip()
         if not email:
             return None
@@ -573,28 +685,30 @@ class HarvestConnector(ApiConnector):
             return None
         if len(matches) > 1:
             log.warning("harvest.find_ambiguous", system=self.name, stream="contacts", count=len(matches))
-        return self._record("contacts", matches[0], await self._names_for("contacts"))
+        return matches[0]
 
-    async def _find_client(self, record: Organisation) -> Record | None:
+    async def _find_client(self, record: Organisation) -> dict[str, Any] | None:
         name = (record.name or "").strip()
         if not name:
             return None
         _, root = await self._get_list("/clients", "clients", {})
         natives, _ = self._entities(root, "client")
         matches = sorted((n for n in natives if (n.get("name") or "").strip() == name), key=lambda n: int(n["id"]))
-        return self._record("organisations", matches[0], {}) if matches else None
+        return matches[0] if matches else None
 
-    async def _find_invoice(self, record: Invoice) -> Record | None:
+    async def _find_invoice(self, record: Invoice) -> dict[str, Any] | None:
         number = (record.number or "").strip()
         if not number:
             return None
         page = 1
+        guard = PageGuard(system=self.name, stream="invoices")
         while True:
             _, root = await self._get_list("/invoices", "invoices", {"page": str(page)})
+            guard.fetched(_page_signature(root), f"GET /invoices?page={page}")
             natives, _ = self._entities(root, "invoice")
             for native in natives:
                 if str(native.get("number") or "").strip() == number:
-                    return self._record("invoices", native, await self._names_for("invoices"))
+                    return native
             if len(root) < self.options.invoice_page_size:
                 return None
             page += 1
@@ -606,12 +720,14 @@ class HarvestConnector(ApiConnector):
         if isinstance(record, Contact):
             client = await self._resolve_client(record.organisation, record.organisation_key, required=True, ref=ref)
             body = contact_payload(record, client, clear_empty=False, create=True)
-            new_id = self._new_id(await self._send("POST", "/contacts", "contact", body, ref=ref), "contacts")
+            response = await self._send("POST", "/contacts", "contact", body, ref=ref)
+            new_id = await self._created(stream, response, record, ref=ref)
             return await self._stored(stream, new_id)
         if isinstance(record, Organisation):
             body = organisation_payload(record, clear_empty=False, create=True)
-            new_id = self._new_id(await self._send("POST", "/clients", "client", body, ref=ref), "clients")
+            response = await self._send("POST", "/clients", "client", body, ref=ref)
             self._clients = None
+            new_id = await self._created(stream, response, record, ref=ref)
             return await self._stored(stream, new_id)
         if isinstance(record, Invoice):
             _check_invoice_money(record, ref)
@@ -619,7 +735,8 @@ class HarvestConnector(ApiConnector):
             body = invoice_payload(
                 record, client, current=None, clear_empty=False, line_item_kind=self.options.line_item_kind
             )
-            new_id = self._new_id(await self._send("POST", "/invoices", "invoice", body, ref=ref), "invoices")
+            response = await self._send("POST", "/invoices", "invoice", body, ref=ref)
+            new_id = await self._created(stream, response, record, ref=ref)
             native = await self._must_get(stream, new_id)
             if self.options.reconcile_invoice_state:
                 try:
@@ -673,7 +790,7 @@ class HarvestConnector(ApiConnector):
         response = await self.http.request("DELETE", f"/{path}/{key}", allow_status=_WRITE_ERRORS)
         if response.status_code == 404:
             return  # already gone: deleting a missing record is not an error
-        if response.status_code >= 400:
+        if response.status_code >= 400 or _is_error_body(response):
             raise RecordRejected(
                 f"Harvest refused DELETE /{path}/{key} (HTTP {response.status_code}): {_error_text(response)}",
                 system=self.name,
@@ -774,6 +891,11 @@ def _check_invoice_money(record: Invoice, ref: str) -> None:
         raise ValidationFailed(f"{ref}: {problem}", ref=ref)
 
 
+def _page_signature(root: ET.Element) -> tuple[tuple[str | None, str], ...]:
+    """What identifies a page for the repeat guard: each entity's id and updated-at text."""
+    return tuple((_child_id(child), (child.findtext("updated-at") or "").strip()) for child in root)
+
+
 def _newer(native: Mapping[str, Any], held: Mapping[str, Any]) -> bool:
     a, b = native.get("updated-at"), held.get("updated-at")
     if isinstance(a, datetime) and isinstance(b, datetime):
@@ -783,6 +905,16 @@ def _newer(native: Mapping[str, Any], held: Mapping[str, Any]) -> bool:
 
 def _raw(native: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k): json_ready(v) for k, v in native.items()}
+
+
+def _is_error_body(response: httpx.Response) -> bool:
+    """Whether a 2xx answer carries Harvest's ``<errors>`` instead of doing what was asked."""
+    if not response.content.strip() or "xml" not in response.headers.get("content-type", "xml"):
+        return False
+    try:
+        return parse_xml(response.content).tag == "errors"
+    except MalformedResponseError:
+        return False
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -12,25 +12,32 @@ import io
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 __all__ = [
     "CENT",
     "CURRENCIES",
+    "DUE_TERMS",
     "INVOICE_STATES",
+    "LEGACY_CURRENCY_NAMES",
     "LINE_ITEM_COLUMNS",
+    "WRITABLE_TERMS",
     "LineItem",
     "Totals",
     "address_of",
     "compose_details",
     "currency_code",
     "currency_name",
+    "due_from_terms",
     "format_line_items",
     "invoice_totals",
     "money",
     "parse_details",
     "parse_line_items",
+    "term_days",
+    "terms_for",
     "to_decimal",
 ]
 
@@ -67,6 +74,30 @@ CURRENCIES: dict[str, tuple[str, str]] = {
     "NGN": ("Nigerian Naira", "₦"),
 }
 
+#: Names Harvest used for a currency before its current ones (shared/seeds README, "Verified
+#: against the real systems"; the recorded ``fixtures/harvest/clients.xml`` says "United States
+#: Dollars - USD"). Reads match any name by the ISO code at its end; writes send only the
+#: current name from :data:`CURRENCIES`, because Harvest accepts only its listed values.
+LEGACY_CURRENCY_NAMES: dict[str, str] = {
+    "USD": "United States Dollars - USD",
+    "GBP": "United Kingdom Pound - GBP",
+}
+
+#: ``due-at-human-format`` -> days after ``issued-at`` (shared/seeds README: ``upon receipt``,
+#: ``net 15/30/45/60``, ``custom``; older data ``30 days``, ``due upon receipt``). ``custom``
+#: is absent: only then does ``due-at`` itself say when the invoice is due.
+DUE_TERMS: dict[str, int] = {
+    "upon receipt": 0,
+    "due upon receipt": 0,
+    "net 15": 15,
+    "net 30": 30,
+    "net 45": 45,
+    "net 60": 60,
+}
+#: the values a write may send (Harvest's current list)
+WRITABLE_TERMS = ("upon receipt", "net 15", "net 30", "net 45", "net 60", "custom")
+_TERMS_TEXT = re.compile(r"(?:net\s+(\d+)|(\d+)\s+days?)")
+
 #: Harvest's invoice states, in the words Ferryman's canonical ``Invoice.status`` uses too.
 INVOICE_STATES = ("draft", "open", "partial", "paid", "closed")
 
@@ -90,6 +121,38 @@ def currency_name(code: str) -> str:
     """Harvest's text for an ISO code (``"Euro - EUR"``); an unknown code is sent bare."""
     known = CURRENCIES.get(code)
     return f"{known[0]} - {code}" if known else code
+
+
+def term_days(text: str | None) -> int | None:
+    """Days after ``issued-at`` that a ``due-at-human-format`` means; ``None``: ``custom`` (or unknown)."""
+    if text is None:
+        return None
+    words = " ".join(text.strip().lower().split())
+    if words in DUE_TERMS:
+        return DUE_TERMS[words]
+    match = _TERMS_TEXT.fullmatch(words)
+    if match is None:
+        return None
+    return int(match[1] or match[2])
+
+
+def due_from_terms(issued: date | None, due: date | None, terms: str | None) -> date | None:
+    """When an invoice is due: its terms override ``due-at``, unless they are ``custom``."""
+    days = term_days(terms)
+    if days is None or issued is None:
+        return due
+    return issued + timedelta(days=days)
+
+
+def terms_for(issued: date | None, due: date) -> str:
+    """The ``due-at-human-format`` to send with ``due-at``: a listed term when it says the same
+    date, else ``custom`` (the only value under which Harvest keeps ``due-at`` as sent)."""
+    if issued is not None:
+        days = (due - issued).days
+        for name in WRITABLE_TERMS:
+            if DUE_TERMS.get(name) == days:
+                return name
+    return "custom"
 
 
 def to_decimal(value: Any, what: str = "amount") -> Decimal:
@@ -249,7 +312,9 @@ def invoice_totals(
 # -- client address ------------------------------------------------------------------------
 
 _POSTCODE_FIRST = re.compile(r"(\S*\d\S*)\s+(\S.*)")
-_COUNTRY_CODE = re.compile(r"[A-Z]{2}")
+_COUNTRY_CODE = re.compile(r"[A-Z]{2,3}")
+# Lines of a client's details that are not its address: a web address, a phone or fax number.
+_NOT_ADDRESS = re.compile(r"(?:https?://|www\.)\S+|[+()\d][\d\s().+-]{6,}(?:\s*\((?:fax|tel|phone)\))?", re.I)
 
 
 def compose_details(street: str | None, postcode: str | None, city: str | None, country: str | None) -> str | None:
@@ -262,12 +327,15 @@ def compose_details(street: str | None, postcode: str | None, city: str | None, 
 def parse_details(text: str | None) -> dict[str, str | None]:
     """Best-effort address parts from ``details`` laid out as :func:`compose_details` does.
 
-    The last line is the country when it is a two-letter code; the line before it is
+    Web addresses and phone or fax numbers (Harvest's own example puts them there) are not
+    address lines. The last line is the country when it is a two- or three-letter code
+    (``US``, ``USA``); the line before it is
     "postcode city" when it starts with a token holding a digit, else the city; what
     is above is the street. A single line is the street.
     """
     parts: dict[str, str | None] = {"street": None, "postcode": None, "city": None, "country": None}
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    lines = [line for line in lines if not _NOT_ADDRESS.fullmatch(line)]
     if len(lines) >= 2 and _COUNTRY_CODE.fullmatch(lines[-1]):
         parts["country"] = lines.pop()
     if len(lines) >= 2:

@@ -18,17 +18,20 @@ from ferryman.records import Contact, Invoice, Organisation
 from ferryman.timeutil import format_utc, parse_datetime
 
 from ._common import (
+    CURRENCIES,
     INVOICE_STATES,
     LineItem,
     address_of,
     compose_details,
     currency_code,
     currency_name,
+    due_from_terms,
     format_line_items,
     invoice_totals,
     money,
     parse_details,
     parse_line_items,
+    terms_for,
     to_decimal,
 )
 
@@ -215,9 +218,14 @@ def organisation_payload(record: Organisation, *, clear_empty: bool, create: boo
             body["details"] = composed
         elif clear_empty and not create:
             body["details"] = None
-    code = currency_code(record.extra.get("currency")) if isinstance(record.extra.get("currency"), str) else None
-    if code is not None:
+    raw_currency = record.extra.get("currency")
+    code = currency_code(raw_currency) if isinstance(raw_currency, str) else None
+    if code in CURRENCIES:
+        # Harvest accepts only its current names; an old one read back ("United States
+        # Dollars - USD") is written as today's.
         body["currency"] = currency_name(code)
+    elif code is not None and isinstance(raw_currency, str) and raw_currency.strip() != code:
+        body["currency"] = raw_currency.strip()  # Harvest's own name for a code we do not list
     active = record.extra.get("active")
     if isinstance(active, bool):
         body["active"] = active
@@ -244,8 +252,12 @@ def invoice_fields(native: Mapping[str, Any], client_names: Mapping[int, str]) -
         "currency": code,
         "status": state if state in INVOICE_STATES else None,
         "issued_on": _date(native.get("issued-at"), "issued-at"),
-        "due_on": _date(native.get("due-at"), "due-at"),
     }
+    # The terms (net 30, upon receipt, ...) override due-at; only "custom" keeps it.
+    terms = native.get("due-at-human-format")
+    data["due_on"] = due_from_terms(
+        data["issued_on"], _date(native.get("due-at"), "due-at"), terms if isinstance(terms, str) else None
+    )
     for tag, name in _INVOICE_TEXT:
         data[name] = _text(native.get(tag))
     used = {"id", "updated-at", "created-at", "client-id", "amount", "due-amount", "issued-at", "due-at"}
@@ -318,8 +330,15 @@ def invoice_payload(
     if record.issued_on is not None:
         body["issued-at"] = record.issued_on
     if record.due_on is not None:
+        # due-at alone is overridden by the invoice's terms: send the terms that keep it.
         body["due-at"] = record.due_on
+        body["due-at-human-format"] = terms_for(record.issued_on, record.due_on)
     if record.currency is not None:
+        if record.currency not in CURRENCIES:
+            raise ValidationFailed(
+                f"currency {record.currency!r}: Harvest accepts only the currencies it lists, and Ferryman "
+                f"knows Harvest's name for {', '.join(sorted(CURRENCIES))}"
+            )
         body["currency"] = currency_name(record.currency)
     purchase_order = _text(record.extra.get("purchase-order"))
     if purchase_order is not None:

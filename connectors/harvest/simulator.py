@@ -7,9 +7,19 @@ Faithful to what Harvest documents (``shared/seeds/002_...`` and its README):
 - Requests must ask for XML (``Accept: application/xml``): without it Harvest sends a
   browser to its login page, and so does this (302 to ``/account/login``); a JSON-only
   ``Accept`` answers 406 (this sandbox speaks XML only).
-- Rails typed XML both ways: ``type="integer|decimal|boolean|date|datetime|array"``,
+- Rails typed XML both ways: ``type="integer|decimal|boolean|date|dateTime|array"``,
   ``nil="true"``, datetimes in UTC with whole seconds (``2008-04-09T12:07:56Z``),
-  decimals as Rails prints them (``100.0``, ``1234.56``). Request bodies must be
+  decimals as Rails prints them (``100.0``, ``1234.56``). As real responses do (shared/seeds
+  README, "Verified against the real systems"): datetimes are typed ``dateTime`` by default
+  (``datetime_type="datetime"`` for the other spelling), nil elements are self-closing, an
+  empty list is ``<nil-classes type="array"/>`` (recorded: fixtures/harvest/clients_empty.xml),
+  and ``bom=True`` / ``utc_offset="+00:00"`` give the BOM and offsets real bodies carry.
+- Currencies are Harvest's names; older accounts keep old ones ("United States Dollars -
+  USD", "United Kingdom Pound - GBP"); a write takes only a currently listed name (422).
+- ``due-at-human-format`` (``upon receipt``, ``net 15/30/45/60``, ``custom``; older data
+  ``30 days``) overrides ``due-at``: only ``custom`` keeps a ``due-at`` as sent.
+- ``unprivileged={"invoices"}`` plays a user without the privileges for a collection:
+  its list and items answer 404, as Harvest does, not 403. Request bodies must be
   ``Content-Type: application/xml`` (else 415) and are parsed with defusedxml: malformed
   XML, or XML that declares entities (billion laughs, XXE), answers 400 with
   ``<errors><error>...</error></errors>``. Validation failures answer 422 the same way.
@@ -48,8 +58,17 @@ Invoices are what Harvest makes of them: the amount is computed from the line it
 derived (``draft`` until sent, ``open``, ``partial``/``paid`` by payments, ``closed``
 once closed); ``amount``, ``due-amount`` and ``state`` in a body are ignored.
 
+Hostile modes (a deliberate test switch, :data:`ferryman.sandbox.HOSTILE_MODES`):
+``ignore_paging`` (``GET /invoices`` answers every page whole), ``ignore_sort`` (every list
+shuffled: Harvest documents no order, so nothing may rely on one), ``stub_create`` (a create
+answers 201 with only ``<id>`` in a body and no ``Location``), ``error_in_200`` (an update
+answers 200 with ``<errors>`` and changes nothing), ``hide_deleted`` (what Harvest always
+does: a deleted entity is gone from lists and its GET answers 404), plus the base class's
+``garble_reads`` and ``garble_writes``.
+
 Where Harvest's behaviour is unknown, this chooses: ``updated_since`` includes rows
-updated at that minute (``>=``); contacts list in id order, clients by name.
+updated at that minute (``>=``); contacts list in id order, clients by name; an invoice
+created without ``due-at-human-format`` gets ``upon receipt``.
 """
 
 from __future__ import annotations
@@ -67,21 +86,29 @@ from aiohttp import web
 
 from ferryman.errors import MalformedResponseError
 from ferryman.http.codecs import parse_xml, python_to_typed_xml, typed_xml_to_python
-from ferryman.sandbox import DuplicateValue, Row, Simulator, basic_credentials
+from ferryman.sandbox import ALL_HOSTILE, DuplicateValue, Row, Simulator, basic_credentials
 from ferryman.timeutil import parse_datetime, utcnow
 
 from ._common import (
     CURRENCIES,
+    LEGACY_CURRENCY_NAMES,
+    WRITABLE_TERMS,
     LineItem,
     currency_code,
     currency_name,
+    due_from_terms,
     format_line_items,
     invoice_totals,
     parse_line_items,
+    terms_for,
     to_decimal,
 )
 
 __all__ = ["HarvestSimulator", "parse_updated_since", "rails_decimal"]
+
+#: Harvest's current currency names: the only values a write may carry
+_LISTED_CURRENCIES = frozenset(currency_name(code) for code in CURRENCIES)
+_COLLECTIONS = ("clients", "contacts", "invoices")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -147,10 +174,6 @@ def _errors(status: int, messages: Iterable[str], headers: Mapping[str, str] | N
         ET.SubElement(root, "error").text = message
     body = ET.tostring(root, encoding="UTF-8", xml_declaration=True)
     return web.Response(body=body, status=status, headers=headers, content_type=_XML, charset="utf-8")
-
-
-def _xml(root_tag: str, value: Mapping[str, Any] | list[Any], *, status: int = 200) -> web.Response:
-    return web.Response(body=python_to_typed_xml(root_tag, value), status=status, content_type=_XML, charset="utf-8")
 
 
 def _empty(status: int, location: str | None = None) -> web.Response:
@@ -237,10 +260,34 @@ class HarvestSimulator(Simulator):
     #: Harvest's documented limit: requests per credential in any ``rate_window`` seconds
     default_rate_limit: ClassVar[float] = 100
 
-    def __init__(self, *, page_size: int = 50, **options: Any) -> None:
+    hostile_supported: ClassVar[frozenset[str]] = ALL_HOSTILE
+
+    def __init__(
+        self,
+        *,
+        page_size: int = 50,
+        datetime_type: str = "dateTime",
+        utc_offset: str = "Z",
+        bom: bool = False,
+        unprivileged: Iterable[str] = (),
+        **options: Any,
+    ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
+        if utc_offset not in ("Z", "+00:00"):
+            raise ValueError('utc_offset must be "Z" or "+00:00"')
+        hidden = frozenset(unprivileged)
+        if not hidden <= set(_COLLECTIONS):
+            raise ValueError(f"unprivileged names collections: {', '.join(_COLLECTIONS)}")
         self.page_size = page_size
+        #: how datetimes are typed: real Harvest XML says ``dateTime`` (and ``datetime``)
+        self.datetime_type = datetime_type
+        #: ``Z`` or ``+00:00``: real responses carry both
+        self.utc_offset = utc_offset
+        #: start every XML body with a UTF-8 byte order mark, as some real responses do
+        self.bom = bom
+        #: collections this user lacks the privileges for: Harvest answers 404, as for a missing record
+        self.unprivileged = hidden
         self._rng = random.Random(f"harvest-writes:{options.get('seed', 1)}")
         if options.get("rate_limit") is None:
             options["rate_limit"] = self.default_rate_limit
@@ -256,6 +303,8 @@ class HarvestSimulator(Simulator):
         contacts = self.add_table("contacts", resolution=second)
         invoices = self.add_table("invoices", resolution=second, unique=("number",))
         rng = random.Random(f"harvest:{self.seed}")
+        # Its own stream of draws, so the rest of the data stays what it was before these facts.
+        legacy = random.Random(f"harvest-legacy:{self.seed}")
         factory = self.factory
         n = self.records
 
@@ -268,7 +317,10 @@ class HarvestSimulator(Simulator):
                 {
                     "name": name,
                     "active": rng.random() < 0.9,
-                    "currency": currency_name(code),
+                    # Older accounts keep the names Harvest used before (recorded clients.xml).
+                    "currency": LEGACY_CURRENCY_NAMES[code]
+                    if code in LEGACY_CURRENCY_NAMES and legacy.random() < 0.3
+                    else currency_name(code),
                     "currency-symbol": CURRENCIES[code][1],
                     "details": f"{rng.randint(1, 250)} {rng.choice(_STREETS)}\n{postcode} {city}\n{country}",
                     "highrise-id": None,
@@ -324,7 +376,7 @@ class HarvestSimulator(Simulator):
                 "currency": client["currency"],
                 "issued-at": inv["issued_on"],
                 "due-at": inv["due_on"],
-                "due-at-human-format": f"net {(inv['due_on'] - inv['issued_on']).days}",
+                "due-at-human-format": self._seed_terms(inv["issued_on"], inv["due_on"], legacy),
                 "kind": "free_form",
                 "tax": rng.choice(_TAXES),
                 "tax2": None,
@@ -348,6 +400,13 @@ class HarvestSimulator(Simulator):
         invoices.load(invoice_rows)
         self._next_number = 1001 + len(invoice_rows)
 
+    @staticmethod
+    def _seed_terms(issued: date, due: date, legacy: random.Random) -> str:
+        terms = terms_for(issued, due)
+        if terms == "net 30" and legacy.random() < 0.3:
+            return "30 days"  # older data (shared/seeds README)
+        return terms
+
     def _company_names(self, n: int) -> list[str]:
         pool = self.factory.companies()
         names = list(pool[:n])
@@ -367,6 +426,57 @@ class HarvestSimulator(Simulator):
         }
         self._next_payment += 1
         return payment
+
+    # -- the XML Harvest writes --------------------------------------------------------------
+    def _xml(self, root_tag: str, value: Mapping[str, Any] | list[Any], *, status: int = 200) -> web.Response:
+        """Typed XML the way real Harvest responses look (shared/seeds README, "Verified against
+        the real systems"): datetimes typed ``dateTime`` by default, ``Z`` or ``+00:00``, nil
+        elements self-closing, an empty list as Rails' ``<nil-classes type="array"/>``
+        (recorded: ``fixtures/harvest/clients_empty.xml``), optionally a UTF-8 BOM."""
+        if isinstance(value, list) and not value:
+            body = b'<?xml version="1.0" encoding="UTF-8"?>\n<nil-classes type="array"/>'
+        else:
+            body = python_to_typed_xml(root_tag, value)
+            if self.datetime_type != "datetime" or self.utc_offset != "Z":
+                root = parse_xml(body)  # our own bytes, but defusedxml costs nothing here
+                for element in root.iter():
+                    if element.get("type") == "datetime":
+                        element.set("type", self.datetime_type)
+                        if self.utc_offset != "Z" and element.text and element.text.endswith("Z"):
+                            element.text = element.text[:-1] + self.utc_offset
+                body = ET.tostring(root, encoding="UTF-8", xml_declaration=True)
+        if self.bom:
+            body = b"\xef\xbb\xbf" + body
+        return web.Response(body=body, status=status, content_type=_XML, charset="utf-8")
+
+    def _listing(self, rows: list[Row], order: Callable[[Row], Any]) -> list[Row]:
+        """Rows in the list's own order, or shuffled under ``ignore_sort`` (Harvest documents
+        no order at all, so a connector must not depend on one)."""
+        ordered = sorted(rows, key=order)
+        if self.is_hostile("ignore_sort"):
+            random.Random(f"harvest-shuffle:{len(ordered)}").shuffle(ordered)
+        return ordered
+
+    def _created(self, tag: str, collection: str, ident: int) -> web.Response:
+        """``201`` with ``Location`` and no body, as Harvest answers; ``stub_create``: no
+        ``Location``, only a stub body holding the id (a deliberate test switch)."""
+        if self.is_hostile("stub_create"):
+            stub = python_to_typed_xml(tag, {"id": ident})
+            return web.Response(body=stub, status=201, content_type=_XML, charset="utf-8")
+        return _empty(201, f"/{collection}/{ident}")
+
+    def _refuse_in_200(self, what: str) -> web.Response | None:
+        """``error_in_200``: the update is not made and the refusal comes with HTTP 200 (a test switch)."""
+        if not self.is_hostile("error_in_200"):
+            return None
+        body = ET.Element("errors")
+        ET.SubElement(body, "error").text = f"{what} could not be saved: the record is locked"
+        return web.Response(body=ET.tostring(body, encoding="UTF-8"), status=200, content_type=_XML, charset="utf-8")
+
+    def _privileged(self, collection: str) -> None:
+        if collection in self.unprivileged:
+            # Harvest answers 404, not 403, for what this user may not see.
+            raise _Problem(404, f"{collection[:-1].capitalize()} not found")
 
     # -- auth and the shape of refusals ------------------------------------------------------
     def authenticate(self, request: web.Request) -> str | None:
@@ -473,6 +583,7 @@ class HarvestSimulator(Simulator):
         return value
 
     def _row(self, table: str, request: web.Request, key: str = "id") -> Row:
+        self._privileged(table)
         row = self.table(table).get(int(request.match_info[key]))
         if row is None:
             raise _Problem(404, f"{table[:-1].capitalize()} not found")
@@ -512,7 +623,7 @@ class HarvestSimulator(Simulator):
     # -- account -----------------------------------------------------------------------------
     async def who_am_i(self, request: web.Request) -> web.Response:
         """The account and user the credentials belong to."""
-        return _xml(
+        return self._xml(
             "hash",
             {
                 "company": {"name": "Ferryman Sandbox Co", "base-uri": str(request.url.origin()), "active": True},
@@ -548,10 +659,8 @@ class HarvestSimulator(Simulator):
         if ("name" in fields or create) and fields.get("name") is None:
             problems.append("Name can't be blank")
         if fields.get("currency") is not None:
-            code = currency_code(fields["currency"])
-            if code not in CURRENCIES:
-                problems.append(f"Currency {fields['currency']!r} is not included in the list")
-            else:
+            code = self._listed_currency(fields["currency"], problems)
+            if code is not None:
                 fields["currency"] = currency_name(code)
                 fields["currency-symbol"] = CURRENCIES[code][1]
         if problems:
@@ -570,23 +679,27 @@ class HarvestSimulator(Simulator):
 
     async def list_clients(self, request: web.Request) -> web.Response:
         """Every client (by name), or those updated since ``updated_since``."""
+        self._privileged("clients")
         rows = self.table("clients").query(self._since(request))
-        rows = sorted(rows, key=lambda r: (r["name"].casefold(), r["id"]))
-        return _xml("clients", [self._client_view(r) for r in rows])
+        rows = self._listing(rows, lambda r: (r["name"].casefold(), r["id"]))
+        return self._xml("clients", [self._client_view(r) for r in rows])
 
     async def get_client(self, request: web.Request) -> web.Response:
-        return _xml("client", self._client_view(self._row("clients", request)))
+        return self._xml("client", self._client_view(self._row("clients", request)))
 
     async def create_client(self, request: web.Request) -> web.Response:
         table = self.table("clients")
         fields = self._client_fields(await self._body(request, "client"), create=True)
         row = self._write(lambda: table.insert(fields))
-        return _empty(201, f"/clients/{row['id']}")
+        return self._created("client", "clients", row["id"])
 
     async def update_client(self, request: web.Request) -> web.Response:
         table = self.table("clients")
         row = self._row("clients", request)
         fields = self._client_fields(await self._body(request, "client"), create=False)
+        refused = self._refuse_in_200("Client")
+        if refused is not None:
+            return refused
         self._write(lambda: table.update(row["id"], fields))
         return _empty(200, f"/clients/{row['id']}")
 
@@ -644,24 +757,29 @@ class HarvestSimulator(Simulator):
 
     async def list_contacts(self, request: web.Request) -> web.Response:
         """Every contact (in id order), of one client when the path names it; ``updated_since`` filters."""
+        self._privileged("contacts")
         rows = self.table("contacts").query(self._since(request))
         if "id" in request.match_info:
             client = self._row("clients", request)
             rows = [r for r in rows if r["client-id"] == client["id"]]
-        return _xml("contacts", [self._contact_view(r) for r in sorted(rows, key=lambda r: r["id"])])
+        rows = self._listing(rows, lambda r: r["id"])
+        return self._xml("contacts", [self._contact_view(r) for r in rows])
 
     async def get_contact(self, request: web.Request) -> web.Response:
-        return _xml("contact", self._contact_view(self._row("contacts", request)))
+        return self._xml("contact", self._contact_view(self._row("contacts", request)))
 
     async def create_contact(self, request: web.Request) -> web.Response:
         table = self.table("contacts")
         fields = self._contact_fields(await self._body(request, "contact"), create=True)
         row = table.insert(fields)
-        return _empty(201, f"/contacts/{row['id']}")
+        return self._created("contact", "contacts", row["id"])
 
     async def update_contact(self, request: web.Request) -> web.Response:
         row = self._row("contacts", request)
         fields = self._contact_fields(await self._body(request, "contact"), create=False)
+        refused = self._refuse_in_200("Contact")
+        if refused is not None:
+            return refused
         self.table("contacts").update(row["id"], fields)
         return _empty(200, f"/contacts/{row['id']}")
 
@@ -761,16 +879,23 @@ class HarvestSimulator(Simulator):
         if fields.get("client-id") is not None and client is None:
             problems.append(f"Client {fields['client-id']} does not exist")
         if fields.get("currency") is not None:
-            code = currency_code(fields["currency"])
-            if code not in CURRENCIES:
-                problems.append(f"Currency {fields['currency']!r} is not included in the list")
-            else:
+            code = self._listed_currency(fields["currency"], problems)
+            if code is not None:
                 fields["currency"] = currency_name(code)
+        terms = fields.get("due-at-human-format")
+        if terms is not None and terms not in WRITABLE_TERMS:
+            problems.append(f"Due at human format {terms!r} is not included in the list")
         if "kind" in fields and fields["kind"] not in (None, "free_form", "project", "task", "people", "detailed"):
             problems.append(f"Kind {fields['kind']!r} is not included in the list")
         if problems:
             raise _Problem(422, *problems)
         fields.pop("kind", None)
+        if current is not None and {"issued-at", "due-at", "due-at-human-format"} & fields.keys():
+            terms = fields.get("due-at-human-format") or current["due-at-human-format"]
+            due = due_from_terms(
+                fields.get("issued-at", current["issued-at"]), fields.get("due-at", current["due-at"]), terms
+            )
+            fields["due-at"] = due or current["due-at"]
         if "number" in fields and fields["number"] is None:
             del fields["number"]  # the number cannot be blanked
         if create:
@@ -781,15 +906,24 @@ class HarvestSimulator(Simulator):
                 fields["number"] = str(self._next_number)
             fields["currency"] = fields.get("currency") or client["currency"]
             fields["issued-at"] = fields.get("issued-at") or today
-            fields["due-at-human-format"] = fields.get("due-at-human-format") or (
-                "custom" if fields.get("due-at") else "upon receipt"
-            )
-            fields["due-at"] = fields.get("due-at") or fields["issued-at"]
+            # Assumption: an invoice created without terms gets "upon receipt", which
+            # overrides a due-at sent alone (only "custom" keeps due-at as sent).
+            fields["due-at-human-format"] = fields.get("due-at-human-format") or "upon receipt"
+            fields["due-at"] = due_from_terms(fields["issued-at"], fields.get("due-at"), fields["due-at-human-format"])
+            fields["due-at"] = fields["due-at"] or fields["issued-at"]
             for tag in ("subject", "notes", "purchase-order", "tax", "tax2", "discount", "period-start", "period-end"):
                 fields.setdefault(tag, None)
             fields.setdefault("_lines", [])
             fields.update({"kind": "free_form", "_sent": False, "_closed": False, "_payments": []})
         return fields
+
+    @staticmethod
+    def _listed_currency(text: str, problems: list[str]) -> str | None:
+        """The ISO code of one of Harvest's listed names; anything else (a bare code, an old name) is refused."""
+        if text.strip() not in _LISTED_CURRENCIES:
+            problems.append(f"Currency {text!r} is not included in the list")
+            return None
+        return currency_code(text)
 
     def _note_number(self, number: str) -> None:
         if number.isdigit() and int(number) >= self._next_number:
@@ -804,6 +938,7 @@ class HarvestSimulator(Simulator):
             page = 0
         if page < 1:
             raise _Problem(400, f"page {query.get('page')!r} is not a page number (1, 2, ...)")
+        self._privileged("invoices")
         rows = self.table("invoices").query(self._since(request))
         client = query.get("client")
         if client:
@@ -822,9 +957,11 @@ class HarvestSimulator(Simulator):
             if status not in _STATUSES:
                 raise _Problem(400, f"status {status!r} is not one of {', '.join(_STATUSES)}")
             rows = [r for r in rows if self._status_matches(r, status)]
-        rows = sorted(rows, key=lambda r: (r["issued-at"], r["id"]), reverse=True)
+        rows = self._listing(rows, lambda r: (-r["issued-at"].toordinal(), -r["id"]))
+        if self.is_hostile("ignore_paging"):
+            return self._xml("invoices", [self._invoice_view(r) for r in rows])
         start = (page - 1) * self.page_size
-        return _xml("invoices", [self._invoice_view(r) for r in rows[start : start + self.page_size]])
+        return self._xml("invoices", [self._invoice_view(r) for r in rows[start : start + self.page_size]])
 
     def _status_matches(self, row: Row, status: str) -> bool:
         _, _, _, state = self._money(row)
@@ -835,19 +972,22 @@ class HarvestSimulator(Simulator):
         return state == status
 
     async def get_invoice(self, request: web.Request) -> web.Response:
-        return _xml("invoice", self._invoice_view(self._row("invoices", request), detail=True))
+        return self._xml("invoice", self._invoice_view(self._row("invoices", request), detail=True))
 
     async def create_invoice(self, request: web.Request) -> web.Response:
         table = self.table("invoices")
         fields = self._invoice_fields(await self._body(request, "invoice"), current=None)
         row = self._write(lambda: table.insert(fields))
         self._note_number(row["number"])
-        return _empty(201, f"/invoices/{row['id']}")
+        return self._created("invoice", "invoices", row["id"])
 
     async def update_invoice(self, request: web.Request) -> web.Response:
         table = self.table("invoices")
         row = self._row("invoices", request)
         fields = self._invoice_fields(await self._body(request, "invoice"), current=row)
+        refused = self._refuse_in_200("Invoice")
+        if refused is not None:
+            return refused
         if "_lines" in fields:
             paid = sum((p["amount"] for p in row["_payments"]), Decimal("0.00"))
             new_amount = invoice_totals(
@@ -909,7 +1049,7 @@ class HarvestSimulator(Simulator):
 
     async def list_payments(self, request: web.Request) -> web.Response:
         row = self._row("invoices", request)
-        return _xml("payments", [self._payment_view(row, p) for p in row["_payments"]])
+        return self._xml("payments", [self._payment_view(row, p) for p in row["_payments"]])
 
     async def create_payment(self, request: web.Request) -> web.Response:
         """Record a payment: lowers ``due-amount``; the state follows (partial, paid)."""
