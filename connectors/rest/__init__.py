@@ -28,17 +28,52 @@ mapping. Nothing is coded per API. A minimal system::
 
 How reading works
 -----------------
+Every list request goes through :func:`ferryman.http.pagination.paginate`, whose page
+guard stops a read whose page repeats the one before it (an API that ignores its paging
+parameters), a paginator that asks for a page twice, or a read past the page cap, with
+:class:`~ferryman.errors.PagingError` naming the URL, instead of paging for ever.
+
 With ``incremental`` configured and ``sorted: true`` (the API returns records in
-``updated_at`` order when filtered), a read goes through :func:`ferryman.api.keyset_pages`:
-the filter is re-issued from the newest timestamp seen whenever a page moves it forward,
-so rows updated during the read cannot be skipped by shifting page boundaries. The bound
-is always *inclusive* and at whole seconds (an API that compares with ``>`` is asked
-from one second earlier, ``inclusive: false``): re-reading the boundary second is safe
-because records already delivered are dropped by compound cursor here and unchanged ones
-are skipped by fingerprint in the engine. Each page is sorted by ``(updated_at, id)``
-with ids in natural order and de-duplicated, which is what an API with whole-second
-timestamps needs. Without ``sorted`` (or without ``incremental``) the whole (filtered)
-list is read, sorted and de-duplicated in memory, then handed over in pages.
+``updated_at`` order when filtered), a read goes through the one read loop,
+:func:`ferryman.sdk.readloop.keyset_read`: the filter is re-issued from the newest
+timestamp seen whenever a page moves it forward, so rows updated during the read cannot be
+skipped by shifting page boundaries. Records reach the loop in the **server's** order and
+the loop verifies it: an API that ignores the sort (or a stream declared ``sorted: true``
+without the ``sort_params`` that make it sort) stops the read with
+:class:`~ferryman.errors.OrderViolation` naming the two keys, never a silent skip. The bound
+is always *inclusive*, floored to the filter's granularity (whole seconds; minutes for a
+strftime ``format`` without ``%S``; an API that compares with ``>`` is asked from one second
+earlier, ``inclusive: false``): records already delivered are dropped by the cursor policy
+and unchanged ones are skipped by fingerprint in the engine. Without ``sorted`` (or without
+``incremental``) the whole (filtered) list is read, de-duplicated, then filtered, ordered
+and chunked by :func:`ferryman.sdk.readloop.whole_list_pages`.
+
+``sort_params`` may repeat a parameter (``{orderby: [updated_at, id]}``) for APIs that sort
+only when asked, by several pairs; ``first_cursor`` is the cursor sent on a full read, for
+APIs whose list is empty (not complete) without a search.
+
+``precision`` (``seconds`` by default; ``milliseconds``, ``microseconds``, ``minutes``)
+declares the finest step of the stream's ``updated_at``; the engine never reads back less
+than one step (:mod:`ferryman.cursor`).
+
+How writing is verified
+-----------------------
+A 2xx answer is never a rejection. When its body is not the record (a stub such as
+``{"id": "12", "_url": "...", "type": "ticket"}``, ``[]``, only an id), the record is read
+back through ``item`` (ids compared as text: ``12`` and ``"12"`` are one record). A stream
+may declare what success looks like, ``success: {status: [200, 201], body_matching: ...,
+body_not_matching: "isn't a valid"}`` (regular expressions searched in the raw body); a
+create or update failing it raises :class:`~ferryman.errors.RecordRejected` with the
+status and the API's own words, e.g. ``200 ["Ticket 2: Status 'closed' isn't a valid
+status for this ticket."]``.
+
+Deleted records
+---------------
+``hides_deleted: true`` says deleted records vanish from the lists (``StreamInfo.hides_deleted``:
+the engine probes linked keys with :meth:`RestConnector.get`). ``get`` answers ``None`` for a
+404/410 and a record with ``deleted=True`` when the item says so: the mapped ``deleted``
+field, or ``deleted_when: {field: status, equals: deleted}`` (a value or a list, compared as
+text; the field that says so is then not mapped).
 
 Field mapping
 -------------
@@ -64,7 +99,7 @@ the stream's ``timezone``, and refused without one), epoch seconds, or the field
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NamedTuple, get_args
@@ -72,25 +107,38 @@ from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from ferryman.api import ApiConnector, NativePage, keyset_pages, sort_natural, to_record
+from ferryman.api import ApiConnector, to_record
 from ferryman.config import Secret
 from ferryman.connector import Capability, Cursor, Page, Reject, StreamInfo, SystemContext, record_order
+from ferryman.cursor import SECOND, filter_floor, is_older, parse_precision
 from ferryman.errors import MalformedResponseError, RecordRejected
 from ferryman.http import ApiKeyHeader, ApiKeyQuery, Basic, Bearer, HttpOptions
+from ferryman.http.codecs import loads_json
 from ferryman.http.pagination import (
     BodyCursor,
     BodyNextUrl,
     LinkHeader,
+    NextRequest,
     OffsetLimit,
     PageNumber,
     Paginator,
     extract,
-    extract_records,
+    paginate,
 )
 from ferryman.records import Record, record_type
 from ferryman.redact import redact_url, register_secret
+from ferryman.sdk.readloop import Fetched, keyset_read, whole_list_pages
 from ferryman.timeutil import UTC, ZoneName, ensure_utc, format_utc, from_epoch, parse_datetime, utcnow
 
 __all__ = ["Mapper", "RestConnector", "RestOptions", "StreamSpec", "format_time", "parse_time"]
@@ -298,6 +346,21 @@ Pagination = Annotated[
 ]
 
 
+class _OneRequest:
+    """``pagination: none``: the first answer is the whole list."""
+
+    def first(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(params)
+
+    def next_request(
+        self, response: httpx.Response, body: Any, params: Mapping[str, Any], records: Sequence[Any]
+    ) -> NextRequest | None:
+        return None
+
+
+_ONE_REQUEST = _OneRequest()
+
+
 def _paginator(spec: Any, size: int) -> Paginator | None:
     """The :mod:`ferryman.http.pagination` paginator for a style (``None``: one request)."""
     if isinstance(spec, PagePagination):
@@ -323,7 +386,14 @@ class Incremental(_Model):
     timezone: Zone | None = Field(None, description="zone of the timestamp in the template (default: the stream's)")
     inclusive: bool = Field(True, description="the API compares >=; false when it compares > (asked 1 s earlier)")
     sorted: bool = Field(True, description="the API returns records in updated_at order when filtered")
-    sort_params: dict[str, str] = Field(default_factory=dict, description="extra query params that ask for that order")
+    sort_params: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="extra query params that ask for that order; a list repeats the param (orderby pairs)",
+    )
+    first_cursor: AwareDatetime | None = Field(
+        None,
+        description="the cursor sent on a full read, for APIs whose list is empty without a search (default: none)",
+    )
 
     @field_validator("template")
     @classmethod
@@ -338,6 +408,15 @@ class Incremental(_Model):
                 if name != "cursor":
                     raise ValueError(f"unknown placeholder {{{name}}} in the template (only {{cursor}})")
         return value
+
+    @property
+    def granularity(self) -> timedelta:
+        """The finest step the filter takes: whole seconds, or whole minutes (hours) for a
+        strftime pattern without ``%S`` (``%M``), which a keyset read must not restart within."""
+        fmt = self.format
+        if "%" in fmt and "%S" not in fmt and "%s" not in fmt and "%T" not in fmt:
+            return timedelta(minutes=1) if "%M" in fmt or "%R" in fmt else timedelta(hours=1)
+        return SECOND
 
     def params(self, since: datetime, zone: tzinfo | None) -> dict[str, str]:
         """The query parameters asking for records updated at or after ``since``."""
@@ -437,6 +516,62 @@ class FindSpec(_Model):
     records_path: str | None = Field(None, description="default: the stream's records_path")
 
 
+class SuccessSpec(_Model):
+    """How a 2xx answer to a create or update is recognised as success.
+
+    ``status``: the statuses that mean success (default: any 2xx); ``body_matching`` /
+    ``body_not_matching``: regular expressions searched in the raw body. A write that fails
+    the check is a rejection carrying the API's own words.
+    """
+
+    status: list[Annotated[int, Field(ge=200, le=299)]] | None = None
+    body_matching: str | None = Field(None, description="a regular expression a successful body contains")
+    body_not_matching: str | None = Field(None, description="a regular expression only a failed body contains")
+
+    @field_validator("body_matching", "body_not_matching")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    def failure(self, response: httpx.Response) -> str | None:
+        """Why ``response`` is not a success (the status and the API's words), or ``None``."""
+        text = response.text
+        failed = (
+            (self.status is not None and response.status_code not in self.status)
+            or (self.body_matching is not None and re.search(self.body_matching, text) is None)
+            or (self.body_not_matching is not None and re.search(self.body_not_matching, text) is not None)
+        )
+        if not failed:
+            return None
+        words = " ".join(text.split())
+        return f"{response.status_code} {words[:500] or '(empty body)'}"
+
+
+class DeletedWhen(_Model):
+    """A native field whose value says the record is deleted: ``{field: status, equals: deleted}``."""
+
+    field: str = Field(description="dotted native path, e.g. status")
+    equals: Any = Field(description="the value (or list of values) meaning deleted; compared as text")
+
+    def matches(self, native: Mapping[str, Any]) -> bool:
+        value = extract(native, self.field, _MISSING)
+        if value is _MISSING or value is None:
+            return False
+        wanted = self.equals if isinstance(self.equals, list) else [self.equals]
+        return str(value) in {str(w) for w in wanted}
+
+
+def _precision(value: Any) -> timedelta:
+    if not isinstance(value, str | timedelta):
+        raise ValueError("use seconds, milliseconds, microseconds or minutes")
+    return parse_precision(value)
+
+
 class StreamSpec(_Model):
     """One stream of the API."""
 
@@ -457,6 +592,12 @@ class StreamSpec(_Model):
     delete: Annotated[DeleteEndpoint | None, BeforeValidator(_path_shorthand)] = None
     find: FindSpec | None = None
     write_nulls: bool = Field(False, description="send null for empty fields (default: leave them out)")
+    precision: Annotated[timedelta, BeforeValidator(_precision)] = Field(
+        SECOND, description="finest step of native updated_at: seconds, milliseconds, microseconds, minutes"
+    )
+    success: SuccessSpec | None = Field(None, description="how a 2xx create/update is recognised as success")
+    hides_deleted: bool = Field(False, description="deleted records vanish from lists (the engine probes item)")
+    deleted_when: DeletedWhen | None = Field(None, description="a native value meaning deleted, e.g. status")
 
     @model_validator(mode="after")
     def _check(self) -> StreamSpec:
@@ -475,6 +616,8 @@ class StreamSpec(_Model):
                 for name in _PLACEHOLDER.findall(value):
                     if name not in known:
                         raise ValueError(f"find.params: {self.record} has no field {{{name}}}")
+        if self.hides_deleted and self.item is None:
+            raise ValueError("hides_deleted needs item: deleted records are found by GET of the item")
         for endpoint in ("item", "update", "delete"):
             spec = getattr(self, endpoint)
             if spec is not None and "{id}" not in spec.path:
@@ -651,6 +794,11 @@ class Mapper:
         )
         self._key_path = self.fields["key"].native
         self._readers = [self._reader(name, spec) for name, spec in self.fields.items() if spec.read]
+        self._deleted_when = spec.deleted_when
+        # A record the deleted_when rule matches is read without the field that says so: a
+        # status "deleted" is no canonical status, and the record is only a tombstone.
+        gone_path = spec.deleted_when.field if spec.deleted_when is not None else None
+        self._tombstone_readers = [r for r in self._readers if r.path != gone_path]
 
     def _reader(self, name: str, spec: FieldSpec) -> _Reader:
         path = spec.native
@@ -686,7 +834,8 @@ class Mapper:
         data: dict[str, Any] = {}
         # A JSON object is a plain dict: its single keys are read with dict.get, the rest by extract().
         get = native.get if type(native) is dict else None
-        for name, path, key, values, convert, required in self._readers:
+        gone = self._deleted_when is not None and self._deleted_when.matches(native)
+        for name, path, key, values, convert, required in self._tombstone_readers if gone else self._readers:
             value = get(key, _MISSING) if get is not None and key is not None else extract(native, path, _MISSING)
             if value is _MISSING:
                 if required:
@@ -702,7 +851,9 @@ class Mapper:
             data[name] = value
         if data.get("key") in (None, ""):
             raise ValueError(f"key: {self._key_path!r} is empty")
-        if data.get("deleted") is None:
+        if gone:
+            data["deleted"] = True
+        elif data.get("deleted") is None:
             data.pop("deleted", None)
         keys = self._consumed_keys
         if keys is not None and get is not None:
@@ -786,8 +937,10 @@ class RestConnector(ApiConnector):
             spec.record_type,
             frozenset(caps),
             natural_key=spec.key_field,
-            ordered=True,  # either keyset reads in API order, or sorted here
+            ordered=True,  # either keyset reads in verified API order, or sorted here
             description=f"{spec.record} records from {spec.path}",
+            precision=spec.precision,
+            hides_deleted=spec.hides_deleted,
         )
 
     def _spec(self, stream: str) -> tuple[StreamSpec, Mapper]:
@@ -837,36 +990,36 @@ class RestConnector(ApiConnector):
         incremental = spec.incremental
         if incremental is not None:
             params.update(incremental.sort_params)
-            if since is not None:
-                params.update(incremental.params(since, mapper.zone))
+            # Some APIs answer an empty list, not a complete one, when no search is sent: a full
+            # read then asks from first_cursor.
+            start = since if since is not None else incremental.first_cursor
+            if start is not None:
+                params.update(incremental.params(ensure_utc(start), mapper.zone))
         return params
 
     async def _walk(
-        self, path: str, records_path: str, paginator: Paginator | None, params: dict[str, Any]
-    ) -> AsyncGenerator[tuple[list[Any], bool], None]:
-        """Native records page by page, with whether another page follows (known before asking)."""
-        url = path
-        current = paginator.first(params) if paginator else params
-        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-        while True:
-            marker = (url, tuple(sorted((str(k), str(v)) for k, v in current.items())))
-            if marker in seen:
-                raise MalformedResponseError(
-                    f"pagination loops: {redact_url(url)} was already fetched with these params", system=self.name
-                )
-            seen.add(marker)
-            response, body = await self.http.request_decoded("GET", url, params=current)
-            try:
-                records = extract_records(body, records_path)
-            except MalformedResponseError as exc:
-                raise MalformedResponseError(f"{exc} in {redact_url(str(response.url))}", system=self.name) from None
-            following = paginator.next_request(response, body, current, records) if paginator else None
-            yield records, following is not None
-            if following is None:
-                return
-            if following.url is not None:
-                url = following.url
-            current = following.params
+        self, stream: str, path: str, records_path: str, paginator: Paginator | None, params: dict[str, Any]
+    ) -> AsyncGenerator[tuple[list[Any], bool, str], None]:
+        """Native records page by page, with whether another page follows (known before
+        asking) and the request that fetched them (for messages).
+
+        :func:`ferryman.http.pagination.paginate` puts the read loop's page guard on every
+        page: an API that ignores its paging parameters answers the same page again, and the
+        walk stops with :class:`~ferryman.errors.PagingError` naming the URL instead of paging
+        for ever; so does a paginator that asks for a page it already fetched, and a walk
+        past the page cap.
+        """
+        key_path = self._mappers[stream].fields["key"].native
+        async for page in paginate(
+            self.http,
+            path,
+            paginator or _ONE_REQUEST,
+            records_path=records_path,
+            params=params,
+            stream=stream,
+            signature=lambda natives: _page_signature(natives, key_path),
+        ):
+            yield page.records, page.more, f"GET {redact_url(str(page.response.url))}"
 
     def _map(self, spec: StreamSpec, mapper: Mapper, natives: list[Any]) -> tuple[list[Record], list[Reject]]:
         records: dict[str, Record] = {}
@@ -882,75 +1035,93 @@ class RestConnector(ApiConnector):
     async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
         spec, mapper = self._spec(stream)
         if spec.incremental is not None and spec.incremental.sorted:
-            async for page in self._keyset_read(spec, mapper, since, page_size):
+            async for page in self._keyset_read(stream, spec, mapper, since, page_size):
                 yield page
             return
-        async for page in self._sorted_read(spec, mapper, since, page_size):
+        async for page in self._whole_read(stream, spec, mapper, since, page_size):
             yield page
 
     async def _keyset_read(
-        self, spec: StreamSpec, mapper: Mapper, since: Cursor | None, page_size: int
+        self, stream: str, spec: StreamSpec, mapper: Mapper, since: Cursor | None, page_size: int
     ) -> AsyncIterator[Page]:
+        """A ``sorted: true`` stream through the one read loop, which verifies the order the
+        API claims: records come in the server's order, never sorted here first, so an API
+        that ignores the sort stops the run with OrderViolation instead of losing records."""
+        assert spec.incremental is not None
         size = spec.pagination.page_size(page_size)
-        walk: AsyncGenerator[tuple[list[Any], bool], None] | None = None
+        walk: AsyncGenerator[tuple[list[Any], bool, str], None] | None = None
 
-        async def fetch(updated_since: datetime | None, page_number: int) -> NativePage:
+        async def fetch(updated_since: datetime | None, page_number: int) -> Fetched:
             nonlocal walk
             if page_number == 1 or walk is None:
                 if walk is not None:
                     await walk.aclose()
                 params = self._with_size(spec, self._list_params(spec, mapper, updated_since), size)
-                walk = self._walk(spec.path, spec.records_path, _paginator(spec.pagination, size), params)
+                walk = self._walk(stream, spec.path, spec.records_path, _paginator(spec.pagination, size), params)
             records: list[Record] = []
             rejects: list[Reject] = []
             more = False
-            async for natives, more in walk:
+            where = ""
+            async for natives, more, fetched_by in walk:
+                where = fetched_by
                 got, bad = self._map(spec, mapper, natives)
                 records += got
                 rejects += bad
                 if records or not more:
                     break  # a page of nothing but rejects must not end the read
-            return sort_natural(records), rejects, more
+            return Fetched(records, rejects, more, where=where)
 
         try:
-            async for page in keyset_pages(fetch, since):
+            async for page in keyset_read(
+                fetch, since, system=self.name, stream=stream, granularity=spec.incremental.granularity
+            ):
+                # The order was verified on the server's answer; ties within a second are put
+                # in natural key order for the engine's compound cursor.
+                page.records.sort(key=record_order)
                 yield page
         finally:
             if walk is not None:
                 await walk.aclose()
 
-    async def _sorted_read(
-        self, spec: StreamSpec, mapper: Mapper, since: Cursor | None, page_size: int
+    async def _whole_read(
+        self, stream: str, spec: StreamSpec, mapper: Mapper, since: Cursor | None, page_size: int
     ) -> AsyncIterator[Page]:
+        """A stream whose order is not promised: the whole (filtered) list is read, the newest
+        copy of each record kept, then filtered, ordered and chunked by the read loop."""
         size = spec.pagination.page_size(page_size)
-        params = self._with_size(spec, self._list_params(spec, mapper, since.updated_at if since else None), size)
+        granularity = spec.incremental.granularity if spec.incremental is not None else SECOND
+        params = self._with_size(spec, self._list_params(spec, mapper, filter_floor(since, granularity)), size)
         newest: dict[str, Record] = {}
         rejects: list[Reject] = []
-        async for natives, _ in self._walk(spec.path, spec.records_path, _paginator(spec.pagination, size), params):
+        paginator = _paginator(spec.pagination, size)
+        async for natives, _, _ in self._walk(stream, spec.path, spec.records_path, paginator, params):
             records, bad = self._map(spec, mapper, natives)
             for record in records:
-                if since is not None and Cursor.of(record) < since:
-                    continue
                 held = newest.get(record.key)
                 if held is None or record.updated_at >= held.updated_at:
                     newest[record.key] = record
             rejects += [r for r in bad if not _older(r, mapper, since)]
-        ordered = sorted(newest.values(), key=record_order)
-        if not ordered:
-            if rejects:
-                yield Page([], rejects)
-            return
-        for start in range(0, len(ordered), page_size):
-            yield Page(ordered[start : start + page_size], rejects if start == 0 else [])
+        for page in whole_list_pages(list(newest.values()), rejects, since, page_size):
+            yield page
 
     async def get(self, stream: str, key: str) -> Record | None:
+        """The record ``key`` as the item endpoint answers it: ``None`` when it is gone
+        (404/410), a record with ``deleted=True`` when the item says so (``deleted`` field or
+        ``deleted_when``)."""
         spec, mapper = self._spec(stream)
         if spec.item is None:
             raise NotImplementedError(f"{stream} has no item endpoint")
         response, body = await self.http.request_decoded("GET", _fill_id(spec.item.path, key), allow_status=(404, 410))
         if response.status_code in (404, 410):
             return None
-        return self._stored(spec, mapper, extract(body, spec.item.record_path), f"GET {spec.item.path}")
+        native = extract(body, spec.item.record_path)
+        result = mapper.record(native, spec.record)
+        if isinstance(result, Reject):
+            raise MalformedResponseError(
+                f"GET {spec.item.path}: the API answered with a record that does not map: {result.reason}",
+                system=self.name,
+            )
+        return result
 
     async def find(self, stream: str, record: Record) -> Record | None:
         spec, mapper = self._spec(stream)
@@ -967,13 +1138,14 @@ class RestConnector(ApiConnector):
         size = spec.pagination.page_size(100)
         params = self._with_size(spec, params, size)
         walk = self._walk(
+            stream,
             search.path or spec.path,
             spec.records_path if search.records_path is None else search.records_path,
             _paginator(spec.pagination, size),
             params,
         )
         try:
-            async for natives, _ in walk:
+            async for natives, _, _ in walk:
                 for native in natives:
                     found = mapper.record(native, spec.record)
                     if isinstance(found, Record) and not found.deleted and getattr(found, natural) == wanted:
@@ -991,17 +1163,38 @@ class RestConnector(ApiConnector):
             body = fields
         return {"json": body} if endpoint.body == "json" else {"data": body}
 
+    def _verify(self, spec: StreamSpec, response: httpx.Response, what: str) -> None:
+        """Raise RecordRejected with the API's words when a 2xx write fails the stream's ``success``."""
+        if spec.success is None:
+            return
+        reason = spec.success.failure(response)
+        if reason is not None:
+            raise RecordRejected(f"{what}: {reason}", system=self.name, status=response.status_code)
+
     async def create(self, stream: str, record: Record) -> Record:
         spec, mapper = self._spec(stream)
         endpoint = spec.create
         if endpoint is None:
             return await super().create(stream, record)
+        method = endpoint.method or "POST"
         response, body = await self.http.request_decoded(
-            endpoint.method or "POST", endpoint.path, **self._body(endpoint, mapper.to_native(record))
+            method, endpoint.path, decode=_write_answer, **self._body(endpoint, mapper.to_native(record))
         )
+        self._verify(spec, response, f"{method} {endpoint.path}")
+        location = _id_from_location(response.headers.get("location"))
+        if isinstance(body, _Unreadable):
+            # The create happened (2xx); with the id in Location it is read back, else the
+            # engine reconciles it by natural key instead of creating it again.
+            if location and spec.item is not None:
+                return await self._as_stored(stream, spec, mapper, record, location, None)
+            raise MalformedResponseError(
+                f"{method} {endpoint.path} answered {response.status_code} with a body that cannot be read "
+                f"({body.reason}): the {spec.record} was probably created, but its id is unknown",
+                system=self.name,
+            )
         native = extract(body, endpoint.record_path) if body is not None else None
         if endpoint.id_from == "location":
-            key = _id_from_location(response.headers.get("location"))
+            key = location
         else:
             found = extract(body, endpoint.id_path) if body is not None else None
             key = None if found is None or isinstance(found, dict | list) else str(found)
@@ -1010,7 +1203,7 @@ class RestConnector(ApiConnector):
             raise MalformedResponseError(
                 f"created a {spec.record} but found no id in the {where} of the response", system=self.name
             )
-        return await self._as_stored(stream, spec, mapper, record, key, native, f"{endpoint.method or 'POST'}")
+        return await self._as_stored(stream, spec, mapper, record, key, native)
 
     async def update(self, stream: str, key: str, record: Record) -> Record:
         spec, mapper = self._spec(stream)
@@ -1018,11 +1211,12 @@ class RestConnector(ApiConnector):
         if endpoint is None:
             return await super().update(stream, key, record)
         method = endpoint.method or "PUT"
-        _, body = await self.http.request_decoded(
-            method, _fill_id(endpoint.path, key), **self._body(endpoint, mapper.to_native(record))
+        response, body = await self.http.request_decoded(
+            method, _fill_id(endpoint.path, key), decode=_write_answer, **self._body(endpoint, mapper.to_native(record))
         )
-        native = extract(body, endpoint.record_path) if body is not None else None
-        return await self._as_stored(stream, spec, mapper, record, key, native, method)
+        self._verify(spec, response, f"{method} {endpoint.path}")
+        native = extract(body, endpoint.record_path) if body is not None and not isinstance(body, _Unreadable) else None
+        return await self._as_stored(stream, spec, mapper, record, key, native)
 
     async def delete(self, stream: str, key: str) -> None:
         spec, _ = self._spec(stream)
@@ -1033,29 +1227,27 @@ class RestConnector(ApiConnector):
         )
 
     async def _as_stored(
-        self,
-        stream: str,
-        spec: StreamSpec,
-        mapper: Mapper,
-        record: Record,
-        key: str,
-        native: Any,
-        what: str,
+        self, stream: str, spec: StreamSpec, mapper: Mapper, record: Record, key: str, native: Any
     ) -> Record:
-        """The record as the API now holds it: from the response, else read back, else as sent."""
+        """The record as the API now holds it, after a 2xx write (never a rejection).
+
+        From the response when its body maps to this record; otherwise (a stub such as
+        ``{"id": "12", "_url": ..., "type": "ticket"}``, ``[]``, only an id) read back
+        through ``item``, ids compared as text (``12`` and ``"12"`` are one record); without
+        an item endpoint, or when the read-back fails, the record as sent under its new key.
+        """
         if isinstance(native, Mapping) and mapper.native_id(native) == key:
-            return self._stored(spec, mapper, native, what)
+            result = mapper.record(native, spec.record)
+            if isinstance(result, Record):
+                return result
         if spec.item is not None:
-            stored = await self.get(stream, key)
-            if stored is not None:
+            try:
+                stored = await self.get(stream, key)
+            except MalformedResponseError:
+                stored = None
+            if stored is not None and stored.key == key:
                 return stored
         return record.model_copy(update={"key": key, "updated_at": utcnow()})
-
-    def _stored(self, spec: StreamSpec, mapper: Mapper, native: Any, what: str) -> Record:
-        result = mapper.record(native, spec.record)
-        if isinstance(result, Reject):
-            raise RecordRejected(f"{what}: the API answered with a record that does not map: {result.reason}")
-        return result
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -1092,6 +1284,30 @@ def _older(reject: Reject, mapper: Mapper, since: Cursor | None) -> bool:
         return False
     spec = mapper.fields["updated_at"]
     try:
-        return parse_time(extract(reject.raw, spec.native), spec.format, mapper.zone) < since.updated_at
+        return is_older(parse_time(extract(reject.raw, spec.native), spec.format, mapper.zone), since)
     except ValueError:
         return False
+
+
+class _Unreadable:
+    """A 2xx answer to a write whose body is not JSON (garbled, cut short): the write happened."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _write_answer(response: httpx.Response) -> Any:
+    """The JSON body of a write's answer, ``None`` when empty, :class:`_Unreadable` when not JSON."""
+    if not response.content.strip():
+        return None
+    try:
+        return loads_json(response)
+    except MalformedResponseError as exc:
+        return _Unreadable(str(exc))
+
+
+def _page_signature(natives: list[Any], key_path: str) -> tuple[Any, ...]:
+    """What identifies a native page for the repeat guard: its ids in order (``()`` when empty)."""
+    return tuple(extract(n, key_path) if isinstance(n, Mapping) else repr(n) for n in natives)

@@ -31,6 +31,9 @@ Search: any field of a stream as a query parameter (``?email=ada@example.com``,
 ``?number=INV-000012``, ``?customer_id=7``) narrows a list to the records whose field equals
 it exactly, in every pagination style.
 
+With ``require_search=True`` a list with no ``updated_since``, ``q`` or field filter answers
+an empty list (not an error), as a real helpdesk API did.
+
 Incremental reads: ``updated_since=`` takes ISO 8601 with ``Z`` or an offset,
 ``YYYY-MM-DD HH:MM:SS`` (UTC), a date, or epoch seconds; or the query-language form
 ``q=updated >= '<timestamp>'`` (also ``>``, ``updated_at``, double quotes). Results are in
@@ -52,6 +55,20 @@ Records::
 (* required on create and PUT). ``id``, ``created_at`` and ``updated_at`` in a body are
 ignored; any other unknown field, a bad value or a missing required one answers 422 with
 ``{"error": "validation_failed", "message": ..., "fields": {name: problem}}``.
+
+Hostile modes (a deliberate test switch, ``set_hostile`` or ``POST /__sandbox/hostile``; see
+``ferryman.sandbox.HOSTILE_MODES``), each after a behaviour seen in real APIs
+(shared/seeds/README.md, "Verified against the real systems")::
+
+    ignore_paging  page/offset/cursor/size parameters are not read: every list answer is the
+                   whole filtered list, with the metadata of a first page of the default size
+    ignore_sort    lists come in id (creation) order instead of (updated_at, id)
+    stub_create    a create answers 201 {"id": "12", "_url": ..., "type": "ticket"} (+ Location)
+    error_in_200   an update answers 200 ["Ticket 2: Status 'closed' isn't a valid status for
+                   this ticket."] and changes nothing
+    hide_deleted   deleted records vanish from every list (include_deleted too); GET of the item
+                   answers 200 with the record, tickets with status "deleted", others with
+                   "deleted": true
 
 Precomputed pages (``precompute=True``, for benchmarks): every row is encoded to JSON once,
 at start-up, and a list answer is those bytes joined, so serving a 1000-record page costs
@@ -75,6 +92,7 @@ import orjson
 from aiohttp import web
 
 from ferryman.sandbox import (
+    ALL_HOSTILE,
     BodyError,
     DuplicateValue,
     Row,
@@ -299,6 +317,23 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ValueError(f"not a cursor from this API: {cursor!r}") from None
 
 
+def _refusal(stream: str, id: int, fields: dict[str, Any]) -> str:
+    """The words of an update refused inside HTTP 200 (``error_in_200``), after the real
+    helpdesk's ``["Ticket 2: Status 'closed' isn't a valid status for this ticket."]``."""
+    noun = stream[:-1]
+    if fields.get("status"):
+        return f"{noun.title()} {id}: Status '{fields['status']}' isn't a valid status for this {noun}."
+    return f"{noun.title()} {id}: this change isn't a valid change for this {noun}."
+
+
+def _as_deleted(stream: str, item: dict[str, Any]) -> dict[str, Any]:
+    """A deleted record as GET of the item shows it under ``hide_deleted``: tickets with a
+    deleted status (as the real helpdesk did), other records flagged ``deleted: true``."""
+    if stream == "tickets":
+        return {**item, "status": "deleted"}
+    return {**item, "deleted": True}
+
+
 def _decimal(value: Any) -> str:
     if isinstance(value, Decimal):
         return format(value, "f")
@@ -351,10 +386,13 @@ class GenericSimulator(Simulator):
     ``auth`` lists the accepted styles (``header``, ``query``, ``basic``, ``bearer``);
     ``envelope`` is the body key records sit under; ``page_size`` and ``max_page_size``
     bound the page sizes clients may ask for; ``precompute`` encodes every row once at
-    start-up so that list pages are served from bytes (see the module docs).
+    start-up so that list pages are served from bytes (see the module docs);
+    ``require_search`` makes a list without ``updated_since``, ``q`` or a field filter
+    answer empty, as a real helpdesk's search did (shared/seeds/README.md).
     """
 
     name: ClassVar[str] = "generic"
+    hostile_supported: ClassVar[frozenset[str]] = ALL_HOSTILE
     default_credentials: ClassVar[dict[str, str]] = {"api_key": "sandbox-key"}
     default_port: ClassVar[int] = 8800
 
@@ -366,6 +404,7 @@ class GenericSimulator(Simulator):
         page_size: int = 50,
         max_page_size: int = 1000,
         precompute: bool = False,
+        require_search: bool = False,
         **options: Any,
     ) -> None:
         self.auth = tuple(auth)
@@ -380,6 +419,7 @@ class GenericSimulator(Simulator):
         self.page_size = page_size
         self.max_page_size = max_page_size
         self.precompute = precompute
+        self.require_search = require_search
         # stream -> id -> (the updated_at it was encoded at, the row's JSON)
         self._encoded: dict[str, dict[int, tuple[datetime, bytes]]] = {}
         super().__init__(**options)
@@ -471,11 +511,17 @@ class GenericSimulator(Simulator):
                 raise Invalid(f"paginate must be one of {', '.join(PAGINATION_STYLES)}", {"paginate": style})
             since = self._since(query.get("updated_since"), query.get("q"))
             include_deleted = query.get("include_deleted", "").lower() in ("1", "true", "yes")
+            if self.is_hostile("hide_deleted"):
+                include_deleted = False  # deleted records vanish from every list, asked or not
             table: Table | _Matching = self.table(stream)
             filters = {name: value for name, value in query.items() if name in SCHEMAS[stream]}
             if filters:
                 table = _Matching(self.table(stream), filters)
+            elif self.require_search and since is None:
+                table = _Matching(self.table(stream), {"id": ""})  # no id is "": an empty answer, not an error
             render = RENDER[stream]
+            if self.is_hostile("ignore_paging") or self.is_hostile("ignore_sort"):
+                return self._hostile_list(request, stream, style, table.query(since, include_deleted=include_deleted))
             if style in ("page", "link"):
                 page = self._int_param(query, "page", 1, 1, None)
                 per_page = self._int_param(query, "per_page", self.page_size, 1, self.max_page_size)
@@ -521,6 +567,10 @@ class GenericSimulator(Simulator):
     async def get_record(self, request: web.Request) -> web.Response:
         """One record, or 404."""
         stream = request.match_info["stream"]
+        if self.is_hostile("hide_deleted"):
+            row = self._find(stream, request.match_info["id"], include_deleted=True)
+            if row is not None and row.get("deleted"):
+                return respond(_as_deleted(stream, RENDER[stream](row)))
         row = self._find(stream, request.match_info["id"])
         if row is None:
             return self._not_found(stream, request.match_info["id"])
@@ -539,6 +589,14 @@ class GenericSimulator(Simulator):
         except Invalid as exc:
             return self._invalid(exc)
         location = f"/api/{stream}/{row['id']}"
+        if self.is_hostile("stub_create"):
+            # The shape a real helpdesk answered with: the id as a string, a URL, the type.
+            stub = {
+                "id": str(row["id"]),
+                "_url": str(request.url.with_path(location).with_query(None)),
+                "type": stream[:-1],
+            }
+            return respond(stub, status=201, headers={"Location": location})
         return respond(RENDER[stream](row), status=201, headers={"Location": location})
 
     async def put_record(self, request: web.Request) -> web.Response:
@@ -567,6 +625,8 @@ class GenericSimulator(Simulator):
         table = self.table(stream)
         try:
             fields = self._clean(stream, await self._fields(request), partial=partial)
+            if self.is_hostile("error_in_200"):
+                return respond([_refusal(stream, row["id"], fields)])  # HTTP 200, nothing changed
             if stream == "invoices" and not partial:
                 fields["number"] = fields["number"] or row["number"]
                 fields["issued_on"] = fields["issued_on"] or row["issued_on"]
@@ -621,10 +681,69 @@ class GenericSimulator(Simulator):
                 {exc.field: f"already taken by {stream[:-1]} {exc.holder}"},
             ) from None
 
-    def _find(self, stream: str, id_text: str) -> Row | None:
+    def _find(self, stream: str, id_text: str, *, include_deleted: bool = False) -> Row | None:
         if not id_text.isdigit():
             return None
-        return self.table(stream).get(int(id_text))
+        return self.table(stream).get(int(id_text), include_deleted=include_deleted)
+
+    def _hostile_list(self, request: web.Request, stream: str, style: str, rows: list[Row]) -> web.Response:
+        """A list answer under ``ignore_sort`` and/or ``ignore_paging`` (a deliberate test switch).
+
+        ``ignore_sort``: rows come in id (creation) order, whatever was asked, the way an API
+        that sorts only when its sort parameters are sent answers. ``ignore_paging``: page,
+        offset, cursor and size parameters are not read at all: every answer is the whole
+        (filtered) list, with the paging metadata of a first page of the default size.
+        """
+        query = request.query
+        if self.is_hostile("ignore_sort"):
+            rows = sorted(rows, key=lambda row: row["id"])
+        total = len(rows)
+        render = RENDER[stream]
+        whole = self.is_hostile("ignore_paging")
+        if style in ("page", "link"):
+            page = 1 if whole else self._int_param(query, "page", 1, 1, None)
+            size = (
+                self.page_size if whole else self._int_param(query, "per_page", self.page_size, 1, self.max_page_size)
+            )
+            offset = (page - 1) * size
+        elif style == "offset":
+            offset = 0 if whole else self._int_param(query, "offset", 0, 0, None)
+            size = self.page_size if whole else self._int_param(query, "limit", self.page_size, 1, self.max_page_size)
+        else:
+            size = self.page_size if whole else self._int_param(query, "limit", self.page_size, 1, self.max_page_size)
+            offset = 0
+            if query.get("cursor") and not whole:
+                try:
+                    offset = decode_cursor(query["cursor"])[1]  # in this order a cursor is an offset
+                except ValueError as exc:
+                    raise Invalid(str(exc), {"cursor": "unknown cursor"}) from None
+        data = rows if whole else rows[offset : offset + size]
+        if style == "page":
+            pages = math.ceil(total / size)
+            return self._page(
+                stream,
+                data,
+                render,
+                {"page": offset // size + 1, "per_page": size, "total": total, "total_pages": pages},
+            )
+        if style == "link":
+            headers = {
+                "X-Total-Count": str(total),
+                "Link": self._links(request, offset // size + 1, math.ceil(total / size), size),
+            }
+            return self._page(stream, data, render, {}, headers=headers)
+        if style == "offset":
+            return self._page(stream, data, render, {"offset": offset, "limit": size, "total": total})
+        following = offset + size
+        next_cursor = encode_cursor((from_epoch(0), following)) if following < total else None
+        if style == "cursor":
+            return self._page(stream, data, render, {"next_cursor": next_cursor})
+        next_url = None
+        if next_cursor is not None:
+            params = {k: v for k, v in query.items() if k not in ("api_key", "cursor", "limit")}
+            params.update(cursor=next_cursor, limit=str(size))
+            next_url = str(request.url.with_query(params))
+        return self._page(stream, data, render, {"next": next_url})
 
     def _since(self, updated_since: str | None, q: str | None) -> datetime | None:
         bounds: list[datetime] = []

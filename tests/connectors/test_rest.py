@@ -32,7 +32,7 @@ from ferryman.http.pagination import extract
 from ferryman.records import Contact, Invoice, Ticket
 from ferryman.sandbox import SimulatorThread
 from ferryman.state import StateStore
-from ferryman.testing import ConnectorContract, ContractSetup, collect
+from ferryman.testing import ContractSetup, HostileContract, collect
 from ferryman.timeutil import from_epoch, parse_datetime, utcnow
 from ferryman_connectors.rest import Mapper, RestConnector, RestOptions, StreamSpec, format_time
 from ferryman_connectors.rest.simulator import GenericSimulator
@@ -107,7 +107,7 @@ def rows(sandbox: SimulatorThread, stream: str) -> list[dict[str, Any]]:
 # -- the contract kit, on the shipped example ------------------------------------------------------
 
 
-class TestRestContract(ConnectorContract):
+class TestRestContract(HostileContract):
     @pytest.fixture
     def contract(self) -> ContractSetup:
         return ContractSetup(
@@ -147,6 +147,8 @@ class TestRestContract(ConnectorContract):
                 ),
             },
             edits={"invoices": lambda r: r.model_copy(update={"amount": Decimal("99.95"), "status": "paid"})},
+            # a default page smaller than the data, so that a server ignoring paging claims more pages
+            simulator_kwargs={"records": 30, "seed": 7, "page_size": 10},
         )
 
 
