@@ -1,10 +1,14 @@
 """CSV files, both directions.
 
-**Reading** (a source): one file per stream. Rows are read whole, filtered to those at
-or after the cursor by their ``updated_at`` column, and yielded in ``(updated_at, key)``
-order. A row that cannot become a record (missing columns, a bad date, invalid UTF-8,
-a naive timestamp with no ``timezone`` configured) is rejected with its line number and
-the reason; every other row is delivered.
+**Reading** (a source): one file per stream, read whole, then filtered to the rows at or
+after the cursor (:mod:`ferryman.cursor`) and yielded in ``(updated_at, key)`` order, so the
+file's own row order does not matter. A row that cannot become a record (missing columns,
+a bad date, invalid UTF-8, a naive timestamp with no ``timezone`` configured) is rejected
+with its line number and the reason; every other row is delivered. What would lose rows
+silently stops the run instead, with nothing delivered and the cursor held: a quote left
+open (every later line reads as one cell), a quote that swallows whole lines up to a
+later one, and a file that keeps changing while it is read (a file rewritten in place
+during a read is read again; one replaced by rename is read as the snapshot it was).
 
 **Writing** (a target): one row per record key, timestamps as UTC ``Z``. The target
 file is never torn, even on ``kill -9``: a run writes to ``NAME.csv.partial`` (a copy
@@ -27,6 +31,9 @@ Options::
       columns: {tickets: {subject: Title}}
       timezone: Europe/Berlin           # for input timestamps without an offset (default: reject them)
       delimiter: ","
+      precision: 1s                     # finest step of the files' updated_at (1s, ms, us, minutes)
+
+See ``README.md`` beside this file for the assumptions these rest on.
 """
 
 from __future__ import annotations
@@ -41,17 +48,19 @@ import types
 import typing
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, BinaryIO, ClassVar
 
 import orjson
-from pydantic import Field, PlainSerializer, ValidationError, WrapSerializer, field_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, WrapSerializer, field_validator
 
-from ferryman.connector import Capability, Connector, ConnectorOptions, Cursor, Page, Reject, StreamInfo, record_order
+from ferryman.connector import Capability, Connector, ConnectorOptions, Page, Reject, StreamInfo
+from ferryman.cursor import SECOND, Cursor, is_older, parse_precision
 from ferryman.errors import FatalError, ValidationFailed
 from ferryman.records import Money, Record, UtcDateTime, record_type
+from ferryman.sdk.readloop import whole_list_pages
 from ferryman.timeutil import UTC, ZoneName, format_utc, parse_datetime
 
 csv.field_size_limit(16 * 1024 * 1024)
@@ -60,6 +69,8 @@ DEFAULT_STREAMS = {"tickets": "ticket", "contacts": "contact", "organisations": 
 FIXED = ("key", "updated_at", "deleted")
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
+#: reads of one file in a row that may find it changed under them before the run stops
+READ_ATTEMPTS = 3
 
 
 class CsvOptions(ConnectorOptions):
@@ -69,6 +80,9 @@ class CsvOptions(ConnectorOptions):
     columns: dict[str, dict[str, str]] = Field(default_factory=dict)
     timezone: ZoneName | None = None
     delimiter: str = Field(default=",", min_length=1, max_length=1)
+    #: the finest step of the files' updated_at (whole seconds unless the exporter writes
+    #: finer): an overlap shorter than this is raised to it by the cursor policy
+    precision: Annotated[timedelta, BeforeValidator(parse_precision)] = SECOND
 
     @field_validator("streams")
     @classmethod
@@ -116,7 +130,7 @@ class CsvConnector(Connector):
         super().__init__(context)
         self._sinks: dict[str, _Sink] = {}
         self._streams = {
-            name: StreamInfo(name, record_type(kind), ALL, natural_key="key")
+            name: StreamInfo(name, record_type(kind), ALL, natural_key="key", precision=self.options.precision)
             for name, kind in self.options.streams.items()
         }
         self._field_cache: dict[str, list[str]] = {}
@@ -159,51 +173,101 @@ class CsvConnector(Connector):
     def _rows(self, stream: str, path: Path | None = None) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
         """(line number, row, problem) for each data row of the stream's file."""
         path = path or self.path(stream)
+        with self._open(path) as raw:
+            yield from self._parse(stream, path, raw)
+
+    def _open(self, path: Path) -> BinaryIO:
         try:
-            raw = path.open("rb")
+            return path.open("rb")
         except FileNotFoundError:
             raise FatalError(f"{path}: file not found", system=self.name) from None
-        with raw, io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="") as text:
-            reader = csv.reader(text, delimiter=self.options.delimiter)
+
+    def _parse(self, stream: str, path: Path, raw: BinaryIO) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        try:  # the caller owns ``raw``: closing the wrapper would close it under fstat()
+            yield from self._parse_text(stream, path, text)
+        finally:
+            text.detach()
+
+    def _parse_text(
+        self, stream: str, path: Path, text: io.TextIOWrapper
+    ) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
+        reader = csv.reader(text, delimiter=self.options.delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise FatalError(f"{path}: line 1: unreadable header: {exc}", system=self.name) from None
+        if header and header[0].startswith("\ufeff"):
+            header[0] = header[0][1:]
+        wanted = self._header_for(stream)
+        for required in ("key", "updated_at"):
+            if wanted[required] not in header:
+                raise FatalError(f"{path}: line 1: missing column {wanted[required]!r}", system=self.name)
+        line = 1
+        last: tuple[int, list[str]] | None = None
+        while True:
+            start = line + 1
             try:
-                header = next(reader)
+                cells = next(reader)
             except StopIteration:
-                return
+                break
             except csv.Error as exc:
-                raise FatalError(f"{path}: line 1: unreadable header: {exc}", system=self.name) from None
-            if header and header[0].startswith("\ufeff"):
-                header[0] = header[0][1:]
-            wanted = self._header_for(stream)
-            for required in ("key", "updated_at"):
-                if wanted[required] not in header:
-                    raise FatalError(f"{path}: line 1: missing column {wanted[required]!r}", system=self.name)
-            line = 1
-            while True:
-                start = line + 1
-                try:
-                    cells = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    line = reader.line_num
-                    yield start, None, f"unparseable CSV: {exc}"
-                    continue
                 line = reader.line_num
-                if not cells:
-                    continue
-                if any(_bad_utf8(c) for c in cells):
-                    bad = [h for h, c in zip(header, cells, strict=False) if _bad_utf8(c)]
-                    clean = {h: c for h, c in zip(header, cells, strict=False) if not _bad_utf8(c)}
-                    yield start, clean, f"invalid UTF-8 in column {', '.join(bad) or '?'}"
-                    continue
-                if len(cells) != len(header):
-                    yield (
-                        start,
-                        dict(zip(header, cells, strict=False)),
-                        f"expected {len(header)} columns, found {len(cells)}",
+                yield start, None, f"unparseable CSV: {exc}"
+                continue
+            line = reader.line_num
+            if not cells:
+                continue
+            last = (start, cells)
+            if any(_bad_utf8(c) for c in cells):
+                bad = [h for h, c in zip(header, cells, strict=False) if _bad_utf8(c)]
+                clean = {h: c for h, c in zip(header, cells, strict=False) if not _bad_utf8(c)}
+                yield start, clean, f"invalid UTF-8 in column {', '.join(bad) or '?'}"
+                continue
+            if len(cells) != len(header):
+                if line > start:
+                    # A row over several lines with the wrong number of cells is a quote opened
+                    # by mistake: the lines in between (rows of their own) are inside one cell.
+                    # Dead-lettering it would drop those rows without a word, so stop.
+                    raise FatalError(
+                        f"{path}: line {start}: a quote opened on this line closes only on line {line}, so "
+                        f"lines {start}-{line} read as one row of {len(cells)} cells (expected {len(header)}): "
+                        "the rows in between would be lost. Fix the quoting in the file; nothing was delivered "
+                        "from it",
+                        system=self.name,
                     )
-                    continue
-                yield start, dict(zip(header, cells, strict=True)), None
+                yield (
+                    start,
+                    dict(zip(header, cells, strict=False)),
+                    f"expected {len(header)} columns, found {len(cells)}",
+                )
+                continue
+            yield start, dict(zip(header, cells, strict=True)), None
+        if last is not None and any("\n" in c or "\r" in c for c in last[1]) and self._open_quote(path, last[0]):
+            raise FatalError(
+                f"{path}: line {last[0]}: a quote opened on this line is never closed, so every line after it "
+                "reads as part of one cell and the rows there would be lost. Fix the quoting in the file; "
+                "nothing was delivered from it",
+                system=self.name,
+            )
+
+    def _open_quote(self, path: Path, start: int) -> bool:
+        """Whether the row starting at line ``start`` runs into the end of the file inside a
+        quote. A lenient reader takes the rest of the file as the cell; only the last row
+        can hide that, and only when one of its cells holds a line break, so this second
+        look (strict, from that line on) is rare."""
+        with path.open(encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            for _ in range(start - 1):
+                if not fh.readline():
+                    return False
+            try:
+                for _ in csv.reader(fh, delimiter=self.options.delimiter, strict=True):
+                    pass
+            except csv.Error as exc:
+                return "end of data" in str(exc)
+        return False
 
     def _to_record(self, stream: str, row: dict[str, str]) -> Record:
         rtype = self.stream(stream).record_type
@@ -249,40 +313,55 @@ class CsvConnector(Connector):
 
     async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
         self.stream(stream)
+        path = self.path(stream)
+        for _ in range(READ_ATTEMPTS):
+            with self._open(path) as raw:
+                before = os.fstat(raw.fileno())
+                records, rejects = await self._read_whole(stream, path, raw, since)
+                after = os.fstat(raw.fileno())
+            # The same open file grew, shrank or was rewritten while it was read: what was read
+            # may be half old and half new (rows torn at a buffer boundary, rows skipped because
+            # they moved). A file replaced by rename keeps the open one intact and is not this.
+            if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
+                break
+        else:
+            raise FatalError(
+                f"{path} changed while it was being read, {READ_ATTEMPTS} times in a row; nothing was delivered. "
+                "Have the program that writes it write a new file and rename it into place",
+                system=self.name,
+            )
+        # The whole file is in hand, so it is sorted here: its row order does not matter.
+        for page in whole_list_pages(records, rejects, since, page_size):
+            yield page
+
+    async def _read_whole(
+        self, stream: str, path: Path, raw: BinaryIO, since: Cursor | None
+    ) -> tuple[list[Record], list[Reject]]:
         records: list[Record] = []
         rejects: list[Reject] = []
-        updated_column = self._header_for(stream)["updated_at"]
-        for count, (line, row, problem) in enumerate(self._rows(stream), 1):
+        header = self._header_for(stream)
+        key_column, updated_column = header["key"], header["updated_at"]
+        for count, (line, row, problem) in enumerate(self._parse(stream, path, raw), 1):
             if count % 5000 == 0:
                 await asyncio.sleep(0)  # a big file must not starve the daemon's loop (watchdog)
-            key = (row or {}).get(self._header_for(stream)["key"]) or None
+            key = (row or {}).get(key_column) or None
             if problem is not None:
                 rejects.append(Reject(f"line {line}", problem, raw=row, key=key))
                 continue
             assert row is not None
-            if since is not None and self._before(row, since, updated_column):
-                continue  # validated (or dead-lettered) when it was first read
+            if since is not None and is_older(self._stamp(row, updated_column), since):
+                continue  # cheap: one timestamp parse; validated (or dead-lettered) when it was new
             try:
-                record = self._to_record(stream, row)
+                records.append(self._to_record(stream, row))
             except ValidationFailed as exc:
                 rejects.append(Reject(f"line {line}", str(exc), raw=row, key=key))
-                continue
-            if since is None or Cursor.of(record) >= since:
-                records.append(record)
-        records.sort(key=record_order)
-        if not records:
-            if rejects:
-                yield Page([], rejects)
-            return
-        for start in range(0, len(records), page_size):
-            yield Page(records[start : start + page_size], rejects if start == 0 else [])
+        return records, rejects
 
-    def _before(self, row: dict[str, str], since: Cursor, column: str) -> bool:
-        """True when the row is certainly older than ``since`` (cheap: one timestamp parse)."""
+    def _stamp(self, row: dict[str, str], column: str) -> datetime | None:
         try:
-            return parse_datetime(row[column], assume_tz=self.options.timezone) < since.updated_at
+            return parse_datetime(row[column], assume_tz=self.options.timezone)
         except (ValueError, KeyError):
-            return False
+            return None
 
     def _lookup(self, stream: str, key: str, path: Path | None = None) -> Record | None:
         """The row for ``key`` (the last one, if a key repeats), or None."""

@@ -15,7 +15,9 @@ change so that a crash never loses or re-mints one (see :mod:`ferryman.webhooks.
 **An intake (a source)**, when it has ``intake``. The daemon serves ``POST
 /hooks/<system>``, verifies, de-duplicates, maps and stores what arrives (see
 :mod:`ferryman.webhooks.intake`), and pipelines read it like any other stream; a
-record's ``updated_at`` is when Ferryman received it, so the cursor is exact. With
+record's ``updated_at`` is when Ferryman received it, so the cursor is exact (declared as
+microsecond precision). A stored record that cannot be read back is a dead letter of its
+own, so one hostile message never stops the intake's pipeline. With
 ``intake: {trigger: PIPELINE}`` it only triggers that pipeline's next run.
 
 Field mapping
@@ -45,12 +47,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
+import orjson
+import sqlalchemy as sa
 import structlog
+from pydantic import ValidationError
 
-from ferryman.connector import Capability, Connector, Cursor, Page, StreamInfo, SystemContext
-from ferryman.errors import FatalError
+from ferryman.connector import Capability, Connector, Page, Reject, StreamInfo, SystemContext
+from ferryman.cursor import MICROSECOND, Cursor, filter_floor
+from ferryman.errors import FatalError, ValidationFailed
 from ferryman.records import Record, record_type
 from ferryman.redact import redact, redact_url
+from ferryman.sdk.readloop import whole_list_pages
 from ferryman.state import StateStore
 from ferryman.timeutil import format_utc, utcnow
 from ferryman.webhooks import inbox, outbox
@@ -62,6 +69,8 @@ log = structlog.get_logger("ferryman.webhooks")
 
 SINK = frozenset({Capability.CREATE, Capability.UPDATE, Capability.DELETE})
 SOURCE = frozenset({Capability.READ, Capability.INCREMENTAL})
+#: how much of a stored record that cannot be read back a dead letter keeps
+RAW_EXCERPT = 2000
 
 
 class WebhookConnector(Connector):
@@ -207,14 +216,55 @@ class WebhookConnector(Connector):
 
     # -- reading (intake) -----------------------------------------------------------------------
     async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
+        """The inbox's records due from ``since``, in cursor order, with the rejects received
+        in that window. A stored record that cannot be read back (nested past the JSON
+        parser's depth limit, say) is a dead letter of its own: one hostile message must not
+        fail every run of the intake's pipeline from then on."""
         info = self.stream(stream)
         if self.options.intake is None:
             raise FatalError(f"{stream} is an outbound stream; it cannot be read", system=self.name)
-        for page in inbox.read_inbox(self.store, self.name, stream, since, info.record_type, page_size):
+        table = inbox.T_INBOX
+        query = sa.select(table).where(table.c.system == self.name, table.c.stream.in_((stream, "-")))
+        floor = filter_floor(since, MICROSECOND)
+        if floor is not None:
+            query = query.where(table.c.received_at >= floor)
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query.order_by(table.c.received_at, table.c.seq)).mappings().all()
+        records: list[Record] = []
+        rejects: list[Reject] = []
+        for row in rows:
+            ref = f"webhook {row['webhook_id']}"
+            if row["record"] is None:
+                raw = orjson.loads(row["raw"]) if row["raw"] else None
+                rejects.append(Reject(ref, row["reject_reason"] or "could not be mapped", raw=raw))
+            elif row["stream"] == stream:
+                try:
+                    records.append(self._stored(info.record_type, row["record_key"], row["record"]))
+                except ValidationFailed as exc:
+                    rejects.append(Reject(ref, str(exc), raw=row["record"][:RAW_EXCERPT], key=row["record_key"]))
+        for page in whole_list_pages(records, rejects, since, page_size):
             yield page
 
     async def get(self, stream: str, key: str) -> Record | None:
         info = self.stream(stream)
         if self.options.intake is None:
             return None
-        return inbox.get_record(self.store, self.name, stream, key, info.record_type)
+        table = inbox.T_INBOX
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(table.c.record).where(
+                    table.c.system == self.name, table.c.stream == stream, table.c.record_key == key
+                )
+            ).first()
+        if row is None or row[0] is None:
+            return None
+        return self._stored(info.record_type, key, row[0])
+
+    def _stored(self, rtype: type[Record], key: str, text: str) -> Record:
+        try:
+            return rtype.model_validate_json(text)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValidationFailed(
+                f"the record {key!r} was received but its stored form cannot be read back: {err['msg']}"
+            ) from None

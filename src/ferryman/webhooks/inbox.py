@@ -33,14 +33,13 @@ import orjson
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from ferryman.connector import Cursor, Page, Reject, record_order
 from ferryman.records import Record, record_type
 from ferryman.state import StateStore
 from ferryman.state.models import WebhookInboxRow, WebhookSeenRow
 from ferryman.timeutil import format_utc, from_epoch, parse_datetime, utcnow
 from ferryman.webhooks.options import IntakeOptions, IntakeStreamOptions
 
-__all__ = ["Mapped", "map_message", "mark_seen", "read_inbox", "store_message", "streams_for"]
+__all__ = ["Mapped", "map_message", "mark_seen", "store_message", "streams_for"]
 
 T_INBOX = WebhookInboxRow.__table__  # type: ignore[attr-defined]
 T_SEEN = WebhookSeenRow.__table__  # type: ignore[attr-defined]
@@ -241,50 +240,3 @@ def store_message(
                 streams.append(stream)
             at += _TICK
     return True, streams
-
-
-def read_inbox(
-    store: StateStore, system: str, stream: str, since: Cursor | None, rtype: type[Record], page_size: int
-) -> list[Page]:
-    """The stream's records at or after ``since`` in ``(updated_at, key)`` order, in pages,
-    with the rejects received in that window on the first page."""
-    query = sa.select(T_INBOX).where(T_INBOX.c.system == system, T_INBOX.c.stream.in_((stream, "-")))
-    if since is not None:
-        query = query.where(T_INBOX.c.received_at >= since.updated_at)
-    with store.engine.connect() as conn:
-        rows = conn.execute(query.order_by(T_INBOX.c.received_at, T_INBOX.c.seq)).mappings().all()
-    records: list[Record] = []
-    rejects: list[Reject] = []
-    for row in rows:
-        if row["record"] is None:
-            if row["stream"] in (stream, "-"):
-                raw = orjson.loads(row["raw"]) if row["raw"] else None
-                rejects.append(
-                    Reject(f"webhook {row['webhook_id']}", row["reject_reason"] or "could not be mapped", raw=raw)
-                )
-            continue
-        if row["stream"] != stream:
-            continue
-        record = rtype.model_validate_json(row["record"])
-        if since is None or Cursor.of(record) >= since:
-            records.append(record)
-    records.sort(key=record_order)
-    if not records:
-        return [Page([], rejects)] if rejects else []
-    return [
-        Page(records[start : start + page_size], rejects if start == 0 else [])
-        for start in range(0, len(records), page_size)
-    ]
-
-
-def get_record(store: StateStore, system: str, stream: str, key: str, rtype: type[Record]) -> Record | None:
-    """The inbox's latest state of one record."""
-    with store.engine.connect() as conn:
-        row = conn.execute(
-            sa.select(T_INBOX.c.record).where(
-                T_INBOX.c.system == system, T_INBOX.c.stream == stream, T_INBOX.c.record_key == key
-            )
-        ).first()
-    if row is None or row[0] is None:
-        return None
-    return rtype.model_validate_json(row[0])
