@@ -400,8 +400,10 @@ async def _check(config: Any) -> int:
                 print(f"system {name}: FAILED: {redact(str(exc))}")
         for name in config.pipelines:
             try:
-                await engine.check_pipeline(name)
+                notes = await engine.check_pipeline(name)
                 print(f"pipeline {name}: ok")
+                for note in notes:
+                    print(f"  note: {note}")
             except FerrymanError as exc:  # ConfigError included (its text names the key path)
                 failures += 1
                 print(f"pipeline {name}: FAILED: {redact(str(exc))}")

@@ -128,11 +128,11 @@ class DeletesConfig(_Model):
     enabled: bool = False
     action: Literal["delete", "unlink"] = "delete"
     max_share: float = Field(default=0.1, ge=0.0, le=1.0, description="halt if a run would delete more")
-    probe: bool | None = Field(
-        default=None,
+    probe: bool = Field(
+        default=False,
         description="find deletes a source hides from its lists: linked records are fetched one by one "
-        "(those a full pass did not see, else a rotating share) and a 404 or deleted status is a delete; "
-        "default: on for streams whose connector says deleted records vanish from its lists",
+        "(those a full pass did not see, else a rotating share of probe_max) and a 404 or deleted status is "
+        "a delete; costs up to probe_max requests a run, so it is opt-in (check warns where a source hides deletes)",
     )
     probe_max: int = Field(default=50, ge=1, le=100_000, description="item fetches one run may spend on probing")
 

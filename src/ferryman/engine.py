@@ -51,6 +51,7 @@ log = structlog.get_logger("ferryman.engine")
 LEASE_TTL = DEFAULT_LEASE_TTL  # the default; a run uses the config's state.lease_ttl
 REFERENCE_RETRIES = 200  # records waiting for a reference, delivered again at the start of a run
 PROBE_CHECKPOINT = "~probe"  # where a pipeline's delete probe left off (the checkpoints table)
+LOOKUP_INDEX_PAGES = 50  # a target this small (in pages) is read once for lookups, not searched per record
 
 __all__ = ["Engine", "RunResult"]
 
@@ -102,6 +103,8 @@ class _Target:
         self.references: list[_Reference] = []
         #: look each create up by natural key first (links may have been lost: see _should_look_up)
         self.lookup = False
+        #: the target's records by natural key, read once when it is small enough (see _lookup)
+        self.index: dict[str, list[Record]] | None = None
         #: source keys with an open ``reference`` dead letter for this target: delivering
         #: one of them settles its letter in the same commit
         self.waiting: set[str] = set()
@@ -153,10 +156,27 @@ class Engine:
             except Exception as exc:  # closing must not mask the run's own outcome
                 log.warning("system.close_failed", system=connector.name, error=redact(str(exc)))
 
-    async def check_pipeline(self, name: str) -> None:
+    async def check_pipeline(self, name: str) -> list[str]:
         """Build what a run of ``name`` would (streams, mapping, references) without reading
-        or writing anything; raises the :class:`ConfigError` a run would meet."""
-        await self._targets(self.config.pipeline(name), f"pipelines.{name}")
+        or writing anything; raises the :class:`ConfigError` a run would meet. Returns notes
+        on what the pipeline cannot see or do as configured."""
+        pipeline = self.config.pipeline(name)
+        _, src_info, targets = await self._targets(pipeline, f"pipelines.{name}")
+        notes: list[str] = []
+        if src_info.hides_deleted and not pipeline.deletes.probe and pipeline.direction == "one_way":
+            notes.append(
+                f"{pipeline.source} leaves deleted records out of its lists: no delete is seen "
+                "unless deletes.probe is true"
+            )
+        if pipeline.match_on and pipeline.direction == "one_way":
+            for target in targets:
+                if target.info.natural_key not in pipeline.match_on:
+                    raise ConfigError(
+                        f"{target.ref} can only look records up by {target.info.natural_key or 'nothing'}",
+                        file=self.config.file,
+                        path=f"pipelines.{name}.match_on",
+                    )
+        return notes
 
     async def _targets(self, pipeline: PipelineConfig, where: str) -> tuple[Connector, StreamInfo, list[_Target]]:
         src_system, src_stream = pipeline.source_ref()
@@ -404,8 +424,7 @@ class Engine:
                 if not src_info.ordered and best is not None and not dry_run:
                     # an unordered source only moves its cursor after a complete pass
                     commit_page(PageCommit(name, cursor=best), _counts())
-                probe = pipeline.deletes.probe if pipeline.deletes.probe is not None else src_info.hides_deleted
-                if probe and not dry_run and src_info.can(Capability.READ):
+                if pipeline.deletes.probe and not dry_run and src_info.can(Capability.READ):
                     gone = await self._probe_deletes(name, pipeline, source, src_info, targets, seen)
                     if gone:
                         commit = PageCommit(name, run_id=result.run_id)
@@ -548,7 +567,7 @@ class Engine:
                 try:
                     if action.op == "create" and target.lookup:
                         assert action.record is not None
-                        found = await connector.find(stream, action.record)
+                        found = await _lookup(target, action.record)
                         if found is not None:  # made earlier, its link lost (state deleted, system renamed)
                             log.info(
                                 "link.rebuilt", pipeline=name, target=target.ref, key=action.src_key, dst=found.key
@@ -589,6 +608,8 @@ class Engine:
                             raise _unknown_outcome(target, action.src_key, exc) from None
                         link = Link(action.src_key, stored.key, action.fingerprint, _stored_fp(stored, action))
                         new_links.append(link)
+                        if target.index is not None and (value := _natural(target, action.record)):
+                            target.index.setdefault(value, []).append(stored)
                         if intent_id is not None:
                             in_flight = (intent_id, src_ref, link)
                             commit.resolved_intents.append(intent_id)
@@ -775,21 +796,40 @@ class Engine:
         deleted state database, a reset, ``--full``; or no link at all for this pair: a
         renamed system) a one-way run that simply created would duplicate every record the
         target already has. ``lookup: always`` (or ``match_on``) looks up on every run;
-        ``never`` does not. An empty target has nothing to duplicate: one small read says so.
+        ``never`` does not. An empty target has nothing to duplicate.
         """
         if target.transactional or not target.info.can(Capability.FIND) or pipeline.lookup == "never":
             return False
-        if pipeline.lookup == "always" or pipeline.match_on:
-            return True
-        if cursor is not None and self.store.count_links(src_ref, target.ref) > 0:
+        links_kept = cursor is not None and self.store.count_links(src_ref, target.ref) > 0
+        if pipeline.lookup == "auto" and not pipeline.match_on and links_kept:
             return False
         if not target.info.can(Capability.READ):
             return True
-        async for page in target.connector.read(target.stream, None, 1):
-            if page.records:
-                log.info("link.lookups_on", pipeline=name, target=target.ref, reason="links may have been lost")
-                return True
-        return False
+        # Batched where the API allows: a target of up to LOOKUP_INDEX_PAGES pages is read
+        # once and looked up in memory, instead of one find() request per create.
+        index: dict[str, list[Record]] = {}
+        pages = 0
+        async for page in target.connector.read(target.stream, None, pipeline.page_size):
+            pages += 1
+            if pages > LOOKUP_INDEX_PAGES:
+                index = {}
+                target.index = None
+                break
+            for record in page.records:
+                if not record.deleted and (value := _natural(target, record)):
+                    index.setdefault(value, []).append(record)
+        else:
+            target.index = index
+            if not index:
+                return False  # an empty target has nothing to duplicate
+        log.info(
+            "link.lookups_on",
+            pipeline=name,
+            target=target.ref,
+            reason="links may have been lost" if pipeline.lookup == "auto" else f"lookup: {pipeline.lookup}",
+            indexed=len(index) if target.index is not None else None,
+        )
+        return True
 
     async def _reconcile_intents(self, name: str, src_ref: str, target: _Target) -> None:
         """Creates that were started but never confirmed: look them up before creating again."""
@@ -1009,6 +1049,25 @@ def _counted(op: str) -> str:
         "skip": "skipped",
         "withhold": "withheld",
     }[op]
+
+
+def _natural(target: _Target, record: Record) -> str | None:
+    """The record's natural key value, folded as apps compare it (emails, names: no case)."""
+    value = getattr(record, target.info.natural_key or "", None)
+    return str(value).strip().casefold() or None if value not in (None, "") else None
+
+
+async def _lookup(target: _Target, record: Record) -> Record | None:
+    """The target's record that is ``record`` by natural key: from the index when the target
+    was read whole, else (or when the index holds several) the connector's own find()."""
+    if target.index is not None:
+        value = _natural(target, record)
+        if value is None:
+            return None
+        found = target.index.get(value, [])
+        if len(found) <= 1:
+            return found[0] if found else None
+    return await target.connector.find(target.stream, record)
 
 
 def _unknown_outcome(target: _Target, src_key: str, exc: Exception) -> FatalError:

@@ -330,23 +330,23 @@ class StateStore:
     # -- intents --------------------------------------------------------------------
     def record_intents(self, pipeline: str, dst: str, items: Iterable[tuple[str, str, str]]) -> list[int]:
         """Durably note creates about to happen: (src_key, fingerprint, payload JSON)."""
-        ids: list[int] = []
-        now = utcnow()
         with self.engine.begin() as conn:
-            for src_key, fp, payload in items:
-                result = conn.execute(
-                    sa.insert(T_INTENTS).values(
-                        pipeline=pipeline,
-                        dst=dst,
-                        src_key=src_key,
-                        fingerprint=fp,
-                        payload=payload,
-                        state="pending",
-                        created_at=now,
-                    )
-                )
-                ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
-        return ids
+            return [self._insert_intent(conn, pipeline, dst, item) for item in items]
+
+    def _insert_intent(self, conn: Connection, pipeline: str, dst: str, item: tuple[str, str, str]) -> int:
+        src_key, fp, payload = item
+        result = conn.execute(
+            sa.insert(T_INTENTS).values(
+                pipeline=pipeline,
+                dst=dst,
+                src_key=src_key,
+                fingerprint=fp,
+                payload=payload,
+                state="pending",
+                created_at=utcnow(),
+            )
+        )
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def step_intent(
         self,
@@ -371,19 +371,7 @@ class StateStore:
                 self._upsert_links(conn, src, dst, [link])
                 conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.id == intent_id))
             if begin is not None:
-                src_key, fp, payload = begin
-                result = conn.execute(
-                    sa.insert(T_INTENTS).values(
-                        pipeline=pipeline,
-                        dst=dst,
-                        src_key=src_key,
-                        fingerprint=fp,
-                        payload=payload,
-                        state="pending",
-                        created_at=utcnow(),
-                    )
-                )
-                new_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+                new_id = self._insert_intent(conn, pipeline, dst, begin)
         return new_id
 
     def intents(self, pipeline: str, dst: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
