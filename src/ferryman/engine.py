@@ -103,8 +103,9 @@ class _Target:
         self.references: list[_Reference] = []
         #: look each create up by natural key first (links may have been lost: see _should_look_up)
         self.lookup = False
-        #: the target's records by natural key, read once when it is small enough (see _lookup)
-        self.index: dict[str, list[Record]] | None = None
+        #: the target's records by natural key, as (key, fingerprint), read once when it is
+        #: small enough (see _lookup)
+        self.index: dict[str, list[tuple[str, str]]] | None = None
         #: source keys with an open ``reference`` dead letter for this target: delivering
         #: one of them settles its letter in the same commit
         self.waiting: set[str] = set()
@@ -551,6 +552,20 @@ class Engine:
         # link is made durable in the same small transaction that notes the next intent: a
         # crash (or an answer we cannot read) leaves at most one create in doubt, never a page.
         use_intents = not target.transactional
+        # A target that can find a record by natural key settles any create a crash left in
+        # doubt by looking it up, so its creates are noted page by page (one transaction).
+        # One that cannot gets one intent per create, made durable with the link of the
+        # create before it: a crash leaves at most one record in doubt, never a page.
+        one_at_a_time = use_intents and not target.info.can(Capability.FIND)
+        batch: dict[str, int] = {}
+        creates = [a for a in actions if a.op == "create"]
+        if use_intents and not one_at_a_time and creates:
+            ids = self.store.record_intents(
+                name,
+                target.ref,
+                [(a.src_key, a.fingerprint or "", a.record.model_dump_json() if a.record else "{}") for a in creates],
+            )
+            batch = {a.src_key: i for a, i in zip(creates, ids, strict=True)}
         in_flight: tuple[int, str, Link] | None = None  # the last confirmed create, not yet durable
         failed = False
         try:
@@ -569,20 +584,21 @@ class Engine:
                         assert action.record is not None
                         found = await _lookup(target, action.record)
                         if found is not None:  # made earlier, its link lost (state deleted, system renamed)
+                            found_key, found_fp = found
                             log.info(
-                                "link.rebuilt", pipeline=name, target=target.ref, key=action.src_key, dst=found.key
+                                "link.rebuilt", pipeline=name, target=target.ref, key=action.src_key, dst=found_key
                             )
-                            if fingerprint(found) == action.fingerprint:
-                                new_links.append(
-                                    Link(action.src_key, found.key, action.fingerprint, action.fingerprint)
-                                )
+                            if action.src_key in batch:  # no create after all
+                                commit.resolved_intents.append(batch.pop(action.src_key))
+                            if found_fp == action.fingerprint:
+                                new_links.append(Link(action.src_key, found_key, action.fingerprint, found_fp))
                                 counts["skipped"] += 1
                                 continue
-                            action = Action("update", action.src_key, action.record, action.fingerprint, found.key)
+                            action = Action("update", action.src_key, action.record, action.fingerprint, found_key)
                     if action.op == "create":
                         assert action.record is not None
-                        intent_id = None
-                        if use_intents:
+                        intent_id = batch.pop(action.src_key, None)
+                        if one_at_a_time:
                             intent_id = self.store.step_intent(
                                 name,
                                 target.ref,
@@ -609,9 +625,10 @@ class Engine:
                         link = Link(action.src_key, stored.key, action.fingerprint, _stored_fp(stored, action))
                         new_links.append(link)
                         if target.index is not None and (value := _natural(target, action.record)):
-                            target.index.setdefault(value, []).append(stored)
+                            target.index.setdefault(value, []).append((stored.key, link.dst_fp or ""))
                         if intent_id is not None:
-                            in_flight = (intent_id, src_ref, link)
+                            if one_at_a_time:
+                                in_flight = (intent_id, src_ref, link)
                             commit.resolved_intents.append(intent_id)
                         counts["created"] += 1
                     elif action.op == "update":
@@ -807,7 +824,7 @@ class Engine:
             return True
         # Batched where the API allows: a target of up to LOOKUP_INDEX_PAGES pages is read
         # once and looked up in memory, instead of one find() request per create.
-        index: dict[str, list[Record]] = {}
+        index: dict[str, list[tuple[str, str]]] = {}
         pages = 0
         async for page in target.connector.read(target.stream, None, pipeline.page_size):
             pages += 1
@@ -817,7 +834,7 @@ class Engine:
                 break
             for record in page.records:
                 if not record.deleted and (value := _natural(target, record)):
-                    index.setdefault(value, []).append(record)
+                    index.setdefault(value, []).append((record.key, fingerprint(record)))
         else:
             target.index = index
             if not index:
@@ -1057,9 +1074,10 @@ def _natural(target: _Target, record: Record) -> str | None:
     return str(value).strip().casefold() or None if value not in (None, "") else None
 
 
-async def _lookup(target: _Target, record: Record) -> Record | None:
-    """The target's record that is ``record`` by natural key: from the index when the target
-    was read whole, else (or when the index holds several) the connector's own find()."""
+async def _lookup(target: _Target, record: Record) -> tuple[str, str] | None:
+    """The key and fingerprint of the target's record that is ``record`` by natural key: from
+    the index when the target was read whole, else (or when the index holds several) the
+    connector's own find()."""
     if target.index is not None:
         value = _natural(target, record)
         if value is None:
@@ -1067,7 +1085,8 @@ async def _lookup(target: _Target, record: Record) -> Record | None:
         found = target.index.get(value, [])
         if len(found) <= 1:
             return found[0] if found else None
-    return await target.connector.find(target.stream, record)
+    match = await target.connector.find(target.stream, record)
+    return (match.key, fingerprint(match)) if match is not None else None
 
 
 def _unknown_outcome(target: _Target, src_key: str, exc: Exception) -> FatalError:

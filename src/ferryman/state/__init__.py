@@ -57,6 +57,12 @@ T_SLOTS = SlotRow.__table__  # type: ignore[attr-defined]
 SLOT_RETENTION = timedelta(days=7)
 
 
+_FENCE_SQLITE = "SELECT holder FROM leases WHERE pipeline = ?"
+_FENCE_POSTGRES = "SELECT holder FROM leases WHERE pipeline = %s FOR UPDATE"
+_INSERT_INTENT = (
+    "INSERT INTO intents (pipeline, dst, src_key, fingerprint, payload, state, created_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id"
+)
 _UPSERT_LINKS = (
     "INSERT INTO links (src, dst, src_key, dst_key, src_fp, dst_fp, written_at, write_count, window_start) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
@@ -329,24 +335,25 @@ class StateStore:
 
     # -- intents --------------------------------------------------------------------
     def record_intents(self, pipeline: str, dst: str, items: Iterable[tuple[str, str, str]]) -> list[int]:
-        """Durably note creates about to happen: (src_key, fingerprint, payload JSON)."""
+        """Durably note creates about to happen: (src_key, fingerprint, payload JSON).
+        Fenced like a page commit: a run whose lease moved starts no write."""
         with self.engine.begin() as conn:
+            self._fence(conn, pipeline)
             return [self._insert_intent(conn, pipeline, dst, item) for item in items]
 
     def _insert_intent(self, conn: Connection, pipeline: str, dst: str, item: tuple[str, str, str]) -> int:
+        # driver-level: one create of a target without a natural key pays for this statement
         src_key, fp, payload = item
-        result = conn.execute(
-            sa.insert(T_INTENTS).values(
-                pipeline=pipeline,
-                dst=dst,
-                src_key=src_key,
-                fingerprint=fp,
-                payload=payload,
-                state="pending",
-                created_at=utcnow(),
-            )
-        )
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
+        now: Any = sqlite_text(utcnow()) if self.dialect == "sqlite" else utcnow()
+        row = conn.exec_driver_sql(
+            self._sql(_INSERT_INTENT), (pipeline, dst, src_key, fp, payload, "pending", now)
+        ).first()
+        assert row is not None
+        return int(row[0])
+
+    def _sql(self, statement: str) -> str:
+        """A driver-level statement written with ``%s`` placeholders, in this dialect's style."""
+        return statement.replace("%s", "?") if self.dialect == "sqlite" else statement
 
     def step_intent(
         self,
@@ -369,7 +376,7 @@ class StateStore:
             if confirm is not None:
                 intent_id, src, link = confirm
                 self._upsert_links(conn, src, dst, [link])
-                conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.id == intent_id))
+                conn.exec_driver_sql(self._sql("DELETE FROM intents WHERE id = %s"), (intent_id,))
             if begin is not None:
                 new_id = self._insert_intent(conn, pipeline, dst, begin)
         return new_id
@@ -470,9 +477,9 @@ class StateStore:
 
     def _fence(self, conn: Connection, pipeline: str) -> None:
         """Refuse to write for ``pipeline`` once its lease is held by someone else."""
-        holder = conn.execute(
-            sa.select(T_LEASES.c.holder).where(T_LEASES.c.pipeline == pipeline).with_for_update()
-        ).scalar()
+        # PostgreSQL locks the lease row for the transaction; SQLite's BEGIN IMMEDIATE already serialises
+        statement = _FENCE_SQLITE if self.dialect == "sqlite" else _FENCE_POSTGRES
+        holder = conn.exec_driver_sql(statement, (pipeline,)).scalar()
         if holder is not None and holder != self.holder:
             raise LeaseLost(
                 f"pipeline {pipeline}: its lease passed to {describe_holder(holder)} while this run "
