@@ -350,7 +350,7 @@ class Engine:
                 raise
 
         # keys a full pass saw: a linked key it did not see is probed for a hidden delete
-        seen: set[str] | None = set() if since is None else None
+        seen: set[str] | None = set() if since is None and pipeline.deletes.probe else None
         try:
             async for page in source.read(src_info.name, since, pipeline.page_size):
                 pages.fetched(None)
