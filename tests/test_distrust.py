@@ -208,6 +208,32 @@ async def test_case7_deletes_hidden_from_lists_are_found_by_probing_and_withheld
     assert "7" not in csv_keys(tmp_path / "files" / "tickets.csv", live=True)  # kept as a deleted row
 
 
+async def test_case8_overlap_0s_still_sees_a_change_within_the_cursors_second_to_a_lower_key(
+    tmp_path: Path, sandbox: Any
+) -> None:
+    """Before: with overlap 0s the next read started at the cursor (T, highest key) and an
+    update stamped within the same whole second to a lower key was never read."""
+    engine = make_engine(tmp_path, sandbox.url, {"p": {"from": "api.tickets", "to": "files.tickets", "overlap": "0s"}})
+    try:
+        assert (await engine.run("p")).counts["created"] == 30
+        cursor = engine.store.get_cursor("p")
+        assert cursor is not None and cursor.key != "1"
+
+        def change_ticket_1_within_the_cursors_second() -> None:
+            table = sandbox.simulator.table("tickets")
+            table.update(1, {"subject": "changed in the same second"})
+            table.set_updated(1, cursor.updated_at)
+
+        sandbox.call(change_ticket_1_within_the_cursors_second)
+        result = await engine.run("p")
+    finally:
+        await engine.aclose()
+    assert result.counts["updated"] == 1, result.summary()
+    with (tmp_path / "files" / "tickets.csv").open(newline="", encoding="utf-8") as fh:
+        subjects = {row["key"]: row["subject"] for row in csv.DictReader(fh)}
+    assert subjects["1"] == "changed in the same second"
+
+
 def test_case9_no_comparison_against_the_cursor_outside_the_cursor_module_and_the_read_loop() -> None:
     """The rule lived in 16 modules under six names; now in ferryman.cursor (and the read
     loop that applies it)."""

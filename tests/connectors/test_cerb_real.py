@@ -305,6 +305,34 @@ async def test_a_token_without_the_scope_gets_a_200_without_code_and_the_run_sto
     assert (await collect(cerb.read("organisations", None, 10)))[0], "other record types still read"
 
 
+async def test_a_date_with_fractional_seconds_gives_no_results_so_reads_send_whole_seconds(
+    sandbox: SimulatorThread, cerb: CerbConnector
+) -> None:
+    rows = sorted(_rows(sandbox, "ticket").values(), key=lambda r: r["updated_at"])
+    middle = rows[len(rows) // 2]["updated_at"]
+    whole = middle.strftime("%Y-%m-%dT%H:%M:%SZ")
+    fractional = middle.strftime("%Y-%m-%dT%H:%M:%S.250Z")
+    assert _search(sandbox, "ticket", f'updated:"{whole} to now"')["total"] > 0
+    assert _search(sandbox, "ticket", f'updated:"{fractional} to now"')["total"] == 0
+    since = Cursor(middle.replace(microsecond=250_000), "")  # a cursor with a fraction still finds them
+    records, _ = await collect(cerb.read("tickets", since, 50))
+    assert records and all(r.updated_at >= middle.replace(microsecond=0) for r in records)
+
+
+async def test_an_expired_token_gets_401_denied_the_request_and_stops_the_run_as_an_auth_error(
+    sandbox: SimulatorThread,
+) -> None:
+    with httpx.Client(base_url=sandbox.url + "/rest/records", headers={"Authorization": "Bearer expired"}) as api:
+        answer = api.get("/ticket/search.json")
+    assert answer.status_code == 401 and "denied the request" in answer.text
+    connector = await _open(sandbox.url, token="expired")
+    try:
+        with pytest.raises(AuthError):
+            await collect(connector.read("tickets", None, 10))
+    finally:
+        await connector.close()
+
+
 # -- recorded responses (Cerb 7.0.5) -------------------------------------------------------------------------
 def _fixture(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
