@@ -94,7 +94,6 @@ from ferryman.connector import Capability, Cursor, Page, Reject, StreamInfo
 from ferryman.cursor import SECOND, filter_floor, is_older
 from ferryman.errors import (
     AuthError,
-    FatalError,
     MalformedResponseError,
     NotSupportedError,
     RecordRejected,
@@ -317,18 +316,6 @@ class HarvestConnector(ApiConnector):
 
     def headers(self) -> dict[str, str]:
         return {"Accept": "application/xml"}
-
-    def response_hook(self, response: httpx.Response) -> None:
-        # Harvest sends a request without its XML Accept header (or to a wrong base_url)
-        # to the login page; following that would only ever yield HTML.
-        if 300 <= response.status_code < 400:
-            where = response.headers.get("location", "?")
-            raise FatalError(
-                f"Harvest redirected {response.request.method} {response.request.url.path} to {where!r}: "
-                "check base_url (https://ACCOUNT.harvestapp.com) and the credentials",
-                system=self.name,
-                status=response.status_code,
-            )
 
     def _since_params(self, since: Cursor | datetime | None) -> dict[str, str]:
         """``updated_since`` for a cursor: the minute before it, in UTC, in Harvest's layout."""

@@ -398,8 +398,9 @@ async def test_client_sends_headers_and_no_redirects(api, registry, clock) -> No
     options = HttpOptions(base_url=BASE, headers={"Accept": "application/xml"})
     route = api.get("/old").mock(return_value=httpx.Response(302, headers={"Location": "https://elsewhere.example/"}))
     async with client(options, registry, clock) as http:
-        response = await http.request("GET", "/old")
-    assert response.status_code == 302  # not followed
+        with pytest.raises(FatalError, match=r"redirected \(HTTP 302\) to 'https://elsewhere.example/'") as caught:
+            await http.request("GET", "/old")
+    assert caught.value.status == 302 and route.call_count == 1  # not followed
     assert route.calls[0].request.headers["accept"] == "application/xml"
     assert route.calls[0].request.headers["user-agent"].startswith("ferryman/")
 

@@ -12,7 +12,9 @@ What it does for a connector: a smooth client-side rate limit per (host, credent
 shared across pipelines; ``Retry-After`` (never retried earlier, deferred when too long)
 and ``RateLimit``/``X-RateLimit-*`` obeyed; full-jitter retries of what is safe to retry;
 failures mapped to :mod:`ferryman.errors`; secrets kept out of logs and errors; plain
-``http://`` refused off loopback. Building blocks live in :mod:`ferryman.http.auth`,
+``http://`` refused off loopback; bodies capped at ``max_response_bytes`` while they
+arrive; redirects refused, or followed on the system's own host when
+``follow_redirects: same_host`` says so. Building blocks live in :mod:`ferryman.http.auth`,
 :mod:`ferryman.http.codecs`, :mod:`ferryman.http.pagination` and
 :mod:`ferryman.http.retry_after`.
 """

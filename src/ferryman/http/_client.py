@@ -28,7 +28,7 @@ from ferryman.errors import (
     RetriableError,
 )
 from ferryman.http._clock import Clock
-from ferryman.http._options import HttpOptions
+from ferryman.http._options import MAX_REDIRECTS, HttpOptions
 from ferryman.http._registry import HttpRegistry
 from ferryman.http._urls import host_key, insecure_url_problem
 from ferryman.http.codecs import dumps_json, excerpt, form_encode, loads_json
@@ -61,7 +61,10 @@ log = structlog.get_logger("ferryman.http")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 
 ResponseHook = Callable[[httpx.Response], Awaitable[None] | None]
-"""Called with every response before its status is mapped; raise to turn it into an error."""
+"""Called with every response before its status is mapped; raise to turn it into an error.
+
+A redirect is not shown to it (unless its status is in ``allow_status``): the client
+refuses or follows it first, by ``follow_redirects``."""
 
 Decoder = Callable[[httpx.Response], Any]
 
@@ -70,6 +73,10 @@ Decoder = Callable[[httpx.Response], Any]
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Our own mistakes: retrying cannot help.
 _LOCAL = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+# Redirects with a Location that may be followed (300 and 304 are not moves).
+_FOLLOWABLE = frozenset({301, 302, 303, 307, 308})
+# The only ones that keep a write's method and body (RFC 9110 §15.4); the others turn it into a GET.
+_KEEPS_METHOD = frozenset({307, 308})
 
 
 def decode_json_or_none(response: httpx.Response) -> Any:
@@ -277,7 +284,10 @@ class HttpClient:
             content = data
         body = content.encode() if isinstance(content, str) else content
 
-        def build() -> httpx.Request:
+        def build(url: str | None = None) -> httpx.Request:
+            """The request; to ``url`` (a followed redirect, whose query is its own) when given."""
+            if url is not None:
+                return self._build(method, url, None, body, extra_headers)
             return self._build(method, url_or_path, params, body, extra_headers)
 
         first = build()  # refuse a bad URL before waiting on anything
@@ -336,22 +346,134 @@ class HttpClient:
     async def _attempt(
         self,
         call: _Call,
-        build: Callable[[], httpx.Request],
+        build: Callable[[str | None], httpx.Request],
         allow_status: Collection[int],
         decode: Decoder | None,
     ) -> tuple[httpx.Response, Any]:
-        await self._wait_for_turn()
-        request = build()
+        request = build(None)
+        hops = 0
+        while True:
+            await self._wait_for_turn()  # a followed redirect is one more request to the host
+            response = await self._receive(call, request)
+            await self._observe(call, response)
+            if not (300 <= response.status_code < 400) or response.status_code in allow_status:
+                return await self._handle(call, response, allow_status, decode)
+            # Before the response hook: a connector must not see (nor word, unredacted) a
+            # redirect; every one is refused or followed here, by the same rule.
+            request = self._next_hop(call, request, response, hops, build)
+            hops += 1
+
+    async def _receive(self, call: _Call, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and read its body, at most ``max_response_bytes`` of it."""
         try:
-            response = await self._client.send(request)
+            response = await self._client.send(request, stream=True)
         except httpx.TransportError as exc:
             call.url = redact_url(str(request.url))  # as sent: auth may have added a query key
             error: FerrymanError = self._transport_error(call, request, exc)
         else:
             call.url = redact_url(str(request.url))
-            return await self._handle(call, response, allow_status, decode)
+            try:
+                too_large = await self._read_capped(call, response)
+            except httpx.TransportError as exc:  # the connection broke (or timed out) mid-body
+                error = self._transport_error(call, request, exc)
+            except httpx.DecodingError as exc:
+                error = MalformedResponseError(
+                    f"{call.method} {call.url}: body does not decode ({type(exc).__name__}){call.suffix()}",
+                    system=self.system,
+                    status=response.status_code,
+                )
+            else:
+                if too_large is None:
+                    return response
+                error = too_large
+            finally:
+                await response.aclose()
         self.registry.metrics.count_response(self.system, "error")
         raise error  # raised outside ``except``: the httpx error (and its URL) is not chained
+
+    async def _read_capped(self, call: _Call, response: httpx.Response) -> FatalError | None:
+        """Read the body into ``response.content``, or say why it is too large to.
+
+        The cap counts decoded bytes, so a small gzip body that inflates past it is stopped
+        as it inflates; a ``Content-Length`` past it is refused before a byte is read.
+        """
+        cap = self.options.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        # A HEAD or 304 answer declares the size of a body it does not send.
+        bodiless = call.method == "HEAD" or response.status_code in (204, 304)
+        if declared.isdigit() and int(declared) > cap and not bodiless:
+            return self._too_large(call, response, f"Content-Length {declared}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                return self._too_large(call, response, f"{size} bytes read when it stopped")
+            chunks.append(chunk)
+        # What httpx's own aread() does once the whole body is in: content, text and json()
+        # then work as on any response.
+        response._content = b"".join(chunks)
+        return None
+
+    def _too_large(self, call: _Call, response: httpx.Response, seen: str) -> FatalError:
+        # Fatal, not a (retried) MalformedResponseError: the same request brings the same
+        # body back, so retrying only reads it again; the run stops with the cursor untouched
+        # until a human lowers the page size or raises the cap.
+        return FatalError(
+            f"response to {call.method} {call.url} (HTTP {response.status_code}, {seen}) is larger than "
+            f"max_response_bytes ({_size(self.options.max_response_bytes)}): lower the page size, or raise "
+            f"systems.{self.system}.max_response_bytes",
+            system=self.system,
+            status=response.status_code,
+        )
+
+    def _next_hop(
+        self,
+        call: _Call,
+        request: httpx.Request,
+        response: httpx.Response,
+        hops: int,
+        build: Callable[[str | None], httpx.Request],
+    ) -> httpx.Request:
+        """The request that follows ``response``'s redirect, or the error that refuses it."""
+        status = response.status_code
+        location = response.headers.get("location")
+        try:
+            target = request.url.join(location) if location else None
+        except httpx.InvalidURL:
+            target = None
+        problem = self._redirect_problem(call, request.url, target, status, hops)
+        if problem is None and target is not None:
+            log.info("http.redirect", system=self.system, method=call.method, url=call.url, status=status)
+            return build(str(target))  # _build checks the host again before anything is sent
+        shown = repr(redact_url(location)) if location else "nowhere (no Location header)"
+        raise FatalError(
+            f"{call.method} {call.url} was redirected (HTTP {status}) to {shown}; not followed: {problem}",
+            system=self.system,
+            status=status,
+        )
+
+    def _redirect_problem(
+        self, call: _Call, source: httpx.URL, target: httpx.URL | None, status: int, hops: int
+    ) -> str | None:
+        """Why a redirect from ``source`` to ``target`` must not be followed, or ``None``."""
+        if self.options.follow_redirects == "never" or status not in _FOLLOWABLE:
+            return (
+                "check base_url (the API may have moved, or answers with a login page); "
+                "follow_redirects: same_host follows redirects that stay on the system's host"
+            )
+        if target is None:
+            return "the Location is missing or not a valid URL"
+        if host_key(target) != self.host:
+            return f"{host_key(target)} is another host than {self.host} (the credentials go nowhere else)"
+        if source.scheme == "https" and target.scheme != "https":
+            return "it leaves https for plain http"
+        if status not in _KEEPS_METHOD and call.method not in ("GET", "HEAD"):
+            # 301/302/303 turn a write into a GET in browsers and httpx: the write would be lost.
+            return f"a {call.method} answered with HTTP {status} would be replayed as a GET"
+        if hops >= MAX_REDIRECTS:
+            return f"more than {MAX_REDIRECTS} redirects (a loop?)"
+        return None
 
     async def _wait_for_turn(self) -> None:
         """Wait out a host deferral, then take a slot from the rate budget."""
@@ -390,14 +512,18 @@ class HttpClient:
         kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
         return RetriableError(f"{kind} for {call.method} {call.url} ({what}){call.suffix()}", system=self.system)
 
+    async def _observe(self, call: _Call, response: httpx.Response) -> None:
+        """What every response teaches, a redirect's included: metrics and rate hints."""
+        status = response.status_code
+        self.registry.metrics.count_response(self.system, status)
+        log.debug("http.response", system=self.system, method=call.method, url=call.url, status=status)
+        await self._apply_rate_hints(response, self._clock.now())
+
     async def _handle(
         self, call: _Call, response: httpx.Response, allow_status: Collection[int], decode: Decoder | None
     ) -> tuple[httpx.Response, Any]:
         status = response.status_code
         now = self._clock.now()
-        self.registry.metrics.count_response(self.system, status)
-        log.debug("http.response", system=self.system, method=call.method, url=call.url, status=status)
-        await self._apply_rate_hints(response, now)
         if self._hook is not None:
             result = self._hook(response)
             if inspect.isawaitable(result):
@@ -529,6 +655,14 @@ class HttpClient:
             error=type(exc).__name__ if exc else None,
             wait=round(wait, 3),
         )
+
+
+def _size(value: int) -> str:
+    """``67108864`` as ``64 MiB``, for messages about ``max_response_bytes``."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if value >= factor and value % factor == 0:
+            return f"{value // factor} {unit}"
+    return f"{value} bytes"
 
 
 class _RedactHttpxLog(logging.Filter):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -11,7 +11,13 @@ from ferryman.connector import ConnectorOptions
 from ferryman.http._urls import insecure_url_problem
 from ferryman.redact import redact_url
 
-__all__ = ["HttpOptions", "RateLimitOptions"]
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "MAX_REDIRECTS", "HttpOptions", "RateLimitOptions"]
+
+#: the largest response body read by default (64 MiB): far above any sane page, far below
+#: what would take a small host's memory (a 200 MiB body cost 450 MiB to 1.1 GB uncapped)
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: with ``follow_redirects: same_host``, a longer chain is taken for a loop
+MAX_REDIRECTS = 5
 
 _UNIT_SECONDS = {
     "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
@@ -19,6 +25,8 @@ _UNIT_SECONDS = {
     "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
     "d": 86400, "day": 86400, "days": 86400,
 }  # fmt: skip
+_SIZE = re.compile(r"(?P<n>\d+)\s*(?:(?P<unit>[kmg])(?:i?b)?|b)?")
+_SIZE_UNITS = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _RATE = re.compile(r"(?P<n>\d+)\s*(?:/|per)\s*(?P<k>\d+(?:\.\d+)?)?\s*(?P<unit>[a-z]+)")
 
 
@@ -75,6 +83,37 @@ class HttpOptions(ConnectorOptions):
     )
     verify_tls: bool = True
     headers: dict[str, str] = Field(default_factory=dict, description="extra headers on every request")
+    max_response_bytes: int = Field(
+        DEFAULT_MAX_RESPONSE_BYTES,
+        gt=0,
+        description="bytes, or with a unit (64MB, 512KB; powers of 1024): a larger response body fails the "
+        "run instead of filling memory",
+    )
+    follow_redirects: Literal["never", "same_host"] = Field(
+        "never",
+        description="never: a 3xx answer fails with its Location; same_host: follow it when it stays on the "
+        "system's host and scheme (credentials never go to another host)",
+    )
+
+    @field_validator("max_response_bytes", mode="before")
+    @classmethod
+    def _parse_size(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        match = _SIZE.fullmatch(value.strip().lower())
+        if match is None:
+            raise ValueError(f"max_response_bytes: not a size: {value!r} (use bytes, or e.g. 64MB, 512KB)")
+        return int(match["n"]) * _SIZE_UNITS[match["unit"]]
+
+    @field_validator("follow_redirects", mode="before")
+    @classmethod
+    def _redirect_policy(cls, value: Any) -> Any:
+        if value is False:
+            return "never"
+        if value is True:
+            # Following anywhere would hand the credentials to whatever host a Location names.
+            raise ValueError("follow_redirects: true is not accepted; use same_host (or never)")
+        return value
 
     @field_validator("base_url")
     @classmethod

@@ -30,7 +30,7 @@ from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden, Ext
 from defusedxml.ElementTree import fromstring as _defused_fromstring
 
 from ferryman.errors import MalformedResponseError
-from ferryman.redact import redact, redact_url
+from ferryman.redact import redact, redact_cut, redact_url
 from ferryman.timeutil import format_utc, parse_datetime
 
 __all__ = [
@@ -66,11 +66,11 @@ def _body_of(source: httpx.Response | bytes | str) -> tuple[bytes, str]:
 
 def excerpt(body: bytes | str, limit: int = _EXCERPT) -> str:
     """A short, single-line, redacted start of a body for an error message."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    text = " ".join(text[: limit * 2].split())
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return redact(text)
+    # Only the start is read (a body may be huge); redact reaches a secret cut there too.
+    head = body[: limit * 8]
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    # Redact, then cut: a secret cut first survives in part, as a piece no pattern matches.
+    return redact_cut(" ".join(redact(text).split()), limit)
 
 
 # -- JSON ------------------------------------------------------------------------------
