@@ -8,7 +8,13 @@ mistaken for one. Map keys are matched case-insensitively with ``-`` and ``_`` e
 
 Secrets are references, never literals: ``${ENV_NAME}``, ``${credential:NAME}`` (a file
 in ``$CREDENTIALS_DIRECTORY``, as systemd's ``LoadCredential=`` provides) or
-``${file:/path}``. A field typed :data:`Secret` given a literal is a config error.
+``${file:/path}``. A field typed :data:`Secret` given a literal is a config error. A
+file's one final line ending is dropped; any other control character in a referenced
+value is a config error naming the reference (never the value): an HTTP library refuses
+such a header and quotes it whole in its error.
+
+YAML anchors and aliases are bounded (:data:`MAX_ALIAS_NODES`, :data:`MAX_YAML_DEPTH`):
+a few hundred bytes of nested anchors would otherwise expand without end.
 
 Every problem raises :class:`~ferryman.errors.ConfigError` naming the file, the key
 path and what is wrong; the CLI turns that into exit status 78.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -105,6 +112,17 @@ class ControlConfig(_Model):
 
     listen: str = Field(default="127.0.0.1:8765", description="HOST:PORT on loopback, or unix:/path")
     token: Secret | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_empty(cls, value: Secret | None) -> Secret | None:
+        # an empty token would let in any request with an empty "Authorization: Bearer"
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "is empty: give a token (e.g. ${credential:control-token}), or leave control.token out "
+                "to have the daemon generate one"
+            )
+        return value
 
 
 class ScheduleConfig(_Model):
@@ -316,19 +334,13 @@ def load_config(
         raise ConfigError("file not found (use --config PATH or FERRYMAN_CONFIG)", file=file) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", file=file) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"not valid YAML: {problem}", file=file, path=where) from None
+    raw = _load_yaml(text, file=file)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("the top level must be a mapping of sections (state, systems, pipelines...)", file=file)
 
-    _apply_env_overrides(raw, env)
+    _apply_env_overrides(raw, env, file)
     referenced: set[tuple[str, ...]] = set()
     resolved = _resolve_refs(raw, (), env, referenced, file)
 
@@ -350,7 +362,116 @@ def load_config(
     return config
 
 
-def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+#: nodes that aliases (``*name``, ``<<: *name``) may add to a file: generous for shared
+#: defaults, far below what a few hundred bytes of nested anchors expand to
+MAX_ALIAS_NODES = 10_000
+#: nesting depth, aliases expanded: deeper documents are refused, not recursed into
+MAX_YAML_DEPTH = 100
+
+
+class _AliasLimit(yaml.YAMLError):
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that counts what aliases expand to, and how deep the document goes.
+
+    PyYAML shares one node among its aliases, so loading a billion laughs is quick; it
+    is every walk over the result afterwards (overrides, references, validation) that
+    runs forever. Measured here while composing, the bomb is refused before it is built.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._expanded = 0
+        self._depth = 0
+        self._open: list[str] = []  # anchors whose node is being composed
+        self._measured: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, depth)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                raise _AliasLimit(
+                    f"alias *{event.anchor} refers to a node that holds it (a structure without end)", event.start_mark
+                )
+            node = super().compose_node(parent, index)
+            if node is None:
+                return None
+            nodes, depth = self._measure(node)
+            self._expanded += nodes
+            if self._expanded > MAX_ALIAS_NODES:
+                raise _AliasLimit(
+                    f"aliases expand to more than {MAX_ALIAS_NODES} nodes (nested anchors that multiply, "
+                    "as in a 'billion laughs'); write the repeated parts out, or share fewer",
+                    event.start_mark,
+                )
+            if self._depth + depth > MAX_YAML_DEPTH:
+                raise _AliasLimit(f"alias *{event.anchor} nests deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise _AliasLimit(f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open.append(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open.pop()
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        """How many nodes ``node`` stands for with its aliases expanded, and how deep it goes."""
+        known = self._measured.get(id(node))
+        if known is not None:
+            return known
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        nodes, depth = 1, 0
+        for child in children:
+            child_nodes, child_depth = self._measure(child)
+            nodes += child_nodes
+            depth = max(depth, child_depth)
+        self._measured[id(node)] = (nodes, depth + 1)
+        return nodes, depth + 1
+
+
+def _load_yaml(text: str, *, file: str, what: str | None = None) -> Any:
+    """``text`` parsed with aliases bounded; a ConfigError naming ``file`` (and ``what``,
+    an environment variable) on any problem. Aliased parts come back as separate copies,
+    so an override of one place does not change the others."""
+    loader = _BoundedLoader(text)
+    try:
+        return _unshare(loader.get_single_data())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        if what is not None:
+            at = f" ({where})" if where else ""
+            raise ConfigError(f"{what}: not valid YAML{at}: {problem}", file=file) from None
+        raise ConfigError(f"not valid YAML: {problem}", file=file, path=where) from None
+    finally:
+        loader.dispose()
+
+
+def _unshare(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unshare(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshare(v) for v in value]
+    return value
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], file: str) -> None:
     for var, value in sorted(env.items()):
         if not var.startswith(ENV_PREFIX) or "__" not in var:
             continue
@@ -363,7 +484,7 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 break
             key = _match_key(node, part)
             if i == len(path) - 1:
-                node[key] = yaml.safe_load(value) if value.strip() else ""
+                node[key] = _load_yaml(value, file=file, what=var) if value.strip() else ""
             else:
                 if not isinstance(node.get(key), dict):
                     node[key] = {}
@@ -396,6 +517,7 @@ def _resolve_refs(
             if name not in env:
                 raise ConfigError(f"refers to environment variable {name}, which is not set", file=file, path=where)
             secret = env[name]
+            source = f"environment variable {name}"
         elif kind == "credential":
             directory = env.get("CREDENTIALS_DIRECTORY")
             if not directory:
@@ -406,9 +528,14 @@ def _resolve_refs(
                     path=where,
                 )
             secret = _read_secret_file(Path(directory) / name, file, where)
+            source = f"credential {name!r}"
         else:
             secret = _read_secret_file(Path(name), file, where)
+            source = f"file {name}"
         register_secret(secret)
+        problem = _control_character(secret)
+        if problem:
+            raise ConfigError(f"{source} holds {problem}; a referenced value may not", file=file, path=where)
         return secret
 
     referenced.add(path)
@@ -416,10 +543,32 @@ def _resolve_refs(
 
 
 def _read_secret_file(path: Path, file: str, where: str) -> str:
+    """The file's text less one final line ending (``echo KEY > file`` and systemd-creds
+    write one); any other control character stays, for the caller to refuse."""
     try:
-        return path.read_text(encoding="utf-8").strip()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read secret file {path}: {exc.strerror}", file=file, path=where) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"secret file {path} is not UTF-8 text", file=file, path=where) from None
+    for ending in ("\r\n", "\n"):
+        if text.endswith(ending):
+            return text[: -len(ending)]
+    return text
+
+
+_LINE_BREAKS = {"\n": "a line feed", "\r": "a carriage return"}
+
+
+def _control_character(value: str) -> str | None:
+    """What is wrong with a secret holding a control character, without quoting it: a
+    header refuses it, and the error that says so would carry the whole secret."""
+    for i, char in enumerate(value):
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            what = _LINE_BREAKS.get(char, f"U+{ord(char):04X}")
+            at = "at its end" if i == len(value) - 1 else "at its start" if i == 0 else "inside"
+            return f"a control character ({what} {at})"
+    return None
 
 
 def _config_error(exc: ValidationError, file: str, prefix: tuple[str, ...]) -> ConfigError:
@@ -470,6 +619,9 @@ def _check_secret_literals(
         where = (*path, field_name)
         if isinstance(value, SecretStr):
             register_secret(value.get_secret_value())
+            problem = _control_character(value.get_secret_value())
+            if problem:  # an environment override is not checked where references are
+                raise ConfigError(f"holds {problem}; secrets may not", file=file, path=".".join(where))
             if not any(where[: len(r)] == r for r in referenced) and not _from_env(where):
                 raise ConfigError(
                     "secrets must be references, not literals: use ${ENV_NAME} or ${credential:NAME}",

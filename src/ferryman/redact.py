@@ -8,11 +8,13 @@ when their value was never registered (a key typed into a URL by hand).
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -46,8 +48,49 @@ SECRET_NAMES = frozenset(
 )
 
 _lock = threading.Lock()
-_secrets: set[str] = set()
+_registered: set[str] = set()  # the values as given
+_secrets: set[str] = set()  # and every form they take
 _pattern: re.Pattern[str] | None = None
+#: every 6-character piece of every registered form -> (form, where the piece starts)
+_pieces: dict[str, list[tuple[str, int]]] = {}
+
+#: the shortest piece of a secret masked where a text was cut through it; shorter ones
+#: would mask ordinary words, and reveal too little to matter
+PIECE = 6
+_MIN_FORM = 8  # shorter base64 fragments are too likely to occur in ordinary text
+_ELLIPSIS = ".\u2026 "  # what may follow a cut
+_LOWER_HEX = re.compile(r"%[0-9A-F]{2}")
+
+
+def _forms(value: str) -> set[str]:
+    """The ways ``value`` can appear in text: as is, escaped by ``repr`` of a str or of its
+    bytes (``Illegal header value b'KEY\\n'``), JSON-escaped, percent-encoded, and the
+    stretches of base64 that only the secret decides, whatever came before it
+    (``Basic base64(user:secret)``)."""
+    forms = {value}
+    raw = value.encode("utf-8", "surrogatepass")
+    # repr quotes with ' unless the text holds one; inside a longer text it may be escaped
+    forms.add(repr(value)[1:-1])
+    forms.add(repr(value + "'\"")[1:-4])
+    forms.add(repr(raw)[2:-1])
+    forms.add(repr(raw + b"'\"")[2:-4])
+    forms.add(json.dumps(value)[1:-1])
+    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    for variant in (quote(value, safe=""), quote(value), quote_plus(value)):
+        forms.add(variant)
+        forms.add(_LOWER_HEX.sub(lambda m: m.group().lower(), variant))
+    for lead in range(3):
+        # with `lead` bytes before it, the secret's base64 starts at a 4-character group
+        # boundary after the group it shares with them, and ends before the group it may
+        # share with what follows
+        encoded = base64.b64encode(bytes(lead) + raw).decode("ascii")
+        start = 4 if lead else 0
+        end = 4 * ((lead + len(raw)) // 3)
+        core = encoded[start:end]
+        if len(core) >= _MIN_FORM:
+            forms.add(core)
+            forms.add(core.replace("+", "-").replace("/", "_"))
+    return {f for f in forms if f}
 
 
 def register_secret(value: str | None) -> None:
@@ -56,19 +99,44 @@ def register_secret(value: str | None) -> None:
     if not value or len(value) < 4:
         return
     with _lock:
-        if value in _secrets:
+        if value in _registered:
             return
-        _secrets.add(value)
-        # Also mask the forms a secret takes inside URLs and Basic auth headers.
-        from base64 import b64encode
-        from urllib.parse import quote, quote_plus
+        forms = _forms(value)
+        _registered.add(value)
+        _secrets.update(forms)
+        for form in forms:
+            for i in range(len(form) - PIECE + 1):
+                _pieces.setdefault(form[i : i + PIECE], []).append((form, i))
+        _pattern = re.compile(_trie_regex(_secrets))
 
-        for variant in (quote(value, safe=""), quote_plus(value)):
-            if variant != value:
-                _secrets.add(variant)
-        _ = b64encode  # Basic credentials are registered whole by the auth layer
-        ordered = sorted(_secrets, key=len, reverse=True)
-        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+def _trie_regex(words: Iterable[str]) -> str:
+    """One regex matching the longest of ``words`` at each place, built as a prefix tree:
+    a flat alternation is tried word by word at every character, and each secret has
+    a dozen forms."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = True
+
+    def render(node: dict[str, Any]) -> str:
+        # a run without branches is walked, not recursed: a long token must not reach
+        # the recursion limit
+        run = []
+        while len(node) == 1 and "" not in node:
+            ((char, node),) = node.items()
+            run.append(re.escape(char))
+        branches = [re.escape(char) + render(child) for char, child in sorted(node.items()) if char]
+        body = ""
+        if branches:
+            body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+            if "" in node:  # a word ends here; a longer one is preferred where it matches
+                body = "(?:" + body + ")?"
+        return "".join(run) + body
+
+    return render(trie)
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -80,16 +148,60 @@ def clear_secrets() -> None:
     """Forget every registered secret (tests)."""
     global _pattern
     with _lock:
+        _registered.clear()
         _secrets.clear()
+        _pieces.clear()
         _pattern = None
 
 
 def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
+    """``text`` with every registered secret replaced by ``***``, in any of its forms.
+
+    A text someone cut before redacting may end with the start of a secret, or begin with
+    its end: such a piece (6 characters or more) is masked too.
+    """
     pattern = _pattern
     if pattern is None or not text:
         return text
-    return pattern.sub(MASK, text)
+    return _mask_edges(pattern.sub(MASK, text))
+
+
+def _mask_edges(text: str) -> str:
+    pieces = _pieces
+    body = text.rstrip(_ELLIPSIS)
+    tail = body[-PIECE:]
+    longest = 0
+    for form, at in pieces.get(tail, ()):
+        candidate = form[: at + PIECE]
+        if len(candidate) > longest and body.endswith(candidate):
+            longest = len(candidate)
+    if longest:
+        text = body[:-longest] + MASK + text[len(body) :]
+    longest = 0
+    for form, at in pieces.get(text[:PIECE], ()):
+        candidate = form[at:]
+        if len(candidate) > longest and text.startswith(candidate):
+            longest = len(candidate)
+    if longest:
+        text = MASK + text[longest:]
+    return text
+
+
+def redact_cut(text: str, limit: int, *, more: str = "...") -> str:
+    """``text`` redacted, then cut to ``limit`` characters (``more`` marks a cut).
+
+    In this order: a secret cut first would survive in part, as a piece no pattern matches.
+    """
+    text = redact(text)
+    if len(text) <= limit:
+        return text
+    cut = limit
+    # a mask cut in two reads as a stray '*'; keep it whole or leave it out
+    for back in range(1, len(MASK)):
+        if text.startswith(MASK, limit - back):
+            cut = limit - back
+            break
+    return text[:cut] + more
 
 
 def redact_url(url: str) -> str:

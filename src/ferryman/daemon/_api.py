@@ -79,7 +79,14 @@ def build_app(controller: Controller) -> web.Application:
             if expected is not None:
                 offered = request.headers.get("Authorization", "")
                 scheme, _, value = offered.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected.encode()):
+                value = value.strip()
+                # an empty token matches an empty header: it opens nothing, whatever set it
+                if (
+                    scheme.lower() != "bearer"
+                    or not value
+                    or not expected.strip()
+                    or not hmac.compare_digest(value.encode(), expected.encode())
+                ):
                     return web.json_response(
                         {"error": "missing or wrong bearer token (see control.token or <state dir>/control.token)"},
                         status=401,

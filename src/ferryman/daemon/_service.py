@@ -69,6 +69,10 @@ class ListenError(FerrymanError):
 def validate(config: FerrymanConfig) -> Listen:
     """What the daemon checks beyond the config model: the listen address and the schedules."""
     listen = parse_listen(config.control.listen, file=config.file)
+    token = config.control.token
+    if token is not None and not token.get_secret_value().strip():
+        # the config model refuses it too; a config built in code must not slip through
+        raise ConfigError("is empty: give a token or leave control.token out", file=config.file, path="control.token")
     for name, pipeline in config.pipelines.items():
         if pipeline.schedule is not None:
             check_schedule(pipeline.schedule, file=config.file, where=f"pipelines.{name}.schedule")
