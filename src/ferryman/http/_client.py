@@ -33,7 +33,7 @@ from ferryman.http._registry import HttpRegistry
 from ferryman.http._urls import host_key, insecure_url_problem
 from ferryman.http.codecs import dumps_json, excerpt, form_encode, loads_json
 from ferryman.http.retry_after import parse_ratelimit_headers, parse_retry_after
-from ferryman.redact import SECRET_NAMES, redact, redact_url, register_secret
+from ferryman.redact import SECRET_NAMES, redact, redact_cut, redact_url, register_secret
 from ferryman.timeutil import format_utc
 
 __all__ = ["IDEMPOTENT_METHODS", "HttpClient", "ResponseHook"]
@@ -577,7 +577,7 @@ class HttpClient:
                 system=self.system,
                 host=self.host,
                 status=response.status_code,
-                value=redact(value[:80]),
+                value=redact_cut(value, 80),
             )
         return seconds
 
