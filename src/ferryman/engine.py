@@ -51,7 +51,7 @@ log = structlog.get_logger("ferryman.engine")
 LEASE_TTL = DEFAULT_LEASE_TTL  # the default; a run uses the config's state.lease_ttl
 REFERENCE_RETRIES = 200  # records waiting for a reference, delivered again at the start of a run
 PROBE_CHECKPOINT = "~probe"  # where a pipeline's delete probe left off (the checkpoints table)
-LOOKUP_INDEX_PAGES = 50  # a target this small (in pages) is read once for lookups, not searched per record
+LOOKUP_INDEX_PAGES = 200  # a target this small (in pages) is read once for lookups, not searched per record
 
 __all__ = ["Engine", "RunResult"]
 
