@@ -18,20 +18,28 @@ offset, and the end of a run publishes it with an atomic rename. Updated keys ar
 noted in ``NAME.csv.partial-updates`` so publishing keeps only each key's latest row.
 
 Columns written: ``key, updated_at, deleted``, the record type's fields, then ``extra``
-(JSON). ``columns`` maps canonical fields to other header names, in both directions.
+(JSON). ``columns`` maps canonical fields to other header names, in both directions. A
+cell holding a line break or a lone carriage return is always quoted. With
+``formula_guard`` (on by default) a text field starting with ``=``, ``+``, ``-``, ``@``, a
+tab or a carriage return is written with a ``'`` before it, so that a spreadsheet shows it
+as text instead of running it as a formula (OWASP's advice on CSV injection); a sign
+followed only by digits and separators (a phone number) is left as it is. Reading removes
+that ``'`` again, so Ferryman reads back exactly what it wrote. Typed fields (amounts,
+dates, booleans) are never changed.
 
 Options::
 
     exports:
       connector: csv
       directory: ./var/exports          # created if missing
-      files: {tickets: tickets.csv}     # default <stream>.csv
+      files: {tickets: tickets.csv}     # default <stream>.csv; must stay inside directory
       streams: {tickets: ticket}        # stream name -> record kind; default: tickets, contacts,
                                         # organisations, invoices
       columns: {tickets: {subject: Title}}
       timezone: Europe/Berlin           # for input timestamps without an offset (default: reject them)
       delimiter: ","
       precision: 1s                     # finest step of the files' updated_at (1s, ms, us, minutes)
+      formula_guard: true               # prefix text starting with = + - @ with ' (false: as it is)
 
 See ``README.md`` beside this file for the assumptions these rest on.
 """
@@ -43,6 +51,7 @@ import csv
 import io
 import operator
 import os
+import re
 import shutil
 import types
 import typing
@@ -54,8 +63,18 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO, ClassVar
 
 import orjson
-from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, WrapSerializer, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    WrapSerializer,
+    field_validator,
+)
 
+from ferryman.api import key_problem, nesting_problem
 from ferryman.connector import Capability, Connector, ConnectorOptions, Page, Reject, StreamInfo
 from ferryman.cursor import SECOND, Cursor, is_older, parse_precision
 from ferryman.errors import FatalError, ValidationFailed
@@ -73,9 +92,37 @@ _FALSE = {"false", "0", "no", "n", "f", ""}
 READ_ATTEMPTS = 3
 
 
+def _inside_directory(name: str, info: ValidationInfo) -> str:
+    """A ``files`` entry: a file name relative to ``directory`` that stays inside it.
+
+    Checked when the configuration is loaded, symbolic links included, so a typo or a hostile
+    override (``FERRYMAN_SYSTEMS__...__FILES__...``) cannot read or replace a file elsewhere."""
+    if not name.strip():
+        raise ValueError("a file name is needed (relative to directory)")
+    if "\x00" in name:
+        raise ValueError("a file name cannot hold a NUL character")
+    relative = Path(name)
+    if relative.is_absolute():
+        raise ValueError(f"{name!r} is an absolute path: file names are relative to directory and stay inside it")
+    if ".." in relative.parts:
+        raise ValueError(f"{name!r} climbs out of directory with '..': file names must stay inside it")
+    if relative.parts in ((), (".",)):
+        raise ValueError(f"{name!r} names the directory itself, not a file in it")
+    directory = info.data.get("directory")
+    if directory is not None:
+        base = Path(directory).resolve()
+        target = (base / relative).resolve()
+        if not target.is_relative_to(base):
+            raise ValueError(
+                f"{name!r} leads outside directory {base} through a symbolic link (to {target}): "
+                "file names must stay inside it"
+            )
+    return name
+
+
 class CsvOptions(ConnectorOptions):
     directory: Path
-    files: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, Annotated[str, AfterValidator(_inside_directory)]] = Field(default_factory=dict)
     streams: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STREAMS))
     columns: dict[str, dict[str, str]] = Field(default_factory=dict)
     timezone: ZoneName | None = None
@@ -83,6 +130,10 @@ class CsvOptions(ConnectorOptions):
     #: the finest step of the files' updated_at (whole seconds unless the exporter writes
     #: finer): an overlap shorter than this is raised to it by the cursor policy
     precision: Annotated[timedelta, BeforeValidator(parse_precision)] = SECOND
+    #: write text that a spreadsheet would run as a formula with a ``'`` before it (and read
+    #: it back without): CSV files are opened in spreadsheets, and record text comes from
+    #: whoever filled in a form in the source app
+    formula_guard: bool = True
 
     @field_validator("streams")
     @classmethod
@@ -135,6 +186,14 @@ class CsvConnector(Connector):
         }
         self._field_cache: dict[str, list[str]] = {}
         self._plan_cache: dict[str, list[tuple[int, _Converter]] | None] = {}
+        self._text_cache: dict[str, frozenset[str]] = {}
+        # Where a cell may hold a formula: a quoted cell starting with any formula character,
+        # an unquoted one starting with = @ or a sign followed by more than a plain number (so
+        # a batch of phone numbers keeps the fast path). False hits only cost the slow path.
+        d = re.escape(self.options.delimiter)
+        self._maybe_formula = re.compile(
+            rf"(?:^|{d})(?:\"'*[=@\t\r+\-]|'*(?:[=@\t\r]|[+\-][{_PLAIN}]*[^{_PLAIN}{d}\n]))", re.MULTILINE
+        )
 
     @classmethod
     def describe(cls) -> Mapping[str, StreamInfo]:
@@ -163,6 +222,25 @@ class CsvConnector(Connector):
             fields = [*FIXED, *(f for f in rtype.model_fields if f not in (*FIXED, "extra")), "extra"]
             self._field_cache[stream] = fields
         return fields
+
+    def _text_fields(self, stream: str) -> frozenset[str]:
+        """The fields written as they are (str and literal text): the only ones formula_guard touches."""
+        texts = self._text_cache.get(stream)
+        if texts is None:
+            rtype = self.stream(stream).record_type
+            texts = frozenset(
+                name
+                for name in self._fields(stream)
+                if _converter(rtype.model_fields[name].annotation, rtype.model_fields[name].metadata) is None
+            )
+            self._text_cache[stream] = texts
+        return texts
+
+    def _text(self, cell: str | None) -> str | None:
+        """A text cell as the record holds it (formula_guard's ``'`` removed)."""
+        if cell and self.options.formula_guard and cell[0] == "'":
+            return _unguard(cell)
+        return cell
 
     def _header_for(self, stream: str) -> dict[str, str]:
         """canonical field -> column header."""
@@ -273,11 +351,18 @@ class CsvConnector(Connector):
         rtype = self.stream(stream).record_type
         header = self._header_for(stream)
         used = set(header.values())
+        texts = self._text_fields(stream) if self.options.formula_guard else frozenset()
         data: dict[str, Any] = {}
         for fname, column in header.items():
             if column not in row or fname == "extra":
                 continue
-            data[fname] = row[column] if row[column] != "" else None
+            value = row[column]
+            if value == "":
+                data[fname] = None
+            elif value[0] == "'" and fname in texts:
+                data[fname] = _unguard(value)
+            else:
+                data[fname] = value
         extra: dict[str, Any] = {}
         if row.get(header["extra"]):
             try:
@@ -304,6 +389,12 @@ class CsvConnector(Connector):
                     raise ValidationFailed(f"{fname}: {exc}") from None
         if not data.get("key"):
             raise ValidationFailed("key: empty")
+        problem = key_problem(data["key"])
+        if problem is not None:
+            raise ValidationFailed(f"key: {problem}")
+        too_deep = nesting_problem({"extra": extra}) if extra else None
+        if too_deep is not None:
+            raise ValidationFailed(too_deep)
         try:
             return rtype.model_validate(data)
         except ValidationError as exc:
@@ -344,7 +435,9 @@ class CsvConnector(Connector):
         for count, (line, row, problem) in enumerate(self._parse(stream, path, raw), 1):
             if count % 5000 == 0:
                 await asyncio.sleep(0)  # a big file must not starve the daemon's loop (watchdog)
-            key = (row or {}).get(key_column) or None
+            key = self._text((row or {}).get(key_column)) or None
+            if key is not None and key_problem(key) is not None:
+                key = None  # the letter could not hold it: the line names the row
             if problem is not None:
                 rejects.append(Reject(f"line {line}", problem, raw=row, key=key))
                 continue
@@ -371,7 +464,7 @@ class CsvConnector(Connector):
             return None
         found: tuple[int, dict[str, str] | None, str | None] | None = None
         for line, row, problem in self._rows(stream, target):
-            if row is not None and row.get(header["key"]) == key:
+            if row is not None and self._text(row.get(header["key"])) == key:
                 found = (line, row, problem)
         if found is None:
             return None
@@ -422,7 +515,26 @@ class CsvConnector(Connector):
                     row[i] = convert(row[i], record)
                 rows.append(row)
         writer.writerows(rows)  # None is written as an empty cell
-        return buf.getvalue().encode("utf-8")
+        text = buf.getvalue()
+        # Both checks scan the batch's text once, in C; rows are only redone when they hit.
+        guard = self.options.formula_guard and self._maybe_formula.search(text) is not None
+        if guard or "\r" in text:
+            text = self._encode_slow(stream, rows, guard)
+        return text.encode("utf-8")
+
+    def _encode_slow(self, stream: str, rows: list[list[Any]], guard: bool) -> str:
+        """The rows again, with formula_guard applied to text cells and lone ``\\r`` quoted."""
+        fields = self._fields(stream)
+        texts = self._text_fields(stream)
+        indices = [i for i, name in enumerate(fields) if name in texts] if guard else []
+        buf = io.StringIO()
+        writer = _RowWriter(buf, self.options.delimiter)
+        for row in rows:
+            for i in indices:
+                if row[i]:
+                    row[i] = _guard(row[i])
+            writer.writerow(row)
+        return buf.getvalue()
 
     def _cell_plan(self, stream: str) -> list[tuple[int, _Converter]] | None:
         """Per column that is not a plain string: its index and how to write it (None: dump records)."""
@@ -467,9 +579,7 @@ class CsvConnector(Connector):
         else:
             header = self._header_for(stream)
             buf = io.StringIO()
-            csv.writer(buf, delimiter=self.options.delimiter, lineterminator="\n").writerow(
-                [header[f] for f in self._fields(stream)]
-            )
+            _RowWriter(buf, self.options.delimiter).writerow([header[f] for f in self._fields(stream)])
             sink.partial.write_bytes(buf.getvalue().encode("utf-8"))
         sink.base_offset = sink.partial.stat().st_size
         sink.updates_path.write_bytes(b"")
@@ -564,17 +674,18 @@ class CsvConnector(Connector):
         with sink.partial.open(encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh, delimiter=self.options.delimiter)
             for index, row in enumerate(reader):
-                if row.get(key_column) in updated:
-                    last[row[key_column]] = index
+                key = self._text(row.get(key_column)) or ""
+                if key in updated:
+                    last[key] = index
         tmp = sink.path.with_name(sink.path.name + ".compact")
         with sink.partial.open(encoding="utf-8", newline="") as src, tmp.open("w", encoding="utf-8", newline="") as dst:
             reader2 = csv.reader(src, delimiter=self.options.delimiter)
-            writer = csv.writer(dst, delimiter=self.options.delimiter, lineterminator="\n")
+            writer = _RowWriter(dst, self.options.delimiter)
             header = next(reader2)
             writer.writerow(header)
             position = header.index(key_column)
             for index, cells in enumerate(reader2):
-                key = cells[position] if position < len(cells) else ""
+                key = self._text(cells[position]) or "" if position < len(cells) else ""
                 if key in updated and last.get(key) != index:
                     continue
                 writer.writerow(cells)
@@ -619,6 +730,52 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _RowWriter:
+    """``csv.writer`` with ``\\n`` line ends, except that a row with a carriage return in a
+    cell is written fully quoted: the csv module quotes only the terminator's characters, so
+    a lone ``\\r`` went out bare and every reader (csv, Excel, ours) split the row there."""
+
+    def __init__(self, out: typing.TextIO, delimiter: str) -> None:
+        self._out = out
+        self._delimiter = delimiter
+        self._writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        if any(type(cell) is str and "\r" in cell for cell in row):
+            self._out.write(self._delimiter.join(_quoted(cell) for cell in row) + "\n")
+        else:
+            self._writer.writerow(row)
+
+
+def _quoted(cell: Any) -> str:
+    text = "" if cell is None else str(cell)
+    return '"' + text.replace('"', '""') + '"'
+
+
+#: what a spreadsheet takes for the start of a formula (OWASP, "CSV Injection")
+_FORMULA_START = frozenset("=+-@\t\r")
+#: a sign, then only digits and separators: a phone number or a plain number, which a
+#: spreadsheet at worst computes; it can name no cell or function, so it is left as it is
+_PLAIN = r"0-9 ().\-/"
+_PLAIN_NUMBER = re.compile(rf"[+-][{_PLAIN}]*")
+
+
+def _formula(text: str) -> bool:
+    if text[:1] not in _FORMULA_START:
+        return False
+    return not (text[0] in "+-" and _PLAIN_NUMBER.fullmatch(text))
+
+
+def _guard(text: str) -> str:
+    """``text`` as formula_guard writes it: a ``'`` before a formula. Text that starts with
+    quotes before one gets another, so that reading back (:func:`_unguard`) is exact."""
+    return "'" + text if _formula(text.lstrip("'")) else text
+
+
+def _unguard(text: str) -> str:
+    return text[1:] if _formula(text.lstrip("'")) else text
 
 
 def _bad_utf8(cell: str) -> bool:

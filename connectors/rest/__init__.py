@@ -118,7 +118,7 @@ from pydantic import (
     model_validator,
 )
 
-from ferryman.api import ApiConnector, to_record
+from ferryman.api import ApiConnector, cut_nesting, to_record
 from ferryman.config import Secret
 from ferryman.connector import Capability, Cursor, Page, Reject, StreamInfo, SystemContext, record_order
 from ferryman.cursor import SECOND, filter_floor, is_older, parse_precision
@@ -137,7 +137,7 @@ from ferryman.http.pagination import (
     paginate,
 )
 from ferryman.records import Record, record_type
-from ferryman.redact import redact_url, register_secret
+from ferryman.redact import redact_cut, redact_url, register_secret
 from ferryman.sdk.readloop import Fetched, keyset_read, whole_list_pages
 from ferryman.timeutil import UTC, ZoneName, ensure_utc, format_utc, from_epoch, parse_datetime, utcnow
 
@@ -549,7 +549,7 @@ class SuccessSpec(_Model):
         if not failed:
             return None
         words = " ".join(text.split())
-        return f"{response.status_code} {words[:500] or '(empty body)'}"
+        return f"{response.status_code} {redact_cut(words, 500) or '(empty body)'}"
 
 
 class DeletedWhen(_Model):
@@ -870,7 +870,8 @@ class Mapper:
             return Reject(ref, f"expected a JSON object, found {type(native).__name__}", raw=native, key=key)
         result = to_record(self.rtype, lambda: self.to_canonical(native), ref=ref, key=key)
         if isinstance(result, Reject):
-            return Reject(result.ref, result.reason, raw=dict(native), key=key)
+            # cut: the letter's payload is written by serialisers that stop at a depth
+            return Reject(result.ref, result.reason, raw=cut_nesting(native), key=result.key)
         return result
 
     def to_native(self, record: Record) -> dict[str, Any]:

@@ -236,7 +236,8 @@ class WebhookConnector(Connector):
             ref = f"webhook {row['webhook_id']}"
             if row["record"] is None:
                 raw = orjson.loads(row["raw"]) if row["raw"] else None
-                rejects.append(Reject(ref, row["reject_reason"] or "could not be mapped", raw=raw))
+                key = None if row["record_key"].startswith("!") else row["record_key"]
+                rejects.append(Reject(ref, row["reject_reason"] or "could not be mapped", raw=raw, key=key))
             elif row["stream"] == stream:
                 try:
                     records.append(self._stored(info.record_type, row["record_key"], row["record"]))
@@ -252,12 +253,15 @@ class WebhookConnector(Connector):
         table = inbox.T_INBOX
         with self.store.engine.connect() as conn:
             row = conn.execute(
-                sa.select(table.c.record).where(
+                sa.select(table.c.record, table.c.reject_reason).where(
                     table.c.system == self.name, table.c.stream == stream, table.c.record_key == key
                 )
             ).first()
-        if row is None or row[0] is None:
+        if row is None:
             return None
+        if row[0] is None:
+            # the latest message about it could not be taken: say so rather than "gone"
+            raise ValidationFailed(f"the latest message about {key!r} was refused: {row[1] or 'could not be mapped'}")
         return self._stored(info.record_type, key, row[0])
 
     def _stored(self, rtype: type[Record], key: str, text: str) -> Record:

@@ -6,29 +6,52 @@ app reports errors inside otherwise successful responses (:meth:`response_hook`)
 maps native entities to canonical records and back. The HTTP client (rate limits,
 ``Retry-After``, retries, redaction) is created and closed here, one per system.
 
-:func:`keyset_pages` adapts a tuple-returning ``fetch`` to the one read loop,
-:func:`ferryman.sdk.readloop.keyset_read` (paging, keyset restarts and their guards).
+Reads go through the one read loop, :mod:`ferryman.sdk.readloop` (paging, keyset
+restarts, the since filter and the guards against APIs that do not page or sort).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpx
 
-from ferryman.connector import Connector, Page, Reject, SystemContext
-from ferryman.cursor import Cursor, record_order
+from ferryman.connector import Connector, Reject, SystemContext
 from ferryman.errors import ValidationFailed
 from ferryman.http import HttpClient, HttpOptions, HttpRegistry, host_key
 from ferryman.records import Record
-from ferryman.sdk.readloop import Fetched, keyset_read
 
-__all__ = ["ApiConnector", "NativePage", "keyset_pages", "sort_natural", "to_record"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_NESTING",
+    "ApiConnector",
+    "cut_nesting",
+    "key_problem",
+    "nesting_path",
+    "nesting_problem",
+    "to_record",
+]
 
-NativePage = tuple[list[Record], list[Reject], bool]
-"""What a fetch returns: records in (updated_at, natural key) order, rejects, and whether more pages follow."""
+#: How deep a record field's value may nest. A record is serialised, wrapped (webhook
+#: events, dead letters) and parsed again on its way; JSON parsers stop near 200 levels
+#: (pydantic) and orjson writes no more than 254, so a deeper record would be accepted and
+#: then fail every run. The limit leaves room below both.
+MAX_NESTING = 100
+#: The longest key the state store holds (links, dead letters and the webhook inbox).
+MAX_KEY_LENGTH = 500
+#: A cap on a reject's ``ref``: the dead-letter column holds 500 characters.
+_MAX_REF = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTAINERS = (dict, list, tuple)
+_UNREADABLE = ", so it cannot be read back once stored"
+_SCALARS = (str, int, float, bool, Decimal, datetime, date, type(None))
+_NESTABLE: dict[type[Record], tuple[str, ...]] = {}
 
 
 class ApiConnector(Connector):
@@ -88,37 +111,111 @@ class ApiConnector(Connector):
 def to_record(
     record_type: type[Record], build: Callable[[], dict[str, Any]], *, ref: str, key: str | None = None
 ) -> Record | Reject:
-    """Build a record from a native entity, or a :class:`Reject` saying why it cannot be one."""
+    """Build a record from a native entity, or a :class:`Reject` saying why it cannot be one.
+
+    Every native record goes through here, so what no later step could process (content
+    nested past :data:`MAX_NESTING`, a key the state store cannot hold) is refused here, as
+    one reject, instead of failing the page, or every run, further on."""
+    if len(ref) > _MAX_REF:
+        ref = ref[: _MAX_REF - 1] + "\u2026"
+    if key is not None and key_problem(key) is not None:
+        key = None  # a reject's key goes into the dead-letter table, which could not hold it
     try:
-        return record_type.model_validate(build())
+        data = build()
+        too_deep = nesting_problem({n: data[n] for n in _nestable(record_type) if n in data})
+        if too_deep is not None:
+            return Reject(ref, too_deep, key=key)
+        record = record_type.model_validate(data)
     except ValidationFailed as exc:
         return Reject(ref, str(exc), key=key)
+    except RecursionError:  # a connector's own recursive walk of a hostile document
+        return Reject(ref, f"nested deeper than {MAX_NESTING} levels{_UNREADABLE}", key=key)
     except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if hasattr(exc, "errors"):
             err = exc.errors()[0]
             reason = f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
         return Reject(ref, reason, key=key)
+    problem = key_problem(record.key)
+    if problem is not None:
+        return Reject(ref, f"key: {problem}")  # no key: the letter could not hold it either
+    return record
 
 
-async def keyset_pages(
-    fetch: Callable[[datetime | None, int], Awaitable[NativePage]],
-    since: Cursor | None,
-    *,
-    system: str | None = None,
-    stream: str = "",
-) -> AsyncIterator[Page]:
-    """:func:`ferryman.sdk.readloop.keyset_read` for a ``fetch`` that returns a
-    :data:`NativePage` tuple (records in the server's order, rejects, more pages?)."""
-
-    async def adapted(updated_since: datetime | None, page_number: int) -> Fetched:
-        records, rejects, more = await fetch(updated_since, page_number)
-        return Fetched(records, rejects, more)
-
-    async for page in keyset_read(adapted, since, system=system, stream=stream):
-        yield page
+def key_problem(key: str) -> str | None:
+    """Why the state store cannot hold ``key`` (too long, control characters), or None."""
+    if len(key) > MAX_KEY_LENGTH:
+        return f"longer than {MAX_KEY_LENGTH} characters ({len(key)})"
+    if _CONTROL.search(key):
+        return "holds control characters"
+    return None
 
 
-def sort_natural(records: list[Record]) -> list[Record]:
-    """Records in the order the engine expects: (updated_at, natural key)."""
-    return sorted(records, key=record_order)
+def _nestable(record_type: type[Record]) -> tuple[str, ...]:
+    """The fields of a record type that can hold containers (``extra``): the only ones to walk."""
+    names = _NESTABLE.get(record_type)
+    if names is None:
+        names = _NESTABLE[record_type] = tuple(
+            n for n, f in record_type.model_fields.items() if not _scalar(f.annotation)
+        )
+    return names
+
+
+def _scalar(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _scalar(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return all(_scalar(a) for a in typing.get_args(annotation))
+    return origin is typing.Literal or annotation in _SCALARS
+
+
+def nesting_problem(fields: Mapping[str, Any]) -> str | None:
+    """Why a record with these field values could not be processed for its nesting, or None."""
+    deep = nesting_path(fields)
+    return None if deep is None else f"{deep}: nested deeper than {MAX_NESTING} levels{_UNREADABLE}"
+
+
+def nesting_path(data: Mapping[str, Any], limit: int = MAX_NESTING) -> str | None:
+    """Where a field of ``data`` nests deeper than ``limit`` levels (``extra.profile``), or None.
+
+    Iterative on purpose: a value deep enough to matter would overflow a recursive walk. It
+    runs on every record read, so the common flat case costs a type check per value."""
+    for name, value in data.items():
+        if isinstance(value, _CONTAINERS) and _deeper(value, limit):
+            children = value.items() if isinstance(value, dict) else enumerate(value)
+            below = next((k for k, c in children if isinstance(c, _CONTAINERS) and _deeper(c, limit - 1)), None)
+            return str(name) if below is None else f"{name}.{below}"
+    return None
+
+
+def _deeper(value: Any, limit: int) -> bool:
+    """Whether containers nest in ``value`` (itself one level) more than ``limit`` levels."""
+    children: Any = value.values() if isinstance(value, dict) else value
+    depth = 1
+    while True:
+        nodes = [c for c in children if isinstance(c, _CONTAINERS)]
+        if not nodes:
+            return False
+        depth += 1
+        if depth > limit:
+            return True
+        children = [c for n in nodes for c in (n.values() if isinstance(n, dict) else n)]
+
+
+def cut_nesting(data: Any, limit: int = MAX_NESTING) -> Any:
+    """A copy of a native record with what nests past ``limit`` levels replaced by a note, so
+    the rest can be kept (a dead letter's payload) by writers that stop at a depth."""
+    if isinstance(data, Mapping):
+        return {k: _cut(v, 1, limit) for k, v in data.items()}
+    return _cut(data, 0, limit)
+
+
+def _cut(value: Any, depth: int, limit: int) -> Any:
+    if not isinstance(value, _CONTAINERS):
+        return value
+    if depth > limit:
+        return f"(cut: nested deeper than {limit} levels)"
+    if isinstance(value, dict):
+        return {k: _cut(v, depth + 1, limit) for k, v in value.items()}
+    return [_cut(v, depth + 1, limit) for v in value]

@@ -81,12 +81,6 @@ async def test_a_failure_with_a_garbled_body_is_retried_with_a_readable_reason(
         assert receiver.ids() == [event_id, event_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/ferryman/webhooks/outbox.py _excerpt keeps control characters (NUL) of a receiver's body in "
-    "last_error and dead-letter reasons; PostgreSQL refuses NUL in text, so the pass cannot record the outcome "
-    "and the event is re-sent on every pass (reported to the lead, not editable here)",
-)
 async def test_a_reason_taken_from_a_receiver_body_holds_no_control_characters(
     tmp_path: Path, default_state_url: str
 ) -> None:
@@ -216,12 +210,6 @@ async def test_a_too_deep_record_read_by_get_is_a_rejection_naming_it(tmp_path: 
         await engine.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/ferryman/webhooks/intake.py: a record nested deeper than the JSON serialiser's limit "
-    "(~255 levels) raises in store_message and the intake answers 500, so the sender retries for ever; "
-    "the README promises a dead letter (reported to the lead, not editable here)",
-)
 async def test_a_body_nested_past_the_serialiser_limit_is_kept_as_a_dead_letter_not_a_500(
     tmp_path: Path, default_state_url: str
 ) -> None:

@@ -31,8 +31,9 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from pydantic import ValidationError
 
+from ferryman.api import cut_nesting, key_problem, to_record
+from ferryman.connector import Reject
 from ferryman.records import Record, record_type
 from ferryman.state import StateStore
 from ferryman.state.models import WebhookInboxRow, WebhookSeenRow
@@ -140,6 +141,9 @@ def _map_record(name: str, stream: IntakeStreamOptions, obj: Any, deleted: bool,
         key = data["key"] = str(key)
     if not isinstance(key, str) or not key:
         return Mapped(name, None, None, "the record has no key", obj)
+    problem = key_problem(key)
+    if problem is not None:
+        return Mapped(name, None, None, f"key: {problem}", cut_nesting(obj))
     try:
         for field in rtype.datetime_fields():
             value = data.get(field)
@@ -148,7 +152,7 @@ def _map_record(name: str, stream: IntakeStreamOptions, obj: Any, deleted: bool,
             elif isinstance(value, int | float) and not isinstance(value, bool):
                 data[field] = from_epoch(value)
     except ValueError as exc:
-        return Mapped(name, key, None, f"{field}: {exc}", obj)
+        return Mapped(name, key, None, f"{field}: {exc}", cut_nesting(obj))
     sent = data.pop("updated_at", None)
     if isinstance(sent, datetime):
         extra["source_updated_at"] = format_utc(sent)
@@ -156,16 +160,37 @@ def _map_record(name: str, stream: IntakeStreamOptions, obj: Any, deleted: bool,
     data["extra"] = extra
     if deleted:
         data["deleted"] = True
+    built = to_record(rtype, lambda: data, ref=f"{name} {key}", key=key)
+    if isinstance(built, Reject):
+        return Mapped(name, built.key, None, built.reason, cut_nesting(obj))
     try:
-        record = rtype.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        return Mapped(name, key, None, f"{loc}: {err['msg']}", obj)
-    return Mapped(name, key, record)
+        # What is stored must read back: a record that cannot would fail every run instead.
+        rtype.model_validate_json(built.model_dump_json())
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return Mapped(name, key, None, f"the record cannot be read back once stored: {reason}", cut_nesting(obj))
+    return Mapped(name, key, built)
 
 
 # -- storage ---------------------------------------------------------------------------------
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters replaced: a reason is shown in terminals and logs,
+    and PostgreSQL refuses NUL in text."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
+
+
+def _raw_text(raw: Any) -> str | None:
+    """A reject's payload as JSON, cut where it nests past what JSON writers follow."""
+    if raw is None:
+        return None
+    try:
+        return orjson.dumps(raw, default=str).decode()
+    except (TypeError, RecursionError):  # orjson's JSONEncodeError is a TypeError
+        return orjson.dumps(cut_nesting(raw), default=str).decode()
 
 
 def _insert_seen(conn: sa.Connection, store: StateStore, system: str, webhook_id: str, now: datetime) -> bool:
@@ -225,8 +250,11 @@ def store_message(
                 record = item.record.model_copy(update={"updated_at": at})
                 row = {"record_key": item.key, "record": record.model_dump_json(), "reject_reason": None, "raw": None}
             else:
-                raw = orjson.dumps(item.raw, default=str).decode() if item.raw is not None else None
-                row = {"record_key": f"!{webhook_id}#{n}", "record": None, "reject_reason": item.reason, "raw": raw}
+                # A reject about a known record is that record's latest state (get() answers
+                # with its reason); one without a key gets a row of its own.
+                reject_key = item.key if item.key is not None else f"!{webhook_id}#{n}"
+                reason = printable(item.reason or "could not be mapped")
+                row = {"record_key": reject_key, "record": None, "reject_reason": reason, "raw": _raw_text(item.raw)}
             stream = item.stream or "-"
             conn.execute(
                 sa.delete(T_INBOX).where(

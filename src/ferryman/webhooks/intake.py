@@ -11,7 +11,10 @@ handler that, in order:
 3. de-duplicates ``webhook-id`` (remembered for ``intake.dedupe_window``, at least 72 h):
    a duplicate answers 200 and does nothing else;
 4. maps the payload to canonical records (:mod:`ferryman.webhooks.inbox`) and stores them
-   in the inbox, together with the id, in ONE transaction committed before answering;
+   in the inbox, together with the id, in ONE transaction committed before answering; a
+   record that could not be processed later (nested too deep to read back, a key the state
+   store cannot hold) is stored as a reject, a dead letter of its own, and a message the
+   database still refuses answers 400, since a retry could not fare better;
 5. triggers the pipelines whose ``from`` is one of the streams that got records (or,
    with ``intake: {trigger: PIPELINE}``, just that pipeline: nothing but the id is
    stored), and answers 200 without waiting for the runs.
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 import structlog
 from aiohttp import web
 
@@ -36,7 +40,7 @@ from ferryman.errors import ConfigError
 from ferryman.redact import redact
 from ferryman.state import StateStore
 from ferryman.timeutil import utcnow
-from ferryman.webhooks.inbox import map_message, mark_seen, store_message
+from ferryman.webhooks.inbox import map_message, mark_seen, printable, store_message
 from ferryman.webhooks.options import WebhookOptions
 from ferryman.webhooks.signing import VerificationError, verify
 
@@ -132,7 +136,10 @@ class _Intake:
             return _answer(400, error=f"webhook-id longer than {MAX_ID_LENGTH} characters")
         window = self.intake.dedupe_window
         if self.intake.trigger is not None:
-            new = await asyncio.to_thread(mark_seen, self.context.store, self.name, webhook_id, window)
+            try:
+                new = await asyncio.to_thread(mark_seen, self.context.store, self.name, webhook_id, window)
+            except sa.exc.DataError as exc:
+                return self._unstorable(webhook_id, exc)
             if not new:
                 return self._duplicate(webhook_id)
             await self._trigger([self.intake.trigger])
@@ -143,7 +150,12 @@ class _Intake:
         except orjson.JSONDecodeError:
             payload = raw.decode("utf-8", errors="replace")
         event_type, items = map_message(self.intake, payload, utcnow())
-        new, streams = await asyncio.to_thread(store_message, self.context.store, self.name, webhook_id, items, window)
+        try:
+            new, streams = await asyncio.to_thread(
+                store_message, self.context.store, self.name, webhook_id, items, window
+            )
+        except sa.exc.DataError as exc:
+            return self._unstorable(webhook_id, exc)
         if not new:
             return self._duplicate(webhook_id)
         stored = sum(1 for i in items if i.record is not None)
@@ -166,6 +178,13 @@ class _Intake:
             pipelines=pipelines,
         )
         return _answer(200, status="stored", records=stored, rejected=rejected, pipelines=pipelines)
+
+    def _unstorable(self, webhook_id: str, exc: sa.exc.DataError) -> web.Response:
+        """The database refuses a value, and would on every retry: a 5xx would have the sender
+        retry for ever. Mapping rejects what it knows of (depth, keys); this is the backstop."""
+        problem = printable(str(exc.orig or exc).splitlines()[0])
+        log.warning("webhook.unstorable", system=self.name, webhook_id=printable(webhook_id), error=redact(problem))
+        return _answer(400, error=f"the message cannot be stored: {problem}")
 
     def _duplicate(self, webhook_id: str) -> web.Response:
         log.info("webhook.duplicate", system=self.name, webhook_id=webhook_id)

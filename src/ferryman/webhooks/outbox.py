@@ -77,10 +77,11 @@ from ferryman import __version__
 from ferryman.config import DEFAULT_LEASE_TTL, FerrymanConfig
 from ferryman.http import HttpRegistry, parse_retry_after
 from ferryman.records import Record
-from ferryman.redact import redact, redact_url
+from ferryman.redact import redact, redact_cut, redact_url
 from ferryman.state import NewDeadLetter, StateStore
 from ferryman.state.models import WebhookEndpointRow, WebhookOutboxRow
 from ferryman.timeutil import format_utc, utcnow
+from ferryman.webhooks.inbox import printable
 from ferryman.webhooks.options import WebhookOptions
 from ferryman.webhooks.signing import WebhookSecret, signature_header
 
@@ -307,10 +308,13 @@ async def _excerpt(response: httpx.Response, limit: int = 300) -> str:
     chunks = bytearray()
     async for chunk in response.aiter_bytes():
         chunks.extend(chunk)
-        if len(chunks) >= limit:
+        if len(chunks) >= limit * 4:
             break
-    text = bytes(chunks[:limit]).decode("utf-8", errors="replace")
-    return redact(" ".join(text.split()))
+    text = bytes(chunks[: limit * 4]).decode("utf-8", errors="replace")
+    # A receiver's bytes end up in last_error and dead-letter reasons: terminals must not run
+    # its escape sequences, and PostgreSQL refuses NUL (the outcome could not be recorded).
+    # Redact before cutting: a secret cut first would survive in part.
+    return redact_cut(printable(" ".join(text.split())), limit)
 
 
 def _client(options: WebhookOptions) -> httpx.AsyncClient:
