@@ -1,5 +1,5 @@
 """Cerb as it really behaves (seeds README, "Verified against the real systems", Cerb 10.4 and
-the recorded Cerb 7.0.5 responses in shared/fixtures/cerb): each fact is a behaviour of the
+the recorded Cerb 7.0.5 responses in tests/fixtures/recorded/cerb): each fact is a behaviour of the
 simulator, checked over raw HTTP, and the connector's answer to it."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +22,9 @@ from ferryman.testing import collect
 from ferryman.timeutil import utcnow
 from ferryman_connectors.cerb import CerbConnector
 from ferryman_connectors.cerb.simulator import CerbSimulator
+from tests.fixtures import RECORDED as RECORDED_DIR
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "cerb"  # beside the repository
+FIXTURES = RECORDED_DIR / "cerb"
 TOKEN = "sandbox-token"
 
 

@@ -1,4 +1,4 @@
-"""Every recorded Clevertim response in ``shared/fixtures/clevertim`` through the connector.
+"""Every recorded Clevertim response in ``tests/fixtures/recorded/clevertim`` through the connector.
 
 The payloads are vendor-written (the official Python client's test mocks, in the real
 envelope; see the fixtures' README). Each one is served over respx exactly as stored and
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,13 +23,12 @@ from ferryman.errors import RecordRejected
 from ferryman.records import Contact, Organisation, Ticket
 from ferryman.testing import collect
 from ferryman_connectors.clevertim import ClevertimConnector
+from tests.fixtures import RECORDED
 
 #: the shared fixtures folder beside the checkout
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "clevertim"
+FIXTURES = RECORDED / "clevertim"
 BASE = "https://crm.example/api"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures/clevertim is not there")
 
 
 def body(name: str) -> Any:

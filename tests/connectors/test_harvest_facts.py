@@ -1,13 +1,12 @@
 """Harvest as the real v1 API answers: one test per fact in shared/seeds/README.md ("Verified
 against the real systems"), each proving the simulator behaves that way and the connector reads
-and writes correctly against it; and every recorded response in shared/fixtures/harvest/ parsed
+and writes correctly against it; and every recorded response in tests/fixtures/recorded/harvest/ parsed
 by the connector's mapping into a canonical record written out by hand."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -25,10 +24,11 @@ from ferryman.timeutil import utcnow
 from ferryman_connectors.harvest._common import due_from_terms, term_days, terms_for
 from ferryman_connectors.harvest._mapping import invoice_fields
 from ferryman_connectors.harvest.simulator import HarvestSimulator
+from tests.fixtures import RECORDED
 
 from .test_harvest import API, connected, contact_xml, get, send, xml_list
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "harvest"
+FIXTURES = RECORDED / "harvest"
 BOM = b"\xef\xbb\xbf"
 
 
