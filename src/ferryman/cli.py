@@ -23,11 +23,13 @@ exit status:
   4   halted: the run would have deleted more than deletes.max_share
   5   busy: the pipeline is running elsewhere (daemon or another instance)
   70  internal error (a bug: please report it with the log)
+  75  the state database is unavailable: corrupt, locked, disk full or unreachable (one
+      line says which, and where); an outage, not a bug: try again once it is fixed
   78  configuration error (file, key path and problem are printed)
 """
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED, EXIT_HALTED, EXIT_BUSY = 0, 1, 2, 3, 4, 5
-EXIT_INTERNAL, EXIT_CONFIG = 70, 78
+EXIT_INTERNAL, EXIT_TEMPFAIL, EXIT_CONFIG = 70, 75, 78
 OUTCOME_EXIT = {"ok": 0, "dry-run": 0, "stopped": 0, "failed": 1, "deferred": 3, "halted": 4, "busy": 5}
 
 
@@ -135,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
-    from ferryman.errors import ConfigError, StateError
+    from ferryman.errors import ConfigError, StateError, StateUnavailable
     from ferryman.redact import redact
 
     try:
@@ -144,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ferryman: config error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
+    except StateUnavailable as exc:  # an outage: one line, no traceback; systemd retries later
+        print(f"ferryman: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_TEMPFAIL
     except StateError as exc:
         print(f"ferryman: state database: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
@@ -258,6 +263,13 @@ async def _sync(args: argparse.Namespace, config: Any, store: Any) -> int:
             )
     if result.outcome == "busy":
         print(f"ferryman: {args.pipeline} is {result.message}; use --wait to wait for it", file=sys.stderr)
+    outage = getattr(store, "outage", None)
+    if result.outcome == "failed" and outage is not None:
+        # the run recorded its failure, but what failed it was the state database: an outage
+        from ferryman.redact import redact
+
+        print(f"ferryman: {redact(str(outage))}", file=sys.stderr)
+        return EXIT_TEMPFAIL
     return OUTCOME_EXIT.get(result.outcome, EXIT_FAILED)
 
 

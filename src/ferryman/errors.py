@@ -4,7 +4,8 @@
 
     FerrymanError
     ├── ConfigError                 bad configuration: exit 78, systemd must not restart-loop
-    ├── StateError                  the state store is unusable (schema too new, locked...)
+    ├── StateError                  the state store is unusable as it is (schema too new...)
+    │   ├── StateUnavailable        an outage: corrupt, locked, full or unreachable: exit 75
     │   └── LeaseLost               another instance holds the pipeline now: nothing of ours commits
     └── ConnectorError              raised by connectors and the HTTP layer
         ├── FatalError              stop the run, cursor untouched (bad credentials, misconfig)
@@ -45,6 +46,52 @@ class ConfigError(FerrymanError):
 
 class StateError(FerrymanError):
     """The state store cannot be used as it is."""
+
+
+class StateUnavailable(StateError):
+    """The state database cannot be used right now: corrupt, locked by another process
+    past the busy timeout, out of disk, or its server unreachable. An outage for an
+    operator to see to, not a bug: ``str()`` is one line naming what and where (the URL
+    with its password hidden)."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later", not "a bug" (70)
+
+    def __init__(self, problem: str, *, where: str, kind: str = "unavailable") -> None:
+        self.problem = problem
+        self.where = where
+        #: what kind of outage: locked, corrupt, full, io, unreachable, unavailable
+        self.kind = kind
+        super().__init__(f"{where}: {problem}")
+
+    @classmethod
+    def from_sqlite(cls, exc: BaseException, *, where: str, busy_timeout: float) -> StateUnavailable | None:
+        """The outage an SQLite error stands for, or ``None`` when it is not one (a bug in
+        our SQL, a constraint): decided by SQLite's result code, never by the message."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if not isinstance(code, int):
+            return None
+        # the primary result code: extended codes carry detail in the high bits
+        known = _SQLITE_OUTAGES.get(code & 0xFF)
+        if known is None:
+            return None
+        kind, problem = known
+        detail = " ".join(str(exc).split())
+        return cls(problem.format(detail=detail, timeout=busy_timeout), where=where, kind=kind)
+
+
+_LOCKED = "locked by another process for longer than the busy timeout ({timeout:g}s): {detail}"
+_SQLITE_OUTAGES = {
+    5: ("locked", _LOCKED),  # SQLITE_BUSY
+    6: ("locked", _LOCKED),  # SQLITE_LOCKED
+    7: ("unavailable", "out of memory: {detail}"),  # SQLITE_NOMEM
+    8: ("unavailable", "read-only: {detail}"),  # SQLITE_READONLY
+    10: ("io", "disk I/O error: {detail}"),  # SQLITE_IOERR
+    11: ("corrupt", "corrupt ({detail}): restore it from a backup, or move it aside to start afresh"),
+    13: ("full", "the disk is full ({detail}): free space where it lives"),  # SQLITE_FULL
+    14: ("unavailable", "cannot be opened: {detail}"),  # SQLITE_CANTOPEN
+    15: ("locked", "locked by another process (locking protocol): {detail}"),  # SQLITE_PROTOCOL
+    26: ("corrupt", "corrupt, or not a state database ({detail}): restore it from a backup, or move it aside"),
+}
 
 
 class LeaseLost(StateError):

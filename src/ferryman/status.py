@@ -20,18 +20,75 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ferryman.holders import describe_holder, holder_is_dead
-from ferryman.timeutil import from_db_time, sqlite_text, utcnow
+from ferryman.errors import StateUnavailable
+from ferryman.holders import describe_holder, holder_is_dead, host_id, start_token
+from ferryman.timeutil import format_utc, from_db_time, sqlite_text, utcnow
 
-__all__ = ["SCHEMA_VERSION", "CursorView", "StatusReader"]
+__all__ = ["SCHEMA_VERSION", "CursorView", "StatusReader", "run_as_seen"]
 
 #: the state schema this reader understands (``ferryman.state.migrations.LATEST``)
 SCHEMA_VERSION = 5
 
 #: columns that SQLAlchemy's ``UtcDateTime`` stores on SQLite as naive UTC text
 _TIME_COLUMNS = frozenset(
-    {"started_at", "ended_at", "not_before", "expires_at", "acquired_at", "updated_at", "committed_at"}
+    {
+        "started_at",
+        "ended_at",
+        "not_before",
+        "expires_at",
+        "acquired_at",
+        "updated_at",
+        "committed_at",
+        "lease_expires_at",
+        "last_commit_at",
+    }
 )
+
+#: each pipeline's latest run with its lease and last page commit, in one statement (the
+#: StateStore's ``_runs_with_leases``): a run that ends between two reads must not look interrupted
+_LAST_RUNS = (
+    "SELECT runs.*, leases.holder AS lease_holder, leases.expires_at AS lease_expires_at, "
+    "(SELECT max(committed_at) FROM cursors WHERE cursors.pipeline = runs.pipeline) AS last_commit_at "
+    "FROM runs JOIN (SELECT max(id) AS id FROM runs GROUP BY pipeline) AS latest ON runs.id = latest.id "
+    "LEFT OUTER JOIN leases ON leases.pipeline = runs.pipeline"
+)
+
+
+def run_as_seen(
+    run: dict[str, Any],
+    holder: str | None,
+    expires_at: datetime | None,
+    last_commit_at: datetime | None,
+    *,
+    now: datetime,
+    why: str | None = None,
+) -> dict[str, Any]:
+    """``run`` as status shows it. A run still marked ``running`` whose process is gone
+    (its pipeline's lease expired, its holder dead, or no lease at all) is ``interrupted``,
+    ended at its last sign of life: its start, or the pipeline's last page committed since.
+    A process killed with -9, or cut off by an outage before it could record its end,
+    leaves such a row; ``why`` overrides the reason (the next run closing it)."""
+    if run.get("outcome") != "running":
+        return run
+    lease_live = holder is not None and expires_at is not None and expires_at > now
+    if why is None and holder is not None and not holder_is_dead(holder) and (lease_live or _alive_here(holder)):
+        # a live process of this host whose lease ran out in a long page is still running it
+        return run
+    if why is not None:
+        reason = why
+    elif holder is None or expires_at is None:
+        reason = "its lease is gone"
+    elif not lease_live:
+        reason = f"its lease expired at {format_utc(expires_at)}"
+    else:
+        reason = f"{describe_holder(holder)} is no longer running"
+    started: datetime = run["started_at"]
+    ended = max(started, last_commit_at) if last_commit_at is not None else started
+    message = (
+        f"interrupted: the process running it on {run.get('instance')} stopped before the run ended "
+        f"({reason}); last sign of life {format_utc(ended)}"
+    )
+    return {**run, "outcome": "interrupted", "ended_at": ended, "message": message}
 
 
 class CursorView(NamedTuple):
@@ -55,6 +112,18 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(path)
 
 
+def _alive_here(holder: str) -> bool:
+    """True only when the holder is certainly a process of this host that still runs."""
+    parts = holder.split("|")
+    if len(parts) != 4 or parts[1] != host_id() or not parts[3]:
+        return False
+    try:
+        pid = int(parts[2])
+    except ValueError:
+        return False
+    return start_token(pid) == parts[3]
+
+
 class StatusReader:
     """Read-only answers for ``ferryman status`` from a SQLite state database."""
 
@@ -74,7 +143,12 @@ class StatusReader:
             return None
         try:
             row = db.execute("SELECT version FROM ferryman_schema").fetchone()
-        except sqlite3.Error:  # no schema table yet, or not a state database at all
+        except sqlite3.Error as exc:  # no schema table yet, or not a state database at all
+            outage = StateUnavailable.from_sqlite(exc, where=f"state database {url}", busy_timeout=30)
+            if outage is not None and outage.kind == "locked":
+                db.close()
+                # the StateStore would only wait as long again for the same lock
+                raise outage from None
             row = None
         if row is None or row[0] != SCHEMA_VERSION:
             db.close()
@@ -95,11 +169,12 @@ class StatusReader:
 
     # -- what status_rows asks (the StateStore methods of the same names) ----------------
     def last_runs(self) -> dict[str, dict[str, Any]]:
-        rows = self._rows(
-            "SELECT runs.* FROM runs JOIN (SELECT pipeline, max(id) AS id FROM runs GROUP BY pipeline) AS latest "
-            "ON runs.id = latest.id"
-        )
-        return {r["pipeline"]: r for r in rows}
+        now = utcnow()
+        runs = {}
+        for row in self._rows(_LAST_RUNS):
+            extra = (row.pop("lease_holder"), row.pop("lease_expires_at"), row.pop("last_commit_at"))
+            runs[row["pipeline"]] = run_as_seen(row, *extra, now=now)
+        return runs
 
     def count_dead_letters(self) -> dict[str, int]:
         rows = self._db.execute(

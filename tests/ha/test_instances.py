@@ -350,7 +350,7 @@ def test_sigkill_mid_run_on_another_host_the_survivor_takes_over_after_the_lease
         slots = store.slots()
     finally:
         store.close()
-    killed = next(r for r in big_runs if r["instance"] == victim_name and r["outcome"] == "crashed")
+    killed = next(r for r in big_runs if r["instance"] == victim_name and r["outcome"] == "interrupted")
     print(
         f"\nkilled {victim_name} after it committed {killed['created']} of {ROWS} rows; {survivor_name} "
         f"took over {waited:.1f}s later (lease_ttl {LEASE_TTL:g}s), slot claims refused meanwhile: "

@@ -24,8 +24,13 @@ exit status:
   0   stopped cleanly after SIGTERM or SIGINT
   1   the state database or the control API listener could not be set up
   70  internal error (a bug: please report it with the log)
+  75  the state database is unavailable at start: corrupt, locked, disk full or
+      unreachable (one line says which, and where); an outage: retry later
   78  configuration error (file, key path and problem are printed); systemd's
       RestartPreventExitStatus=78 stops a restart loop
+
+At start, runs left "running" by a process that is gone (killed, or cut off by an
+outage) are closed as "interrupted".
 """
 
 TRIGGER_EPILOG = """\
@@ -83,11 +88,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load(args)
     daemon = Daemon(config, drain_timeout=args.drain_timeout, log_level=args.log_level, log_format=args.log_format)
+    _close_interrupted_runs(config)
     try:
         return asyncio.run(daemon.serve())
     except ListenError as exc:
         print(f"ferryman: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _close_interrupted_runs(config: Any) -> None:
+    """Record as ``interrupted`` the runs a killed process left ``running`` (status already
+    shows them so), before the schedule starts new ones. A state database that cannot be
+    opened raises :class:`~ferryman.errors.StateUnavailable` here: exit 75, before the
+    control API is up."""
+    import structlog
+
+    from ferryman.cli import open_store
+
+    store = open_store(config)
+    try:
+        closed = store.close_interrupted_runs()
+    finally:
+        store.close()
+    if closed:
+        structlog.get_logger("ferryman.daemon").warning("runs.interrupted_closed", runs=closed)
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:

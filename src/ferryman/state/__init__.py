@@ -21,11 +21,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from ferryman.connector import Cursor
-from ferryman.errors import LeaseLost, StateError
+from ferryman.errors import ConfigError, LeaseLost, StateError, StateUnavailable
 from ferryman.holders import default_instance_name, describe_holder, host_id
 from ferryman.holders import holder_is_dead as _holder_is_dead
 from ferryman.holders import start_token as _start_token
-from ferryman.redact import redact
+from ferryman.redact import redact, redact_url
 from ferryman.state import migrations
 from ferryman.state.models import (
     CheckpointRow,
@@ -39,6 +39,7 @@ from ferryman.state.models import (
     SchemaVersion,
     SlotRow,
 )
+from ferryman.status import run_as_seen
 from ferryman.timeutil import from_db_time, sqlite_text, utcnow
 
 __all__ = ["DeadLetter", "Link", "PageCommit", "SlotClaim", "StateStore", "default_instance_name", "host_id"]
@@ -55,6 +56,8 @@ T_SCHEMA = SchemaVersion.__table__  # type: ignore[attr-defined]
 T_SLOTS = SlotRow.__table__  # type: ignore[attr-defined]
 
 SLOT_RETENTION = timedelta(days=7)
+#: how long SQLite waits for another process's lock (``?timeout=SECONDS`` in the URL overrides)
+DEFAULT_BUSY_TIMEOUT = 30.0
 
 
 _FENCE_SQLITE = "SELECT holder FROM leases WHERE pipeline = ?"
@@ -154,8 +157,32 @@ class StateStore:
         #: who holds leases: instance name, host, pid and process start, so a restart on the
         #: same host can tell that a lease's holder died (kill -9) and take over at once
         self.holder = f"{self.instance}|{host_id()}|{pid}|{_start_token(pid)}"
-        self.engine: Engine = _make_engine(url)
+        #: where, as errors name it: the URL with its password hidden
+        self.where = f"state database {redact(url) if url.startswith('sqlite') else redact_url(url)}"
+        self.busy_timeout = _busy_timeout(url)
+        #: the last outage this store met (kept after it was raised: a run records it as
+        #: ``failed`` and carries on to its end, and the CLI still owes exit 75 for it)
+        self.outage: StateUnavailable | None = None
+        try:
+            self.engine: Engine = _make_engine(url, self.busy_timeout)
+        except OSError as exc:  # the directory of an SQLite file could not be made
+            raise StateUnavailable(f"cannot create its directory: {exc.strerror or exc}", where=self.where) from None
         self.dialect = self.engine.dialect.name
+        self._translate_outages()
+
+    def _translate_outages(self) -> None:
+        """Turn the driver's errors that mean an outage (corrupt, locked, full, unreachable)
+        into :class:`StateUnavailable` where they enter, for every statement and connect of
+        this store: callers then see one class, and the CLI one line and exit 75."""
+
+        @sa.event.listens_for(self.engine, "handle_error")
+        def _outage(context: sa.engine.ExceptionContext) -> None:
+            if context.is_pre_ping:
+                return  # a stale pooled connection: the pool replaces it by itself
+            error = _outage_of(context, self.dialect, where=self.where, busy_timeout=self.busy_timeout)
+            if error is not None:
+                self.outage = error
+                raise error
 
     # -- schema ---------------------------------------------------------------------
     @classmethod
@@ -627,7 +654,11 @@ class StateStore:
 
     # -- runs -------------------------------------------------------------------------
     def start_run(self, pipeline: str, trigger: str = "manual") -> int:
+        """Note a run as ``running``. The caller holds the pipeline's lease, so a run of it
+        still marked ``running`` is one whose process is gone: it is closed as ``interrupted``
+        in the same transaction."""
         with self.engine.begin() as conn:
+            self._close_interrupted(conn, pipeline, why="a later run began")
             result = conn.execute(
                 sa.insert(T_RUNS).values(
                     pipeline=pipeline,
@@ -666,13 +697,41 @@ class StateStore:
         return dict(row) if row else None
 
     def last_runs(self) -> dict[str, dict[str, Any]]:
-        """The latest run of each pipeline."""
-        latest = (
-            sa.select(T_RUNS.c.pipeline, sa.func.max(T_RUNS.c.id).label("id")).group_by(T_RUNS.c.pipeline).subquery()
-        )
+        """The latest run of each pipeline, as status shows it: one still marked ``running``
+        whose process is gone reads ``interrupted`` (see :func:`ferryman.status.run_as_seen`)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(T_RUNS).join(latest, T_RUNS.c.id == latest.c.id)).mappings().all()
-        return {r["pipeline"]: dict(r) for r in rows}
+            rows = self._runs_with_leases(conn, latest=True)
+        now = utcnow()
+        return {run["pipeline"]: run_as_seen(run, *extra, now=now) for run, extra in rows}
+
+    def _runs_with_leases(
+        self, conn: Connection, *where: Any, latest: bool = False
+    ) -> list[tuple[dict[str, Any], tuple[str | None, datetime | None, datetime | None]]]:
+        """Runs (``latest``: each pipeline's latest) with their pipeline's lease (holder,
+        expiry) and last page commit, read in ONE statement: a run that ends between two
+        reads must not look interrupted."""
+        last_commit = (
+            sa.select(sa.func.max(T_CURSORS.c.committed_at))
+            .where(T_CURSORS.c.pipeline == T_RUNS.c.pipeline)
+            .scalar_subquery()
+            .label("last_commit_at")
+        )
+        query = sa.select(
+            T_RUNS,
+            T_LEASES.c.holder.label("lease_holder"),
+            T_LEASES.c.expires_at.label("lease_expires_at"),
+            last_commit,
+        ).select_from(T_RUNS)
+        if latest:
+            ids = sa.select(sa.func.max(T_RUNS.c.id).label("id")).group_by(T_RUNS.c.pipeline).subquery()
+            query = query.join(ids, T_RUNS.c.id == ids.c.id)
+        query = query.outerjoin(T_LEASES, T_LEASES.c.pipeline == T_RUNS.c.pipeline).where(*where)
+        out = []
+        for row in conn.execute(query).mappings():
+            run = dict(row)
+            extra = (run.pop("lease_holder"), run.pop("lease_expires_at"), run.pop("last_commit_at"))
+            out.append((run, extra))
+        return out
 
     def runs(self, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         query = sa.select(T_RUNS).order_by(T_RUNS.c.id.desc()).limit(limit)
@@ -682,15 +741,37 @@ class StateStore:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def close_stale_runs(self, pipeline: str) -> int:
-        """Runs left 'running' by a process that died: mark them as crashed."""
+        """Runs of ``pipeline`` left ``running`` by a process that stopped, closed as
+        ``interrupted``. Only for the holder of the pipeline's lease (the next run)."""
         with self.engine.begin() as conn:
-            return int(
-                conn.execute(
-                    sa.update(T_RUNS)
-                    .where(T_RUNS.c.pipeline == pipeline, T_RUNS.c.outcome == "running")
-                    .values(outcome="crashed", ended_at=utcnow(), message="the process running it stopped unexpectedly")
-                ).rowcount
-            )
+            return self._close_interrupted(conn, pipeline, why="a later run began")
+
+    def close_interrupted_runs(self) -> int:
+        """Close every run whose process is gone (its lease expired, its holder dead, or no
+        lease at all) as ``interrupted``; runs whose holder lives are left alone. For the
+        start of the daemon: status shows such runs so before, this records it."""
+        with self.engine.begin() as conn:
+            return self._close_interrupted(conn, None)
+
+    def _close_interrupted(self, conn: Connection, pipeline: str | None, *, why: str | None = None) -> int:
+        """``why`` given: the caller holds ``pipeline``'s lease, so its running runs are all stale."""
+        where = [T_RUNS.c.outcome == "running"]
+        if pipeline is not None:
+            where.append(T_RUNS.c.pipeline == pipeline)
+        now = utcnow()
+        closed = 0
+        for run, (holder, expires_at, last_commit_at) in self._runs_with_leases(conn, *where):
+            if why is not None:
+                holder = expires_at = None
+            seen = run_as_seen(run, holder, expires_at, last_commit_at, now=now, why=why)
+            if seen["outcome"] != "interrupted":
+                continue
+            closed += conn.execute(
+                sa.update(T_RUNS)
+                .where(T_RUNS.c.id == run["id"], T_RUNS.c.outcome == "running")
+                .values(outcome="interrupted", ended_at=seen["ended_at"], message=seen["message"])
+            ).rowcount
+        return closed
 
     # -- hosts ------------------------------------------------------------------------
     def set_not_before(self, host: str, not_before: datetime, reason: str | None = None) -> None:
@@ -862,16 +943,50 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _make_engine(url: str) -> Engine:
+def _outage_of(
+    context: sa.engine.ExceptionContext, dialect: str, *, where: str, busy_timeout: float
+) -> StateUnavailable | None:
+    original = context.original_exception
+    if dialect == "sqlite":
+        return StateUnavailable.from_sqlite(original, where=where, busy_timeout=busy_timeout)
+    if context.is_disconnect or isinstance(
+        context.sqlalchemy_exception, sa.exc.OperationalError | sa.exc.InterfaceError
+    ):
+        # psycopg's OperationalError family: refused, timed out, gone away, shutting down,
+        # out of disk, lock or statement timeout; a bug in our SQL is a ProgrammingError
+        lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+        detail = redact(lines[0] if lines else type(original).__name__)
+        if context.connection is None or context.is_disconnect:
+            return StateUnavailable(f"unreachable ({detail})", where=where, kind="unreachable")
+        return StateUnavailable(f"not usable right now ({detail})", where=where)
+    return None
+
+
+def _busy_timeout(url: str) -> float:
+    if not url.startswith("sqlite"):
+        return DEFAULT_BUSY_TIMEOUT
+    value = sa.engine.make_url(url).query.get("timeout")
+    if value is None:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        seconds = float(value if isinstance(value, str) else value[0])
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(f"timeout={value!r} in the SQLite URL is not a number of seconds", path="state.url")
+    return seconds
+
+
+def _make_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine:
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
+        path = sa.engine.make_url(url).database or ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": busy_timeout})
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -882,7 +997,7 @@ def _make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cur.close()
 
         @sa.event.listens_for(engine, "begin")
