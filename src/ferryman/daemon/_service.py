@@ -14,6 +14,12 @@ slots: they always ask for a run. While a run goes on, a heartbeat renews its le
 third of ``state.lease_ttl``; if the lease was lost all the same (this process stalled
 longer than that and another instance took over), the run stops after the page in hand.
 
+Systemd's watchdog is fed from the event loop only while the daemon can do its work: the
+loop runs, the process has files to spare for a run, and the control API can accept.
+Otherwise the pings stop (``watchdog.withheld``, with the reason) and systemd restarts the
+service after ``WatchdogSec``; an outage of the database is not such a reason (a restart
+does not fix it), and /healthz reports it instead.
+
 Signals: SIGTERM or SIGINT sends ``STOPPING=1`` and drains (each run finishes the page in
 hand and commits; runs still going after ``drain_timeout`` are cancelled, which loses no
 record either: the cursor only covers committed pages), then exits 0. A second one stops
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import random
 import signal
@@ -48,7 +55,7 @@ from ferryman.redact import redact
 from ferryman.state import StateStore
 from ferryman.timeutil import UTC, format_utc, utcnow
 
-from ._api import Refused, build_app
+from ._api import IDLE_TIMEOUT, ConnectionGate, Refused, build_app, connection_cap, start_site
 from ._listen import Listen, parse_listen, token_path, write_token
 from ._metrics import RunDurations, render
 from ._notify import Notifier
@@ -60,6 +67,9 @@ __all__ = ["Daemon", "ListenError"]
 
 DEFAULT_DRAIN_TIMEOUT = 60.0
 HEALTH_DB_TIMEOUT = 5.0
+LOG_RATE_LIMIT = 10  # the same event at most this often a second; the rest are counted
+MIN_FREE_FILES = 16  # fewer free than this and a run cannot open its database, apps and files
+HOUSEKEEPING_INTERVAL = 5.0  # without a watchdog: how often vitals are checked and counts flushed
 
 
 class ListenError(FerrymanError):
@@ -118,6 +128,9 @@ class Daemon:
         self._fires: set[asyncio.Task[None]] = set()  # slots being tried (maybe in their jitter)
         self._intake: Any = None
         self._outbox: tuple[asyncio.Event, asyncio.Task[None]] | None = None
+        self._gate: ConnectionGate | None = None
+        self._accept_failed: tuple[float, str] | None = None  # (monotonic time, why)
+        self._withheld: str | None = None  # why the watchdog is not being fed
 
     # -- the Controller protocol (control API) -----------------------------------------------
     @property
@@ -154,6 +167,9 @@ class Daemon:
     async def health(self) -> tuple[bool, dict[str, Any]]:
         if self._stopping:
             return False, {"status": "stopping"}
+        cannot = self._cannot_work()
+        if cannot is not None:
+            return False, {"status": "unhealthy", "reason": cannot}
         try:
             await asyncio.wait_for(asyncio.to_thread(self._ping_db), HEALTH_DB_TIMEOUT)
         except Exception as exc:
@@ -180,6 +196,17 @@ class Daemon:
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean drain)."""
         loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
+        logs.limit_rate(LOG_RATE_LIMIT)
+        try:
+            return await self._serve(loop)
+        finally:
+            logs.flush_suppressed()
+            logs.limit_rate(None)
+            loop.set_exception_handler(previous_handler)
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         self._stop_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.store = StateStore.open(self.config.state.resolved_url(), instance=self.config.instance)
@@ -193,10 +220,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
-        watchdog = None
         interval = self.notifier.watchdog_interval()
-        if interval:
-            watchdog = loop.create_task(self._watchdog(interval), name="watchdog")
+        watchdog = loop.create_task(self._watchdog(interval), name="watchdog")
         self._start_outbox(self.config)
         metrics.set_gauge("ferryman_daemon_start_timestamp_seconds", time.time())
 
@@ -217,8 +242,7 @@ class Daemon:
             await self._drain()
         finally:
             await self._close(runner)
-            if watchdog is not None:
-                watchdog.cancel()
+            watchdog.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self.notifier.close()
@@ -481,21 +505,19 @@ class Daemon:
             self._token_file = path
 
     async def _start_api(self) -> web.AppRunner:
-        app = build_app(self)
+        self._gate = gate = ConnectionGate(cap=connection_cap())
+        app = build_app(self, gate)
         self._add_intake(app)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=5.0, keepalive_timeout=IDLE_TIMEOUT
+        )
         await runner.setup()
-        site: web.BaseSite
         try:
             if self.listen.path is not None:
-                path = self.listen.path
-                _claim_socket_path(path)
-                site = web.UnixSite(runner, str(path))
-                await site.start()
-                os.chmod(path, 0o660)
-            else:
-                site = web.TCPSite(runner, self.listen.host, self.listen.port, reuse_address=True)
-                await site.start()
+                _claim_socket_path(self.listen.path)
+            await start_site(runner, self.listen, gate)
+            if self.listen.path is not None:
+                os.chmod(self.listen.path, 0o660)
         except OSError as exc:
             await runner.cleanup()
             raise ListenError(f"control API cannot listen on {self.listen}: {exc.strerror or exc}") from None
@@ -567,11 +589,57 @@ class Daemon:
         self.store.close()
 
     # -- helpers -------------------------------------------------------------------------------
-    async def _watchdog(self, interval: float) -> None:
+    async def _watchdog(self, interval: float | None) -> None:
         # From the event loop itself: if the loop hangs, the pings stop and systemd restarts us.
         while True:
-            self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
+            cannot = self._cannot_work()
+            if cannot is None:
+                if self._withheld is not None:
+                    log.info("watchdog.resumed", was=self._withheld)
+                    self.notifier.notify("STATUS=working again")
+                    self._withheld = None
+                if interval:
+                    self.notifier.notify("WATCHDOG=1")
+            else:
+                if self._withheld is None:  # once per spell, not once per tick
+                    if interval:
+                        log.error(
+                            "watchdog.withheld", reason=cannot, note="systemd restarts the service after WatchdogSec"
+                        )
+                    else:
+                        log.error("daemon.cannot_work", reason=cannot)
+                    self.notifier.notify(f"STATUS=cannot work: {cannot}")
+                self._withheld = cannot
+            logs.flush_suppressed()
+            await asyncio.sleep(interval or HOUSEKEEPING_INTERVAL)
+
+    def _cannot_work(self) -> str | None:
+        """Why the daemon cannot do its work in a way a restart would cure, or None.
+
+        A database outage is not such a reason: a restart does not bring it back."""
+        files = _files_free()
+        if files is not None and files[0] < MIN_FREE_FILES:
+            free, limit = files
+            return (
+                f"only {free} of {limit} files left (LimitNOFILE): no file for the database, "
+                "an app's connection or a CSV file, so runs cannot start"
+            )
+        if self._accept_failed is not None:
+            at, why = self._accept_failed
+            if time.monotonic() - at < 2 * (self.notifier.watchdog_interval() or HOUSEKEEPING_INTERVAL):
+                return f"the control API cannot accept connections: {why}"
+            self._accept_failed = None
+        return None
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+            # asyncio retries the accept a second later; what matters is that it failed
+            why = exc.strerror or str(exc)
+            self._accept_failed = (time.monotonic(), why)
+            log.error("api.accept_failed", listen=str(self.listen), error=why)
+            return
+        loop.default_exception_handler(context)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -590,7 +658,25 @@ class Daemon:
                 lag = (now - cursor.updated_at).total_seconds()
                 metrics.set_gauge("ferryman_cursor_lag_seconds", lag, pipeline=name)
             metrics.set_gauge("ferryman_pipeline_running", 1 if name in self._running else 0, pipeline=name)
+        if self._gate is not None:
+            metrics.set_gauge("ferryman_control_connections", self._gate.open_connections)
         return render(self._durations, extra=self.registry.snapshot())
+
+
+def _files_free() -> tuple[int, int] | None:
+    """(free, limit) file descriptors of this process, or None where /proc cannot tell."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError as exc:
+        if exc.errno == errno.EMFILE:  # listing needs a file: none left
+            return 0, limit
+        return None
+    return limit - used, limit
 
 
 def _claim_socket_path(path: Path) -> None:
