@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow soak bench lint typecheck check clean
+.PHONY: demo test test-slow soak fuzz bench lint typecheck check clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -29,6 +29,13 @@ test-slow: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m soak
+
+# Random fuzzing of config loading, every connector's mapping and the webhook intake:
+# FUZZ_SECONDS per target (9 targets: 18 minutes by default). `make test` runs a short,
+# fixed-seed version of the same targets.
+FUZZ_SECONDS ?= 120
+fuzz: $(STAMP)
+	FERRYMAN_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest -q -m fuzz -p no:cacheprovider --timeout=0 tests/fuzz
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

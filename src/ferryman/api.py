@@ -136,6 +136,11 @@ def to_record(
             err = exc.errors()[0]
             reason = f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
         return Reject(ref, reason, key=key)
+    except Exception as exc:
+        # A native value of a shape the mapping never expected (a list where a string was
+        # promised) is that record's problem: a dead letter naming the error, the page goes on.
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        return Reject(ref, f"could not be mapped ({type(exc).__name__}{': ' + detail if detail else ''})", key=key)
     problem = key_problem(record.key)
     if problem is not None:
         return Reject(ref, f"key: {problem}")  # no key: the letter could not hold it either

@@ -448,8 +448,10 @@ def _load_yaml(text: str, *, file: str, what: str | None = None) -> Any:
     """``text`` parsed with aliases bounded; a ConfigError naming ``file`` (and ``what``,
     an environment variable) on any problem. Aliased parts come back as separate copies,
     so an override of one place does not change the others."""
-    loader = _BoundedLoader(text)
+    loader: _BoundedLoader | None = None
     try:
+        # inside the try: the reader already refuses characters YAML forbids (a form feed)
+        loader = _BoundedLoader(text)
         return _unshare(loader.get_single_data())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -460,7 +462,8 @@ def _load_yaml(text: str, *, file: str, what: str | None = None) -> Any:
             raise ConfigError(f"{what}: not valid YAML{at}: {problem}", file=file) from None
         raise ConfigError(f"not valid YAML: {problem}", file=file, path=where) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _unshare(value: Any) -> Any:

@@ -76,8 +76,14 @@ def from_db_time(value: datetime | str | None) -> datetime | None:
 
 
 def from_epoch(seconds: float | int | str) -> datetime:
-    """Unix epoch seconds (number or numeric string) to an aware UTC datetime."""
-    return datetime.fromtimestamp(float(seconds), UTC)
+    """Unix epoch seconds (number or numeric string) to an aware UTC datetime.
+
+    A value no calendar holds (an app's garbage, year 2e9) is a ``ValueError``, as for any
+    other bad value, not the platform's ``OverflowError``/``OSError``."""
+    try:
+        return datetime.fromtimestamp(float(seconds), UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"epoch seconds out of range: {seconds!r}") from exc
 
 
 _ISO_Z = re.compile(r"[zZ]$")
@@ -91,6 +97,8 @@ def parse_datetime(text: str, *, assume_tz: tzinfo | str | None = None, fmt: str
     ``assume_tz`` names the source's timezone; otherwise it raises
     :class:`NaiveDatetimeError`. A date alone (``2024-03-01``) means midnight.
     """
+    if not isinstance(text, str):
+        raise ValueError(f"expected a timestamp string, got {type(text).__name__}")
     raw = text.strip()
     if not raw:
         raise ValueError("empty timestamp")
@@ -127,6 +135,15 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     """``"90s"``, ``"2m"``, ``"1h30m"``, ``"500ms"`` or a number of seconds to a timedelta."""
     if isinstance(value, timedelta):
         return value
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h30m)")
+    try:
+        return _duration(value)
+    except OverflowError:
+        raise ValueError(f"duration too long: {value!r}") from None
+
+
+def _duration(value: str | int | float) -> timedelta:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")

@@ -46,7 +46,10 @@ def insecure_url_problem(url: str | httpx.URL, allow_insecure_http: bool) -> str
     allowed to loopback (the sandbox) unless the system's config says
     ``allow_insecure_http: true``.
     """
-    parsed = httpx.URL(url) if isinstance(url, str) else url
+    try:
+        parsed = httpx.URL(url) if isinstance(url, str) else url
+    except httpx.InvalidURL as exc:  # a bad port, a space in the host: a config error, not a crash
+        return f"invalid URL {redact_url(url) if isinstance(url, str) else ''!r}: {exc}"
     if parsed.scheme == "https":
         return None
     if parsed.scheme != "http":

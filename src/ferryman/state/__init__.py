@@ -548,8 +548,19 @@ class StateStore:
     # -- dead letters -----------------------------------------------------------------
     def _add_dead_letter(self, conn: Connection, pipeline: str, letter: NewDeadLetter) -> None:
         now = utcnow()
-        payload = None if letter.payload is None else json.dumps(letter.payload, default=str, sort_keys=True)
+        # A payload is the record as an app sent it: an app that echoes a request (a URL with
+        # its key) puts a secret in it, so every string in it is redacted, like the reason.
+        payload = None if letter.payload is None else json.dumps(_redacted(letter.payload), default=str, sort_keys=True)
         reason = redact(letter.reason)
+        letter = NewDeadLetter(
+            letter.src,
+            letter.dst,
+            redact(letter.ref),
+            letter.reason,
+            src_key=redact(letter.src_key) if letter.src_key is not None else None,
+            kind=letter.kind,
+            payload=letter.payload,
+        )
         dst_clause = T_DLQ.c.dst.is_(None) if letter.dst is None else T_DLQ.c.dst == letter.dst
         existing = conn.execute(
             sa.select(T_DLQ.c.id).where(
@@ -936,6 +947,17 @@ class StateStore:
             conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.pipeline == pipeline))
             for src, dst in link_pairs:
                 conn.execute(sa.delete(T_LINKS).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst))
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it (keys included) redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {_redacted(k) if isinstance(k, str) else k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
