@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ferryman_cmd
@@ -47,6 +48,7 @@ def check_not_torn(path: Path) -> dict[str, dict[str, str]]:
     return seen
 
 
+@pytest.mark.slow  # 50,000 records and 20 kills: about 40 s (tests/connectors/test_csv_kill9.py runs in make test)
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Path, default_state_url: str) -> None:
     rng = random.Random(int(os.environ.get("FERRYMAN_CRASH_SEED", "20261122")))
     src_dir, out_dir = tmp_path / "in", tmp_path / "out"

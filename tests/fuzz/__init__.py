@@ -28,7 +28,7 @@ from ferryman.records import Record, fingerprint
 #: 2-core CI machine makes per-example timing meaningless), and no shrinking (a failure is
 #: reported as drawn, in seconds; ``make fuzz`` shrinks)
 SHORT = settings(
-    max_examples=200,
+    max_examples=100,
     derandomize=True,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     database=None,

@@ -39,6 +39,9 @@ from aiohttp import web
 from tests.conftest import ferryman_cmd, free_port, run_cli
 from tests.e2e.support import sandbox_process
 
+# about 40 s of processes and servers: make test-slow (make test keeps under 10 minutes)
+pytestmark = pytest.mark.slow
+
 _rng = random.Random(16)
 
 
