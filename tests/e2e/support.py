@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import re
 import selectors
+import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +89,23 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a CSV file (as the csv connector writes them: UTF-8, header first) as dicts."""
     with path.open(encoding="utf-8", newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def sync_killed_after(config: Path, pipeline: str, env: dict[str, str], count: Callable[[], int], writes: int) -> bool:
+    """Start ``ferryman sync PIPELINE`` and SIGKILL it once ``count()`` (rows in the app)
+    has grown by ``writes``: mid-page, mid-write. ``False`` when the sync finished first."""
+    process = subprocess.Popen(
+        [*ferryman_cmd(), "--config", str(config), "sync", pipeline, "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+    )
+    start = count()
+    deadline = time.monotonic() + 60
+    while process.poll() is None and count() < start + writes and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if process.poll() is not None:
+        return False
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return True

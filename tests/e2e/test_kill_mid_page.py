@@ -9,19 +9,15 @@ letter, at most one per kill: never a silent loss, never a duplicate.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ferryman_cmd, run_cli
-from tests.e2e.support import sandbox_process, save_config
+from tests.conftest import run_cli
+from tests.e2e.support import sandbox_process, save_config, sync_killed_after
 
 N = 40
 KILLS = 4
@@ -121,20 +117,8 @@ def test_kill_9_mid_page_doubles_nothing_and_loses_nothing_quietly(tmp_path: Pat
         )
         kills = 0
         while kills < KILLS:
-            process = subprocess.Popen(
-                [*ferryman_cmd(), "--config", str(config), "sync", "push", "--no-progress"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env={**os.environ, **env},
-            )
-            start, want = rows_in_app(url), rng.randint(2, 6)
-            deadline = time.monotonic() + 60
-            while process.poll() is None and rows_in_app(url) < start + want and time.monotonic() < deadline:
-                time.sleep(0.002)
-            if process.poll() is not None:
+            if not sync_killed_after(config, "push", env, lambda: rows_in_app(url), rng.randint(2, 6)):
                 break
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
             kills += 1
         for _ in range(3):
             done = run_cli("--config", str(config), "sync", "push", "--no-progress", env=env)

@@ -11,17 +11,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ferryman_cmd, run_cli
-from tests.e2e.support import sandbox_process, save_config
+from tests.conftest import run_cli
+from tests.e2e.support import sandbox_process, save_config, sync_killed_after
 
 KEY = "sandbox-app-key"
 ENV = {"CE_KEY": KEY}
@@ -99,21 +96,9 @@ def push_with_kills(tmp_path: Path, default_state_url: str, N: int, KILLS: int) 
         kills = 0
         most_unresolved = 0
         while kills < KILLS:
-            process = subprocess.Popen(
-                [*ferryman_cmd(), "--config", str(config), "sync", "tickets-in", "--no-progress"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env={**os.environ, **ENV},
-            )
             # kill after a random number of new tickets reached the app: mid-page, mid-write
-            start, want = app_count(url), rng.randint(3, 14)
-            deadline = time.monotonic() + 60
-            while process.poll() is None and app_count(url) < start + want and time.monotonic() < deadline:
-                time.sleep(0.002)
-            if process.poll() is not None:
+            if not sync_killed_after(config, "tickets-in", ENV, lambda: app_count(url), rng.randint(3, 14)):
                 break  # the push finished before this kill: nothing left to interrupt
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
             kills += 1
             most_unresolved = max(most_unresolved, len(unresolved(config)))
         assert kills >= KILLS * 3 // 4, f"only {kills} kills landed during the push"
