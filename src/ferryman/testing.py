@@ -336,6 +336,13 @@ class HostileContract(ConnectorContract):
         missing = expected - set(keys)
         assert not missing, f"{stream} ({what}): records lost without an error: {sorted(missing)[:5]}"
 
+    def _sample_streams(self, contract: ContractSetup, connector: Connector, *caps: Capability) -> list[str]:
+        """The streams with a sample that can do all of ``caps`` (skips the test when none can)."""
+        streams = [s for s in contract.samples if all(connector.stream(s).can(c) for c in caps)]
+        if not streams:
+            pytest.skip(f"no stream with a sample can {', '.join(c.value for c in caps)}")
+        return streams
+
     @pytest.mark.asyncio
     async def test_hostile_server_ignoring_paging_is_read_whole_or_stopped(
         self, contract: ContractSetup, sandbox: Any
@@ -400,9 +407,7 @@ class HostileContract(ConnectorContract):
         self, contract: ContractSetup, sandbox: Any
     ) -> None:
         async with self.connect(contract, sandbox.url) as connector:
-            streams = [s for s in contract.samples if connector.stream(s).can(Capability.CREATE)]
-            if not streams:
-                pytest.skip("no writable stream with a sample")
+            streams = self._sample_streams(contract, connector, Capability.CREATE)
             self._mode(contract, sandbox, "stub_create")
             for stream in streams:
                 sample = contract.samples[stream](11)
@@ -418,13 +423,7 @@ class HostileContract(ConnectorContract):
     @pytest.mark.asyncio
     async def test_hostile_error_inside_200_is_a_rejection(self, contract: ContractSetup, sandbox: Any) -> None:
         async with self.connect(contract, sandbox.url) as connector:
-            streams = [
-                s
-                for s in contract.samples
-                if connector.stream(s).can(Capability.CREATE) and connector.stream(s).can(Capability.UPDATE)
-            ]
-            if not streams:
-                pytest.skip("no updatable stream with a sample")
+            streams = self._sample_streams(contract, connector, Capability.CREATE, Capability.UPDATE)
             for stream in streams:
                 info = connector.stream(stream)
                 created = await connector.create(stream, contract.samples[stream](12))
@@ -442,13 +441,7 @@ class HostileContract(ConnectorContract):
     @pytest.mark.asyncio
     async def test_hostile_hidden_deletes_are_found_by_get(self, contract: ContractSetup, sandbox: Any) -> None:
         async with self.connect(contract, sandbox.url) as connector:
-            streams = [
-                s
-                for s in contract.samples
-                if connector.stream(s).can(Capability.CREATE) and connector.stream(s).can(Capability.DELETE)
-            ]
-            if not streams:
-                pytest.skip("no deletable stream with a sample")
+            streams = self._sample_streams(contract, connector, Capability.CREATE, Capability.DELETE)
             self._mode(contract, sandbox, "hide_deleted")
             for stream in streams:
                 created = await connector.create(stream, contract.samples[stream](13))
@@ -470,9 +463,7 @@ class HostileContract(ConnectorContract):
         connector reads the record back, or it raises an error whose outcome the engine
         treats as unknown (the intent is kept and reconciled by lookup)."""
         async with self.connect(contract, sandbox.url, backoff_base=0.01, backoff_cap=0.05) as connector:
-            streams = [s for s in contract.samples if connector.stream(s).can(Capability.CREATE)]
-            if not streams:
-                pytest.skip("no writable stream with a sample")
+            streams = self._sample_streams(contract, connector, Capability.CREATE)
             for stream in streams:
                 sample = contract.samples[stream](14)
                 self._mode(contract, sandbox, "garble_writes")
