@@ -49,7 +49,10 @@ def ensure_utc(value: datetime) -> datetime:
         )
     if value.utcoffset() == timedelta(0) and value.tzinfo is UTC:
         return value
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in year 10000 in UTC
+        raise ValueError(f"timestamp {value.isoformat()} is out of range in UTC (years 1 to 9999)") from None
 
 
 def format_utc(value: datetime) -> str:
