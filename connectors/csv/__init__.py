@@ -11,11 +11,16 @@ later one, and a file that keeps changing while it is read (a file rewritten in 
 during a read is read again; one replaced by rename is read as the snapshot it was).
 
 **Writing** (a target): one row per record key, timestamps as UTC ``Z``. The target
-file is never torn, even on ``kill -9``: a run writes to ``NAME.csv.partial`` (a copy
-of the published file plus appended rows), whose byte offset is committed in the same
-state transaction as the cursor; a restart truncates the partial back to the committed
-offset, and the end of a run publishes it with an atomic rename. Updated keys are
-noted in ``NAME.csv.partial-updates`` so publishing keeps only each key's latest row.
+file is never torn, even on ``kill -9``: a run writes to ``NAME.csv.partial.TOKEN`` (a
+copy of the published file plus appended rows; TOKEN names the writing process), whose
+byte offset is committed in the same state transaction as the cursor; a restart truncates
+the partial back to the committed offset, and the end of a run publishes it with an
+atomic rename. Updated keys are noted in ``NAME.csv.partial-updates.TOKEN`` so publishing
+keeps only each key's latest row. Each process writes its own partial: when another
+instance takes a pipeline over (its holder stalled past the lease), it copies the
+committed part of the old holder's partial into its own and removes the old one, so a
+stalled holder that wakes up appends only to a file nobody publishes, and its own publish
+finds nothing to rename.
 
 Columns written: ``key, updated_at, deleted``, the record type's fields, then ``extra``
 (JSON). ``columns`` maps canonical fields to other header names, in both directions. A
@@ -59,6 +64,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, ClassVar
 
@@ -146,10 +152,21 @@ class CsvOptions(ConnectorOptions):
 ALL = frozenset(Capability)
 
 
+def _process_token() -> str:
+    """Names this process in its partial files: host, pid and process start, hashed short."""
+    import hashlib
+
+    from ferryman.holders import host_id, start_token
+
+    pid = os.getpid()
+    return hashlib.sha256(f"{host_id()}|{pid}|{start_token(pid)}".encode()).hexdigest()[:12]
+
+
 @dataclass
 class _Sink:
     path: Path
     seed: bool  # start the partial from the published file (state knows it)
+    token: str = field(default_factory=_process_token)
     fh: io.BufferedWriter | None = None
     updates_fh: io.BufferedWriter | None = None
     buffer: list[Record] = field(default_factory=list)
@@ -160,11 +177,26 @@ class _Sink:
 
     @property
     def partial(self) -> Path:
-        return self.path.with_name(self.path.name + ".partial")
+        return self.partial_of(self.token)
 
     @property
     def updates_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".partial-updates")
+        return self.updates_of(self.token)
+
+    def partial_of(self, token: str | None) -> Path:
+        """The partial of the process ``token`` ('' or None: before partials were per process)."""
+        return self.path.with_name(self.path.name + ".partial" + (f".{token}" if token else ""))
+
+    def updates_of(self, token: str | None) -> Path:
+        return self.path.with_name(self.path.name + ".partial-updates" + (f".{token}" if token else ""))
+
+    def leftovers(self) -> list[Path]:
+        """Every process's partial files of this sink, this one's included."""
+        return sorted(
+            p
+            for pattern in (".partial", ".partial.*", ".partial-updates", ".partial-updates.*")
+            for p in self.path.parent.glob(glob_escape(self.path.name) + pattern)
+        )
 
 
 class CsvConnector(Connector):
@@ -559,9 +591,23 @@ class CsvConnector(Connector):
         sink = _Sink(self.path(stream), seed=checkpoint is not None)
         self._sinks[stream] = sink
         if checkpoint and checkpoint.get("state") == "open":
-            if sink.partial.exists():
+            owner = checkpoint.get("token")  # the process whose partial holds the committed rows
+            committed, updates = sink.partial_of(owner), sink.updates_of(owner)
+            if committed.exists():
+                if committed != sink.partial:
+                    # Another process committed it (a crash and restart, or a takeover): its
+                    # committed part becomes ours, and its files go, so a holder that stalled
+                    # and wakes up writes only to a file that nobody publishes.
+                    _copy_prefix(committed, sink.partial, int(checkpoint["offset"]))
+                    _copy_prefix(updates, sink.updates_path, int(checkpoint.get("updates_offset", 0)))
+                    _fsync_dir(sink.path.parent)
+                    committed.unlink(missing_ok=True)
+                    updates.unlink(missing_ok=True)
                 _truncate(sink.partial, int(checkpoint["offset"]))
                 _truncate(sink.updates_path, int(checkpoint.get("updates_offset", 0)))
+                for stale in sink.leftovers():
+                    if stale not in (sink.partial, sink.updates_path):
+                        stale.unlink(missing_ok=True)
                 sink.fh = sink.partial.open("ab")
                 sink.updates_fh = sink.updates_path.open("ab")
                 sink.base_offset = int(checkpoint.get("base_offset", 0))
@@ -569,7 +615,7 @@ class CsvConnector(Connector):
                 return
             # The partial was renamed into place after the last commit: it is published.
             sink.published_pending = True
-        for stale in (sink.partial, sink.updates_path):
+        for stale in sink.leftovers():
             stale.unlink(missing_ok=True)
 
     def _open_partial(self, stream: str, sink: _Sink) -> None:
@@ -635,6 +681,7 @@ class CsvConnector(Connector):
         assert sink.fh is not None and sink.updates_fh is not None
         return {
             "state": "open",
+            "token": sink.token,
             "offset": sink.fh.tell(),
             "updates_offset": sink.updates_fh.tell(),
             "base_offset": sink.base_offset,
@@ -677,7 +724,7 @@ class CsvConnector(Connector):
                 key = self._text(row.get(key_column)) or ""
                 if key in updated:
                     last[key] = index
-        tmp = sink.path.with_name(sink.path.name + ".compact")
+        tmp = sink.path.with_name(sink.path.name + f".compact.{sink.token}")
         with sink.partial.open(encoding="utf-8", newline="") as src, tmp.open("w", encoding="utf-8", newline="") as dst:
             reader2 = csv.reader(src, delimiter=self.options.delimiter)
             writer = _RowWriter(dst, self.options.delimiter)
@@ -722,6 +769,21 @@ def _truncate(path: Path, size: int) -> None:
         fh.truncate(size)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _copy_prefix(source: Path, dest: Path, size: int) -> None:
+    """Write the first ``size`` bytes of ``source`` to ``dest`` (replaced), durably. A source
+    shorter than that was changed behind our back: :func:`_truncate` says so next."""
+    with source.open("rb") as src, dest.open("wb") as dst:
+        left = size
+        while left > 0:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            dst.write(chunk)
+            left -= len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import structlog
@@ -36,6 +36,7 @@ from ferryman.errors import (
     PagingError,
     RecordRejected,
     RetriableError,
+    StateUnavailable,
     ValidationFailed,
 )
 from ferryman.mapping import FieldMapping
@@ -48,6 +49,8 @@ from ferryman.timeutil import format_utc, utcnow
 
 log = structlog.get_logger("ferryman.engine")
 
+P = ParamSpec("P")
+T = TypeVar("T")
 LEASE_TTL = DEFAULT_LEASE_TTL  # the default; a run uses the config's state.lease_ttl
 REFERENCE_RETRIES = 200  # records waiting for a reference, delivered again at the start of a run
 PROBE_CHECKPOINT = "~probe"  # where a pipeline's delete probe left off (the checkpoints table)
@@ -135,6 +138,18 @@ class Engine:
         self._systems: dict[str, Connector] = {}
         self._open_lock = asyncio.Lock()
 
+    # -- state ------------------------------------------------------------------------
+    async def _state(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Every state call of a run goes through here: off the event loop (see
+        :meth:`StateStore.call`), so a hung database holds up the run, not the daemon."""
+        return await self.store.call(fn, *args, **kwargs)
+
+    async def _fence(self, name: str, *, now: bool = False) -> None:
+        """Before a write: go on only while the lease is surely ours (see
+        :meth:`StateStore.self_fence`); asks the database only when the last renewal is old."""
+        if now or self.store.fence_due(name):
+            await self._state(self.store.self_fence, name, now=True)
+
     # -- systems ----------------------------------------------------------------------
     async def system(self, name: str) -> Connector:
         async with self._open_lock:
@@ -214,8 +229,8 @@ class Engine:
         result = RunResult(name, "ok", counts=_counts())
         bound = log.bind(pipeline=name)
 
-        if not dry_run and not self.store.acquire_lease(name, self.config.state.lease_ttl):
-            holder = self.store.lease_holder(name)
+        if not dry_run and not await self._state(self.store.acquire_lease, name, self.config.state.lease_ttl):
+            holder = await self._state(self.store.lease_holder, name)
             result.outcome = "busy"
             result.message = f"already running on {holder[0] if holder else 'another instance'}"
             return result
@@ -236,19 +251,19 @@ class Engine:
             except FerrymanError as exc:
                 result.outcome, result.message = "failed", redact(str(exc))
                 return result
-            deferred = self.store.not_before(hosts)
+            deferred = await self._state(self.store.not_before, hosts)
             if deferred is not None:
                 result.outcome = "deferred"
                 result.not_before = deferred[1]
                 result.message = f"{deferred[0]} asked us to wait until {format_utc(deferred[1])}"
                 if not dry_run:
-                    run_id = self.store.start_run(name, trigger)
-                    self.store.finish_run(run_id, "deferred", result.message, deferred[1])
+                    run_id = await self._state(self.store.start_run, name, trigger)
+                    await self._state(self.store.finish_run, run_id, "deferred", result.message, deferred[1])
                     result.run_id = run_id
                 return result
             if not dry_run:
-                self.store.close_stale_runs(name)
-                result.run_id = self.store.start_run(name, trigger)
+                await self._state(self.store.close_stale_runs, name)
+                result.run_id = await self._state(self.store.start_run, name, trigger)
             bound.info("run.started", trigger=trigger, full=full, dry_run=dry_run, run_id=result.run_id)
             try:
                 if two_way:
@@ -265,7 +280,7 @@ class Engine:
                 result.outcome, result.not_before = "deferred", exc.not_before
                 result.message = redact(str(exc))
                 if exc.host:
-                    self.store.set_not_before(exc.host, exc.not_before, result.message)
+                    await self._state(self.store.set_not_before, exc.host, exc.not_before, result.message)
             except (FerrymanError, OSError) as exc:
                 # the class says what went wrong; whatever it is, the run ends here with the
                 # cursor where the last committed page left it
@@ -276,9 +291,11 @@ class Engine:
                 bound.exception("run.internal_error")
             result.seconds = time.monotonic() - started
             if result.run_id is not None:
-                self.store.finish_run(result.run_id, result.outcome, result.message, result.not_before)
+                await self._state(
+                    self.store.finish_run, result.run_id, result.outcome, result.message, result.not_before
+                )
             metrics.inc("ferryman_runs_total", pipeline=name, outcome=result.outcome)
-            cursor = self.store.get_cursor(name)
+            cursor = await self._state(self.store.get_cursor, name)
             result.cursor = cursor
             if cursor is not None:
                 metrics.set_gauge(
@@ -297,7 +314,7 @@ class Engine:
             return result
         finally:
             if not dry_run:
-                self.store.release_lease(name)
+                await self._state(self.store.release_lease, name)
 
     async def _run_pages(
         self,
@@ -317,13 +334,15 @@ class Engine:
         if not dry_run:
             for target in targets:
                 await self._reconcile_intents(name, src_ref, target)
-                await target.connector.restore(target.stream, self.store.get_checkpoint(name, target.ref))
+                await target.connector.restore(
+                    target.stream, await self._state(self.store.get_checkpoint, name, target.ref)
+                )
         if not dry_run and any(t.references for t in targets):
-            letters = self.store.dead_letters(pipeline=name, kind="reference")
+            letters = await self._state(self.store.dead_letters, pipeline=name, kind="reference")
             for target in targets:
                 target.waiting = {x.src_key for x in letters if x.dst == target.ref and x.src_key}
-        cursor = None if full else self.store.get_cursor(name)
-        began = self.store.get_cursor(name) if not dry_run else None
+        cursor = None if full else await self._state(self.store.get_cursor, name)
+        began = await self._state(self.store.get_cursor, name) if not dry_run else None
         since = read_from(cursor, pipeline.overlap, src_info.precision)
         if not dry_run:
             for target in targets:
@@ -336,18 +355,15 @@ class Engine:
         cap = MAX_PAGES.set(pipeline.max_pages)
         halted: str | None = None
         last_lease = time.monotonic()
-        # A commit that failed (the database went away, the lease moved) leaves sinks holding
-        # rows past their committed checkpoint: they are not published, exactly as after a
-        # crash, and the next run's restore() cuts them back to what was committed.
-        publish = True
+        # A run that ends in an error may leave sinks holding rows past their committed
+        # checkpoint (a page cut short, a commit refused): only what was committed is
+        # published, and nothing at all when the lease moved or the state database is away
+        # (the next run's restore() then cuts the rest back, exactly as after a crash).
+        publish = False
+        failure: BaseException | None = None
 
-        def commit_page(commit: PageCommit, page_counts: dict[str, int]) -> None:
-            nonlocal publish
-            try:
-                self._commit(commit, page_counts, result, dry_run)
-            except BaseException:
-                publish = False
-                raise
+        async def commit_page(commit: PageCommit, page_counts: dict[str, int]) -> None:
+            await self._commit(commit, page_counts, result, dry_run)
 
         # keys a full pass saw: a linked key it did not see is probed for a hidden delete
         seen: set[str] | None = set() if since is None and pipeline.deletes.probe else None
@@ -389,7 +405,7 @@ class Engine:
                     result.outcome = "halted"
                     result.message = halted
                     log.error("run.halted", pipeline=name, reason=halted)
-                    commit_page(commit, page_counts)
+                    await commit_page(commit, page_counts)
                     break
                 if page.records:
                     page_max = newest(page.records)
@@ -401,13 +417,15 @@ class Engine:
                 for target in targets:
                     if target.transactional and not dry_run:
                         commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
-                commit_page(commit, page_counts)
+                await commit_page(commit, page_counts)
                 if progress:
                     progress(len(page.records), result.counts)
                 ttl = self.config.state.lease_ttl
                 if not dry_run and time.monotonic() - last_lease > ttl.total_seconds() / 3:
-                    if not self.store.acquire_lease(name, ttl):
-                        holder = self.store.lease_holder(name)
+                    # renewed, never taken again: a lease that moved while this run stalled
+                    # stays with its new holder, even one that has finished and let it go
+                    if not await self._state(self.store.renew_lease, name, ttl):
+                        holder = await self._state(self.store.lease_holder, name)
                         raise LeaseLost(
                             f"pipeline {name}: its lease passed to {holder[0] if holder else 'another instance'} "
                             "during the run (it stalled past state.lease_ttl); stopping after the last commit"
@@ -424,7 +442,7 @@ class Engine:
             else:
                 if not src_info.ordered and best is not None and not dry_run:
                     # an unordered source only moves its cursor after a complete pass
-                    commit_page(PageCommit(name, cursor=best), _counts())
+                    await commit_page(PageCommit(name, cursor=best), _counts())
                 if pipeline.deletes.probe and not dry_run and src_info.can(Capability.READ):
                     gone = await self._probe_deletes(name, pipeline, source, src_info, targets, seen)
                     if gone:
@@ -438,26 +456,57 @@ class Engine:
                                 result.outcome, result.message = "halted", halted
                                 log.error("run.halted", pipeline=name, reason=halted)
                                 break
-                        commit_page(commit, page_counts)
-        except (OrderViolation, PagingError):
+                        await commit_page(commit, page_counts)
+            publish = True
+        except (OrderViolation, PagingError) as exc:
+            failure = exc
             if not dry_run:
                 # Records before the pages this run committed may be unread: the cursor goes
                 # back to where the run began (re-reading what arrived is skipped by fingerprint).
-                self.store.hold_cursor(name, began)
+                await self._state(self.store.hold_cursor, name, began)
+            raise
+        except BaseException as exc:
+            failure = exc
             raise
         finally:
             MAX_PAGES.reset(cap)
-            if not dry_run and publish:
-                for target in targets:
-                    if target.transactional:
-                        data = await target.connector.finish(target.stream)
-                        if data is not None:
-                            self.store.set_checkpoint(name, target.ref, data)
+            if not dry_run and any(t.transactional for t in targets):
+                if publish:
+                    await self._publish(name, targets)
+                elif not isinstance(failure, LeaseLost | StateUnavailable):
+                    await self._publish_committed(name, targets)
 
-    def _commit(self, commit: PageCommit, page_counts: dict[str, int], result: RunResult, dry_run: bool) -> None:
+    async def _publish(self, name: str, targets: list[_Target]) -> None:
+        """Publish the transactional targets (CSV files). A write like any other: only while
+        the lease is surely ours, and the published state is committed fenced, as a page is."""
+        await self._fence(name, now=True)
+        published = PageCommit(name)
+        for target in targets:
+            if target.transactional:
+                data = await target.connector.finish(target.stream)
+                if data is not None:
+                    published.checkpoints[target.ref] = data
+        if published.checkpoints:
+            await self._state(self.store.commit_page, published)
+
+    async def _publish_committed(self, name: str, targets: list[_Target]) -> None:
+        """After a failed run: publish what its pages committed, and not the rows a page cut
+        short left behind them. Best effort: the run's own error is what is reported."""
+        try:
+            for target in targets:
+                if target.transactional:
+                    checkpoint = await self._state(self.store.get_checkpoint, name, target.ref)
+                    await target.connector.restore(target.stream, checkpoint)
+            await self._publish(name, targets)
+        except Exception as exc:
+            log.warning("run.publish_failed", pipeline=name, error=redact(str(exc)))
+
+    async def _commit(self, commit: PageCommit, page_counts: dict[str, int], result: RunResult, dry_run: bool) -> None:
         if not dry_run:
             commit.counts = {k: v for k, v in page_counts.items() if not k.startswith("_")}
-            self.store.commit_page(commit)  # a refused commit counts nothing: its page was not delivered
+            await self._state(
+                self.store.commit_page, commit
+            )  # a refused commit counts nothing: its page was not delivered
         for key, value in page_counts.items():
             result.counts[key] = result.counts.get(key, 0) + value
         pipeline = commit.pipeline
@@ -509,8 +558,8 @@ class Engine:
             else:
                 items.append((mapped, fingerprint(mapped)))
         if pairs:
-            items = [(m, fingerprint(m)) for m in self._translate(target, src_ref, pairs, commit, counts)]
-        links = self.store.links_for(src_ref, target.ref, [r.key for r, _ in items])
+            items = [(m, fingerprint(m)) for m in await self._translate(target, src_ref, pairs, commit, counts)]
+        links = await self._state(self.store.links_for, src_ref, target.ref, [r.key for r, _ in items])
         if force:
             links = {
                 k: Link(v.src_key, v.dst_key, None, v.dst_fp, v.write_count, v.window_start) for k, v in links.items()
@@ -524,7 +573,7 @@ class Engine:
         )
         deletes = [a for a in actions if a.op in ("delete", "unlink")]
         if deletes:
-            total = max(self.store.count_links(src_ref, target.ref), 1)
+            total = max(await self._state(self.store.count_links, src_ref, target.ref), 1)
             already = counts.get("_deletes_in_run", 0)
             share = (already + len(deletes)) / total
             if share > pipeline.deletes.max_share:
@@ -560,7 +609,8 @@ class Engine:
         batch: dict[str, int] = {}
         creates = [a for a in actions if a.op == "create"]
         if use_intents and not one_at_a_time and creates:
-            ids = self.store.record_intents(
+            ids = await self._state(
+                self.store.record_intents,
                 name,
                 target.ref,
                 [(a.src_key, a.fingerprint or "", a.record.model_dump_json() if a.record else "{}") for a in creates],
@@ -578,6 +628,9 @@ class Engine:
                 if action.op == "withhold":
                     counts["withheld"] += 1
                     continue
+                # no write once this run may have lost its lease (it stalled past a share of
+                # state.lease_ttl without renewing): the new holder may be writing the same records
+                await self._fence(name)
                 assert action.record is not None or action.op in ("delete", "unlink")
                 try:
                     if action.op == "create" and target.lookup:
@@ -599,7 +652,8 @@ class Engine:
                         assert action.record is not None
                         intent_id = batch.pop(action.src_key, None)
                         if one_at_a_time:
-                            intent_id = self.store.step_intent(
+                            intent_id = await self._state(
+                                self.store.step_intent,
                                 name,
                                 target.ref,
                                 confirm=in_flight,
@@ -680,13 +734,13 @@ class Engine:
                 )
                 if unlinks:
                     partial.unlinks = {(src_ref, target.ref): unlinks}
-                self.store.commit_page(partial)
+                await self._state(self.store.commit_page, partial)
                 commit.links.pop((src_ref, target.ref), None)
                 commit.unlinks.pop((src_ref, target.ref), None)
                 commit.resolved_intents.clear()
         return None
 
-    def _translate(
+    async def _translate(
         self,
         target: _Target,
         src_ref: str,
@@ -706,10 +760,16 @@ class Engine:
             wanted = {v for _, m in pairs if (v := getattr(m, ref.field))}
             if not wanted:
                 continue
-            found = {k: link.dst_key for k, link in self.store.links_for(ref.src, ref.dst, sorted(wanted)).items()}
+            found = {
+                k: link.dst_key
+                for k, link in (await self._state(self.store.links_for, ref.src, ref.dst, sorted(wanted))).items()
+            }
             rest = sorted(wanted - found.keys())
             if rest:
-                found |= {k: link.src_key for k, link in self.store.links_by_dst(ref.dst, ref.src, rest).items()}
+                found |= {
+                    k: link.src_key
+                    for k, link in (await self._state(self.store.links_by_dst, ref.dst, ref.src, rest)).items()
+                }
             for i, (_, mapped) in enumerate(pairs):
                 value = getattr(mapped, ref.field)
                 if not value:
@@ -748,7 +808,9 @@ class Engine:
         at most ``REFERENCE_RETRIES`` a run): their referenced record may have been synced
         since. Creates a crash left unconfirmed are reconciled first, as before any pages.
         What they write is counted in ``result``; those still waiting are not counted again."""
-        letters = self.store.dead_letters(pipeline=name, kind="reference", oldest_first=REFERENCE_RETRIES)
+        letters = await self._state(
+            self.store.dead_letters, pipeline=name, kind="reference", oldest_first=REFERENCE_RETRIES
+        )
         if not letters:
             return
         for target in built[2]:
@@ -756,7 +818,7 @@ class Engine:
         outcomes = await self._replay_pipeline(name, letters, result, built)
         waiting = [letter_id for letter_id, outcome, _ in outcomes if outcome != "delivered"]
         if waiting:  # tried now: the next run starts with the others
-            self.store.set_dead_letter_status(waiting, "open")
+            await self._state(self.store.set_dead_letter_status, waiting, "open")
         log.info("references.retried", pipeline=name, retried=len(letters), delivered=len(letters) - len(waiting))
 
     async def _probe_deletes(
@@ -777,18 +839,22 @@ class Engine:
         budget = pipeline.deletes.probe_max
         src_ref = pipeline.source
         if seen is not None:
-            linked = sorted({k for t in targets for k in self.store.linked_keys(src_ref, t.ref)} - seen)
+            linked = sorted(
+                {k for t in targets for k in await self._state(self.store.linked_keys, src_ref, t.ref)} - seen
+            )
             candidates = linked[:budget]
         else:
-            place = (self.store.get_checkpoint(name, PROBE_CHECKPOINT) or {}).get("after")
+            place = (await self._state(self.store.get_checkpoint, name, PROBE_CHECKPOINT) or {}).get("after")
             found: set[str] = set()
             for target in targets:
-                found.update(self.store.linked_keys(src_ref, target.ref, after=place, limit=budget))
+                found.update(await self._state(self.store.linked_keys, src_ref, target.ref, after=place, limit=budget))
                 if len(found) < budget and place is not None:  # wrap around
-                    found.update(self.store.linked_keys(src_ref, target.ref, limit=budget - len(found)))
+                    found.update(
+                        await self._state(self.store.linked_keys, src_ref, target.ref, limit=budget - len(found))
+                    )
             candidates = sorted(found)[:budget]
             last = candidates[-1] if candidates else None
-            self.store.set_checkpoint(name, PROBE_CHECKPOINT, {"after": last} if last else None)
+            await self._state(self.store.set_checkpoint, name, PROBE_CHECKPOINT, {"after": last} if last else None)
         gone: list[Record] = []
         for key in candidates:
             try:
@@ -817,7 +883,7 @@ class Engine:
         """
         if target.transactional or not target.info.can(Capability.FIND) or pipeline.lookup == "never":
             return False
-        links_kept = cursor is not None and self.store.count_links(src_ref, target.ref) > 0
+        links_kept = cursor is not None and await self._state(self.store.count_links, src_ref, target.ref) > 0
         if pipeline.lookup == "auto" and not pipeline.match_on and links_kept:
             return False
         if not target.info.can(Capability.READ):
@@ -850,7 +916,7 @@ class Engine:
 
     async def _reconcile_intents(self, name: str, src_ref: str, target: _Target) -> None:
         """Creates that were started but never confirmed: look them up before creating again."""
-        pending = self.store.intents(name, target.ref)
+        pending = await self._state(self.store.intents, name, target.ref)
         blocked = set()
         for intent in pending:
             if intent["state"] == "unresolved":
@@ -860,8 +926,9 @@ class Engine:
             try:
                 found = await target.connector.reconcile(target.stream, record, intent["created_at"])
             except NotSupportedError:
-                self.store.mark_intent_unresolved(intent["id"])
-                self.store.add_dead_letters(
+                await self._state(self.store.mark_intent_unresolved, intent["id"])
+                await self._state(
+                    self.store.add_dead_letters,
                     name,
                     [
                         NewDeadLetter(
@@ -879,7 +946,7 @@ class Engine:
                 blocked.add(intent["src_key"])
                 continue
             link = Link(intent["src_key"], found.key, intent["fingerprint"], fingerprint(found)) if found else None
-            self.store.resolve_intent(intent["id"], src=src_ref, dst=target.ref, link=link)
+            await self._state(self.store.resolve_intent, intent["id"], src=src_ref, dst=target.ref, link=link)
             log.info(
                 "intent.reconciled", pipeline=name, target=target.ref, key=intent["src_key"], found=found is not None
             )
@@ -893,7 +960,7 @@ class Engine:
         first; where the target cannot look records up it is only created again with
         ``assume_missing`` (the operator checked the target by hand)."""
         results: list[tuple[int, str, str]] = []
-        letters = self.store.dead_letters(status="open", ids=ids)
+        letters = await self._state(self.store.dead_letters, status="open", ids=ids)
         by_pipeline: dict[str, list[Any]] = {}
         for letter in letters:
             by_pipeline.setdefault(letter.pipeline, []).append(letter)
@@ -901,13 +968,13 @@ class Engine:
             if name not in self.config.pipelines:
                 results += [(x.id, "skipped", f"pipeline {name!r} is no longer configured") for x in group]
                 continue
-            if not self.store.acquire_lease(name, self.config.state.lease_ttl):
+            if not await self._state(self.store.acquire_lease, name, self.config.state.lease_ttl):
                 results += [(x.id, "busy", "the pipeline is running; try again when it is done") for x in group]
                 continue
             try:
                 results += await self._replay_pipeline(name, group, assume_missing=assume_missing)
             finally:
-                self.store.release_lease(name)
+                await self._state(self.store.release_lease, name)
         return results
 
     async def _settle_unresolved(
@@ -916,7 +983,9 @@ class Engine:
         """Before replaying an interrupted create: link the record if the target has it.
         Returns why the letter cannot be replayed safely, or ``None`` to go on."""
         waiting = [
-            i for i in self.store.intents(name, target.ref, state="unresolved") if i["src_key"] == letter.src_key
+            i
+            for i in await self._state(self.store.intents, name, target.ref, state="unresolved")
+            if i["src_key"] == letter.src_key
         ]
         started = waiting[0]["created_at"] if waiting else letter.created_at
         found: Record | None = None
@@ -931,15 +1000,16 @@ class Engine:
                         f"check {target.ref} for it, then `ferryman dlq replay --assume-missing {letter.id}` to "
                         f"create it, or `ferryman dlq drop {letter.id}` if it is there"
                     )
-        self.store.resolve_intent_by_key(name, target.ref, letter.src_key)
+        await self._state(self.store.resolve_intent_by_key, name, target.ref, letter.src_key)
         target.blocked = target.blocked - {letter.src_key}
         if found is not None and letter.src_key:
             mapped_fp = fingerprint(target.info.record_type.model_validate(letter.payload))
-            self.store.commit_page(
+            await self._state(
+                self.store.commit_page,
                 PageCommit(
                     name,
                     links={(src_ref, target.ref): [Link(letter.src_key, found.key, mapped_fp, fingerprint(found))]},
-                )
+                ),
             )
             log.info("intent.reconciled", pipeline=name, target=target.ref, key=letter.src_key, found=True)
         return None
@@ -960,7 +1030,9 @@ class Engine:
         source, src_info, targets = built or await self._targets(pipeline, f"pipelines.{name}")
         out: list[tuple[int, str, str]] = []
         for target in targets:
-            await target.connector.restore(target.stream, self.store.get_checkpoint(name, target.ref))
+            await target.connector.restore(
+                target.stream, await self._state(self.store.get_checkpoint, name, target.ref)
+            )
         try:
             for letter in letters:
                 chosen = [t for t in targets if letter.dst in (None, t.ref)]
@@ -986,7 +1058,7 @@ class Engine:
                         if record is None:
                             record = chosen[0].info.record_type.model_validate(letter.payload)
                 except (RecordRejected, ValueError) as exc:
-                    self.store.set_dead_letter_status([letter.id], "open", f"still invalid: {exc}")
+                    await self._state(self.store.set_dead_letter_status, [letter.id], "open", f"still invalid: {exc}")
                     out.append((letter.id, "invalid", redact(str(exc))))
                     continue
                 if record is None:
@@ -1029,24 +1101,26 @@ class Engine:
                 written = {k: counts[k] for k in ("created", "updated", "deleted") if counts[k]}
                 if run is not None:
                     commit.run_id, commit.counts = run.run_id, written
-                self.store.commit_page(commit)
+                await self._state(self.store.commit_page, commit)
                 if run is not None:
                     for key, value in written.items():
                         run.counts[key] += value
                 if failed:
                     # a reference found at last, then the record refused: no longer retried each run
                     kind = failed[0].kind if letter.kind == "reference" else None
-                    self.store.set_dead_letter_status([letter.id], "open", failed[0].reason, kind=kind)
+                    await self._state(
+                        self.store.set_dead_letter_status, [letter.id], "open", failed[0].reason, kind=kind
+                    )
                     out.append((letter.id, "rejected", failed[0].reason))
                 else:
-                    self.store.set_dead_letter_status([letter.id], "resolved")
+                    await self._state(self.store.set_dead_letter_status, [letter.id], "resolved")
                     out.append((letter.id, "delivered", f"created {counts['created']}, updated {counts['updated']}"))
         finally:
             for target in targets:
                 if target.transactional:
                     data = await target.connector.finish(target.stream)
                     if data is not None:
-                        self.store.set_checkpoint(name, target.ref, data)
+                        await self._state(self.store.set_checkpoint, name, target.ref, data)
         return out
 
 

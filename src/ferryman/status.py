@@ -27,7 +27,7 @@ from ferryman.timeutil import format_utc, from_db_time, sqlite_text, utcnow
 __all__ = ["SCHEMA_VERSION", "CursorView", "StatusReader", "run_as_seen"]
 
 #: the state schema this reader understands (``ferryman.state.migrations.LATEST``)
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: columns that SQLAlchemy's ``UtcDateTime`` stores on SQLite as naive UTC text
 _TIME_COLUMNS = frozenset(

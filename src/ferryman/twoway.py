@@ -443,12 +443,12 @@ async def run_two_way(
     if not dry_run:
         for side in (a, b):
             if side.transactional:
-                await side.connector.restore(side.stream, store.get_checkpoint(name, side.ref))
+                await side.connector.restore(side.stream, await engine._state(store.get_checkpoint, name, side.ref))
         await _reconcile(engine, name, a, b)
 
     dead: list[NewDeadLetter] = []
-    cursor_a = None if full else store.get_cursor(name, "a")
-    cursor_b = None if full else store.get_cursor(name, "b")
+    cursor_a = None if full else await engine._state(store.get_cursor, name, "a")
+    cursor_b = None if full else await engine._state(store.get_cursor, name, "b")
     a_since = read_from(cursor_a, pipeline.overlap, a.info.precision)
     b_since = read_from(cursor_b, pipeline.overlap, b.info.precision)
     a_changed, best_a = await _read_changes(a, a_since, pipeline.page_size, dead)
@@ -476,8 +476,8 @@ async def run_two_way(
     a_changed = {k: r for k, r in a_changed.items() if safe(forward, r) is not None}
     b_changed = {k: r for k, r in b_changed.items() if safe(reverse, r) is not None}
 
-    links_a = store.links_for(a.ref, b.ref, list(a_changed))
-    links_b = store.links_by_dst(a.ref, b.ref, list(b_changed))
+    links_a = await engine._state(store.links_for, a.ref, b.ref, list(a_changed))
+    links_b = await engine._state(store.links_by_dst, a.ref, b.ref, list(b_changed))
     links: dict[str, Link] = {**links_a, **{lk.src_key: lk for lk in links_b.values()}}
     linked_b_keys = {lk.dst_key for lk in links.values()}
     lone_a = [r for k, r in a_changed.items() if k not in links]
@@ -511,7 +511,7 @@ async def run_two_way(
             if (
                 found is not None
                 and found.key not in linked_b_keys
-                and not store.links_by_dst(a.ref, b.ref, [found.key])
+                and not await engine._state(store.links_by_dst, a.ref, b.ref, [found.key])
             ):
                 matches.append((record, found))
                 linked_b_keys.add(found.key)
@@ -521,13 +521,19 @@ async def run_two_way(
         linked_a_keys = set(links) | {m[0].key for m in matches}
         for record in still_b:
             found = None if a_complete else await _lookup(a, reverse.apply(record))
-            if found is not None and found.key not in linked_a_keys and not store.links_for(a.ref, b.ref, [found.key]):
+            if (
+                found is not None
+                and found.key not in linked_a_keys
+                and not await engine._state(store.links_for, a.ref, b.ref, [found.key])
+            ):
                 matches.append((found, record))
                 linked_a_keys.add(found.key)
             else:
                 lone_b.append(record)
 
-    quarantined = frozenset(x.src_key or x.ref for x in store.dead_letters(name, status="open") if x.kind == "loop")
+    quarantined = frozenset(
+        x.src_key or x.ref for x in await engine._state(store.dead_letters, name, status="open") if x.kind == "loop"
+    )
     actions = plan_pairs(
         a_changed,
         b_changed,
@@ -544,7 +550,7 @@ async def run_two_way(
     deletes_b = sum(1 for x in actions if x.op == "delete_b")
     deletes_a = sum(1 for x in actions if x.op == "delete_a")
     if deletes_a or deletes_b:
-        total = max(store.count_links(a.ref, b.ref), 1)
+        total = max(await engine._state(store.count_links, a.ref, b.ref), 1)
         worst = max(deletes_a, deletes_b)
         if worst / total > pipeline.deletes.max_share:
             which = b.ref if deletes_b >= deletes_a else a.ref
@@ -555,7 +561,7 @@ async def run_two_way(
             )
             log.error("run.halted", pipeline=name, reason=result.message)
             if not dry_run and dead:
-                store.add_dead_letters(name, dead)
+                await engine._state(store.add_dead_letters, name, dead)
             return
 
     if dry_run:
@@ -572,11 +578,7 @@ async def run_two_way(
     if not finished:
         result.outcome = "stopped"
         result.message = "stopped after committing the chunk in hand; the next run continues"
-        for side in (a, b):
-            if side.transactional:
-                data = await side.connector.finish(side.stream)
-                if data is not None:
-                    store.set_checkpoint(name, side.ref, data)
+        await _publish(engine, name, (a, b))
         return
     cursors: dict[str, Cursor] = {}
     if best_a is not None and (cursor_a is None or best_a > cursor_a):
@@ -593,13 +595,25 @@ async def run_two_way(
     for side in (a, b):
         if side.transactional:
             commit.checkpoints[side.ref] = await side.connector.checkpoint(side.stream)
-    store.commit_page(commit)
-    for side in (a, b):
+    await engine._state(store.commit_page, commit)
+    await _publish(engine, name, (a, b))
+    result.counts["dead_lettered"] += len(dead)
+
+
+async def _publish(engine: Engine, name: str, sides: tuple[_Side, _Side]) -> None:
+    """Publish the transactional sides (CSV files): a write like any other, so only while
+    the lease is surely ours, and the published state is committed fenced, as a page is."""
+    if not any(side.transactional for side in sides):
+        return
+    await engine._fence(name, now=True)
+    published = PageCommit(name)
+    for side in sides:
         if side.transactional:
             data = await side.connector.finish(side.stream)
             if data is not None:
-                store.set_checkpoint(name, side.ref, data)
-    result.counts["dead_lettered"] += len(dead)
+                published.checkpoints[side.ref] = data
+    if published.checkpoints:
+        await engine._state(engine.store.commit_page, published)
 
 
 async def _lookup(side: _Side, record: Record) -> Record | None:
@@ -657,13 +671,15 @@ async def _execute(
                 src_key = x.a_key if x.op == "create_b" else x.b_key
                 assert x.write is not None and src_key is not None
                 items.append((f"{origin}:{src_key}", x.a_fp or x.b_fp or "", x.write.model_dump_json()))
-            ids = store.record_intents(name, f"{a.ref}<->{b.ref}", items)
+            ids = await engine._state(store.record_intents, name, f"{a.ref}<->{b.ref}", items)
             intent_ids = {id(x): i for x, i in zip(creates, ids, strict=True)}
         counts: dict[str, int] = {}
         new_links: list[Link] = []
         unlinks: list[str] = []
         try:
             for x in chunk:
+                # no write once this run may have lost its lease (see StateStore.self_fence)
+                await engine._fence(name)
                 try:
                     await _apply(x, a, b, forward, new_links, unlinks, dead, counts)
                 except RecordRejected as exc:
@@ -692,7 +708,7 @@ async def _execute(
             commit.counts = {
                 k: v for k, v in counts.items() if k in ("created", "updated", "deleted", "skipped", "dead_lettered")
             }
-            store.commit_page(commit)
+            await engine._state(store.commit_page, commit)
             for key, value in commit.counts.items():
                 result.counts[key] = result.counts.get(key, 0) + value
             for op in ("created", "updated", "deleted"):
@@ -787,7 +803,7 @@ async def _apply(
 async def _reconcile(engine: Engine, name: str, a: _Side, b: _Side) -> None:
     """Creates a crash interrupted: find them on their side and link them, or forget them."""
     store = engine.store
-    for intent in store.intents(name, f"{a.ref}<->{b.ref}"):
+    for intent in await engine._state(store.intents, name, f"{a.ref}<->{b.ref}"):
         # "a:KEY": A's record KEY was being created on B; "b:KEY": B's record on A
         label, _, src_key = intent["src_key"].partition(":")
         side, other = (b, a) if label == "a" else (a, b)
@@ -802,7 +818,7 @@ async def _reconcile(engine: Engine, name: str, a: _Side, b: _Side) -> None:
                 link = Link(src_key, found.key, intent["fingerprint"], intent["fingerprint"])
             else:
                 link = Link(found.key, src_key, intent["fingerprint"], intent["fingerprint"])
-        store.resolve_intent(intent["id"], src=a.ref, dst=b.ref, link=link)
+        await engine._state(store.resolve_intent, intent["id"], src=a.ref, dst=b.ref, link=link)
         log.info(
             "intent.reconciled", pipeline=name, side=side.ref, other=other.ref, key=src_key, found=found is not None
         )
@@ -810,7 +826,7 @@ async def _reconcile(engine: Engine, name: str, a: _Side, b: _Side) -> None:
 
 async def resolve_conflict(engine: Engine, letter_id: int, side: Literal["from", "to"]) -> str:
     """``ferryman dlq resolve ID --side from|to``: the chosen side's current version wins."""
-    letters = engine.store.dead_letters(status="open", ids=[letter_id])
+    letters = await engine._state(engine.store.dead_letters, status="open", ids=[letter_id])
     if not letters:
         raise FerrymanError(f"#{letter_id} is not an open dead letter")
     letter = letters[0]
@@ -824,7 +840,7 @@ async def resolve_conflict(engine: Engine, letter_id: int, side: Literal["from",
     a_key, b_key = letter.payload["a_key"], letter.payload["b_key"]
     a_rec = await a_conn.get(a_stream, a_key)
     b_rec = await b_conn.get(b_stream, b_key)
-    if not engine.store.acquire_lease(letter.pipeline, engine.config.state.lease_ttl):
+    if not await engine._state(engine.store.acquire_lease, letter.pipeline, engine.config.state.lease_ttl):
         raise FerrymanError(f"{letter.pipeline} is running; try again when it is done")
     try:
         if side == "from":
@@ -837,10 +853,12 @@ async def resolve_conflict(engine: Engine, letter_id: int, side: Literal["from",
                 raise FerrymanError(f"{pipeline.to[0]}#{b_key} no longer exists")
             stored = await a_conn.update(a_stream, a_key, reverse.apply(b_rec).model_copy(update={"key": a_key}))
             link = Link(a_key, b_key, fingerprint(forward.apply(stored)), fingerprint(b_rec))
-        engine.store.commit_page(PageCommit(letter.pipeline, links={(pipeline.source, pipeline.to[0]): [link]}))
-        engine.store.set_dead_letter_status([letter_id], "resolved")
+        await engine._state(
+            engine.store.commit_page, PageCommit(letter.pipeline, links={(pipeline.source, pipeline.to[0]): [link]})
+        )
+        await engine._state(engine.store.set_dead_letter_status, [letter_id], "resolved")
     finally:
-        engine.store.release_lease(letter.pipeline)
+        await engine._state(engine.store.release_lease, letter.pipeline)
     return f"{'from' if side == 'from' else 'to'} side's version written to the other side"
 
 

@@ -136,7 +136,7 @@ async def test_restart_truncates_an_uncommitted_tail(tmp_path: Path, state_url: 
     engine.store.commit_page(
         PageCommit("p", checkpoints={"out.tickets": checkpoint}, links={("inbox.tickets", "out.tickets"): links})
     )
-    partial = tmp_path / "out" / "tickets.csv.partial"
+    (partial,) = (tmp_path / "out").glob("tickets.csv.partial.*")  # this process's partial
     with partial.open("ab") as fh:
         fh.write(torn)
     await engine.aclose()

@@ -88,7 +88,7 @@ def test_a_csv_target_gets_the_waiting_record_once_with_the_rest_of_a_run(
     with (tmp_path / "out" / "tickets.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert sorted((r["key"], r["requester_key"]) for r in rows) == [("1", "c7"), ("2", "c7")]
-    assert not list((tmp_path / "out").glob("*.partial"))
+    assert not list((tmp_path / "out").glob("*.partial*"))
     status = json.loads(run_cli("--config", str(path), "status", "--json").stdout)
     assert {row["pipeline"]: row["dead_letters"] for row in status}["t2c"] == 0
 

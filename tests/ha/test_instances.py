@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from ferryman.config import load_config
 from ferryman.state import StateStore
 from ferryman.timeutil import UTC, format_utc, utcnow
 from tests.conftest import run_cli
-from tests.daemon.support import Daemon, csv_system, read_keys, short_dir, write_tickets
+from tests.daemon.support import Daemon, csv_system, read_keys, write_tickets
 
 pytestmark = pytest.mark.postgres
 
@@ -37,15 +36,6 @@ LEASE_TTL = 4.0  # seconds: state.lease_ttl in these tests (60 by default)
 def pg_only(state_url: str) -> None:
     if not state_url.startswith("postgresql"):
         pytest.skip("several instances share a PostgreSQL state store (SQLite serves one instance)")
-
-
-@pytest.fixture
-def sockets() -> Iterator[Path]:
-    path = short_dir()
-    yield path
-    for leftover in path.iterdir():
-        leftover.unlink()
-    path.rmdir()
 
 
 def instance_configs(

@@ -66,7 +66,8 @@ log = structlog.get_logger("ferryman.daemon")
 __all__ = ["Daemon", "ListenError"]
 
 DEFAULT_DRAIN_TIMEOUT = 60.0
-HEALTH_DB_TIMEOUT = 5.0
+HEALTH_DB_TIMEOUT = 1.5
+FIRES_DRAIN_TIMEOUT = 5.0
 LOG_RATE_LIMIT = 10  # the same event at most this often a second; the rest are counted
 MIN_FREE_FILES = 16  # fewer free than this and a run cannot open its database, apps and files
 HOUSEKEEPING_INTERVAL = 5.0  # without a watchdog: how often vitals are checked and counts flushed
@@ -131,6 +132,7 @@ class Daemon:
         self._gate: ConnectionGate | None = None
         self._accept_failed: tuple[float, str] | None = None  # (monotonic time, why)
         self._withheld: str | None = None  # why the watchdog is not being fed
+        self._probe: tuple[asyncio.Future[None], float] | None = None  # the database probe in flight
 
     # -- the Controller protocol (control API) -----------------------------------------------
     @property
@@ -161,7 +163,7 @@ class Daemon:
     async def status(self) -> list[dict[str, Any]]:
         from ferryman.cli import status_rows
 
-        rows: list[dict[str, Any]] = await asyncio.to_thread(status_rows, self._gen.config, self.store)
+        rows: list[dict[str, Any]] = await self.store.call(status_rows, self._gen.config, self.store)
         return rows
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
@@ -170,15 +172,26 @@ class Daemon:
         cannot = self._cannot_work()
         if cannot is not None:
             return False, {"status": "unhealthy", "reason": cannot}
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self._ping_db), HEALTH_DB_TIMEOUT)
-        except Exception as exc:
-            reason = "no answer within 5s" if isinstance(exc, TimeoutError) else redact(str(exc))
-            return False, {"status": "unhealthy", "db": reason}
+        problem = await self._db_problem()
+        if problem is not None:
+            return False, {"status": "unhealthy", "db": problem}
         return True, {"status": "ok", "db": "ok", "running": sorted(self._running)}
 
+    async def _db_problem(self) -> str | None:
+        loop = asyncio.get_running_loop()
+        if self._probe is None or self._probe[0].done():
+            self._probe = (asyncio.ensure_future(asyncio.to_thread(self._ping_db)), loop.time())
+        probe, began = self._probe
+        try:
+            await asyncio.wait_for(asyncio.shield(probe), max(0.0, began + HEALTH_DB_TIMEOUT - loop.time()))
+        except TimeoutError:
+            return f"no answer for {loop.time() - began:.0f}s"
+        except Exception as exc:
+            return redact(str(exc))
+        return None
+
     async def metrics_text(self) -> str:
-        return await asyncio.to_thread(self._metrics_text)
+        return await self.store.call(self._metrics_text)
 
     # -- webhooks ------------------------------------------------------------------------------
     async def trigger_soon(self, name: str) -> None:
@@ -325,7 +338,7 @@ class Daemon:
             metrics.set_gauge("ferryman_pipeline_running", 0, pipeline=name)
         if slot is not None and result.run_id is not None:
             try:
-                await asyncio.to_thread(self.store.slot_ran, name, slot, result.run_id)
+                await self.store.call(self.store.slot_ran, name, slot, result.run_id)
             except Exception as exc:  # bookkeeping only: the run itself is recorded
                 log.warning("slot.not_noted", pipeline=name, slot=format_utc(slot), error=redact(str(exc)))
         self._after_run(result)
@@ -338,7 +351,7 @@ class Daemon:
         while True:
             await asyncio.sleep(ttl.total_seconds() / 3)
             try:
-                renewed = await asyncio.to_thread(self.store.renew_lease, name, ttl)
+                renewed = await self.store.call(self.store.renew_lease, name, ttl)
             except Exception as exc:  # the database is away: try again, the lease has time left
                 log.warning("lease.renew_failed", pipeline=name, error=redact(str(exc)))
                 continue
@@ -466,7 +479,7 @@ class Daemon:
             log.debug("run.skipped", pipeline=name, slot=format_utc(slot), reason="already running")
             return
         try:
-            claim = await asyncio.to_thread(self.store.claim_slot, name, slot, self._gen.config.state.lease_ttl)
+            claim = await self.store.call(self.store.claim_slot, name, slot, self._gen.config.state.lease_ttl)
         except Exception as exc:
             log.error("run.not_started", pipeline=name, slot=format_utc(slot), reason=redact(str(exc)))
             return
@@ -480,7 +493,7 @@ class Daemon:
             _, started = self.start_run(name, trigger, slot=slot)
         except Refused as exc:  # stopping (or reloaded) since the claim: give the slot back
             log.info("run.not_started", pipeline=name, slot=format_utc(slot), reason=str(exc))
-            await asyncio.to_thread(self.store.abandon_slot, name, slot)
+            await self.store.call(self.store.abandon_slot, name, slot)
             return
         if not started:  # a triggered run began meanwhile: it holds the lease and serves the slot
             log.debug("run.skipped", pipeline=name, slot=format_utc(slot), reason="already running")
@@ -560,7 +573,7 @@ class Daemon:
     async def _drain(self) -> None:
         self.scheduler.shutdown(wait=False)
         if self._fires:  # slots in their jitter wake up and give up; claims in flight end
-            await asyncio.wait(set(self._fires), timeout=HEALTH_DB_TIMEOUT)
+            await asyncio.wait(set(self._fires), timeout=FIRES_DRAIN_TIMEOUT)
         tasks = {t for t in self._running.values()}
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout)

@@ -7,14 +7,20 @@ delivery contract hold across crashes.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,7 +46,7 @@ from ferryman.state.models import (
     SlotRow,
 )
 from ferryman.status import run_as_seen
-from ferryman.timeutil import from_db_time, sqlite_text, utcnow
+from ferryman.timeutil import UTC, from_db_time, sqlite_text, utcnow
 
 __all__ = ["DeadLetter", "Link", "PageCommit", "SlotClaim", "StateStore", "default_instance_name", "host_id"]
 
@@ -60,8 +66,67 @@ SLOT_RETENTION = timedelta(days=7)
 DEFAULT_BUSY_TIMEOUT = 30.0
 
 
-_FENCE_SQLITE = "SELECT holder FROM leases WHERE pipeline = ?"
-_FENCE_POSTGRES = "SELECT holder FROM leases WHERE pipeline = %s FOR UPDATE"
+_FENCE_SQLITE = "SELECT holder, generation FROM leases WHERE pipeline = ?"
+_FENCE_POSTGRES = "SELECT holder, generation FROM leases WHERE pipeline = %s FOR UPDATE"
+#: A run stops writing (self-fences) once this share of state.lease_ttl has passed, by its
+#: own monotonic clock, since its lease was last renewed, until a renewal succeeds again: a
+#: process that stalled (SIGSTOP, a suspended VM, a long pause) and resumes finds out that
+#: its lease may have moved before it sends one more write, not after.
+FENCE_SHARE = 0.5
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StatePool:
+    """Worker threads for state calls made from the event loop (:meth:`StateStore.call`).
+
+    Daemon threads, so that a call stuck on a hung database server never keeps the process
+    from exiting (a ``ThreadPoolExecutor`` joins its threads at exit), and apart from the
+    loop's default executor, so that stuck state calls never starve anything else."""
+
+    def __init__(self, workers: int, name: str = "state") -> None:
+        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((future, job))
+        return future
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            future, job = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # handed to the awaiting coroutine
+                future.set_exception(exc)
+
+
+@dataclass
+class Tenure:
+    """This process's hold on one pipeline's lease: the generation it took, and when (by
+    the monotonic clock) the last take or renewal began."""
+
+    generation: int
+    ttl: float  # seconds
+    renewed: float  # time.monotonic() at the start of the last successful take or renewal
+    lost: bool = False
+
+
 _INSERT_INTENT = (
     "INSERT INTO intents (pipeline, dst, src_key, fingerprint, payload, state, created_at) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id"
@@ -168,6 +233,10 @@ class StateStore:
         except OSError as exc:  # the directory of an SQLite file could not be made
             raise StateUnavailable(f"cannot create its directory: {exc.strerror or exc}", where=self.where) from None
         self.dialect = self.engine.dialect.name
+        #: the leases this process holds, by pipeline (see :meth:`self_fence`)
+        self.tenures: dict[str, Tenure] = {}
+        self._pool: StatePool | None = None
+        self._pool_lock = threading.Lock()
         self._translate_outages()
 
     def _translate_outages(self) -> None:
@@ -236,7 +305,24 @@ class StateStore:
                 applied += 1
             return applied
 
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a state call off the event loop: a slow or hung database (a PostgreSQL that
+        stopped answering, an SQLite file locked by another process) then holds up only the
+        run waiting for it, never the loop that serves /healthz, signals and the watchdog.
+        One worker for SQLite (it serialises writers anyway), a few for PostgreSQL."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = StatePool(1 if self.dialect == "sqlite" else 4)
+            pool = self._pool
+        context = contextvars.copy_context()
+        future = pool.submit(lambda: context.run(fn, *args, **kwargs))
+        return await asyncio.wrap_future(future)
+
     def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
         self.engine.dispose()
 
     @contextmanager
@@ -503,16 +589,67 @@ class StateStore:
                 )
 
     def _fence(self, conn: Connection, pipeline: str) -> None:
-        """Refuse to write for ``pipeline`` once its lease is held by someone else."""
-        # PostgreSQL locks the lease row for the transaction; SQLite's BEGIN IMMEDIATE already serialises
+        """Refuse to write for ``pipeline`` unless this process still holds the lease it
+        took, with the generation it took it at.
+
+        Without a tenure (a command that writes outside any run, such as ``dlq drop``), a
+        lease held by someone else refuses too. The row is locked for the transaction on
+        PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers."""
         statement = _FENCE_SQLITE if self.dialect == "sqlite" else _FENCE_POSTGRES
-        holder = conn.exec_driver_sql(statement, (pipeline,)).scalar()
-        if holder is not None and holder != self.holder:
-            raise LeaseLost(
-                f"pipeline {pipeline}: its lease passed to {describe_holder(holder)} while this run "
-                "was between commits (it stalled past state.lease_ttl); the page in hand was not committed "
-                "and the new holder reads it again"
-            )
+        row = conn.exec_driver_sql(statement, (pipeline,)).first()
+        tenure = self.tenures.get(pipeline)
+        if tenure is None:
+            if row is not None and row[0] != self.holder:
+                raise self._lost(pipeline, row[0])
+            return
+        if row is None or row[0] != self.holder or int(row[1]) != tenure.generation:
+            tenure.lost = True
+            raise self._lost(pipeline, row[0] if row is not None else None)
+
+    def _lost(self, pipeline: str, holder: str | None) -> LeaseLost:
+        who = f"passed to {describe_holder(holder)}" if holder and holder != self.holder else "expired and was taken"
+        if holder is None:
+            who = "was released by another holder"
+        return LeaseLost(
+            f"pipeline {pipeline}: its lease {who} while this run was between commits (it stalled past "
+            "state.lease_ttl); nothing more was written or committed, and the new holder reads the page again"
+        )
+
+    def fence_due(self, pipeline: str) -> bool:
+        """Whether :meth:`self_fence` must ask the database before the next write (a check
+        in memory, for the event loop); raises :class:`LeaseLost` once the lease is known lost."""
+        tenure = self.tenures.get(pipeline)
+        if tenure is None:
+            return False
+        if tenure.lost:
+            raise self._lost(pipeline, None)
+        return time.monotonic() - tenure.renewed >= tenure.ttl * FENCE_SHARE
+
+    def self_fence(self, pipeline: str, *, now: bool = False) -> None:
+        """Before a write to a target: go on only while the lease is surely still ours.
+
+        In memory while the last renewal is recent (less than :data:`FENCE_SHARE` of the
+        TTL ago by this process's monotonic clock); otherwise (or with ``now``) renew first
+        (one statement), and raise :class:`~ferryman.errors.LeaseLost` if the lease moved meanwhile. A
+        pipeline this process holds no tenure for (a dry run, a test) is not fenced."""
+        tenure = self.tenures.get(pipeline)
+        if tenure is None:
+            return
+        if tenure.lost:
+            raise self._lost(pipeline, None)
+        if not now and time.monotonic() - tenure.renewed < tenure.ttl * FENCE_SHARE:
+            return
+        if not self.renew_lease(pipeline, timedelta(seconds=tenure.ttl)):
+            raise self._lost(pipeline, (self.lease_holder(pipeline) or (None,))[0])
+
+    def _db_now(self, conn: Connection) -> datetime:
+        """Now by the database's clock where several hosts share it (PostgreSQL), so a host
+        whose clock runs ahead cannot judge a live lease expired; SQLite serves one host."""
+        if self.dialect == "postgresql":
+            value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar()
+            if isinstance(value, datetime):
+                return value.astimezone(UTC)
+        return utcnow()
 
     def _open_source_rejects(self, conn: Connection, pipeline: str) -> bool:
         """Whether the pipeline has open dead letters of its source (rows that could not be
@@ -811,52 +948,86 @@ class StateStore:
 
     # -- leases -----------------------------------------------------------------------
     def acquire_lease(self, pipeline: str, ttl: timedelta, holder: str | None = None) -> bool:
-        """Take or renew the pipeline's lease; False when another holder's lease is live."""
+        """Take the pipeline's lease (or keep the one this holder has, live, with its
+        generation); False when another holder's lease is live."""
+        began = time.monotonic()
         with self.engine.begin() as conn:
-            return self._take_lease(conn, pipeline, ttl, holder or self.holder) is None
+            taken, _blocker = self._take_lease(conn, pipeline, ttl, holder or self.holder)
+        if taken is None:
+            return False
+        if (holder or self.holder) == self.holder:
+            self.tenures[pipeline] = Tenure(taken, ttl.total_seconds(), began)
+        return True
 
-    def _take_lease(self, conn: Connection, pipeline: str, ttl: timedelta, holder: str) -> str | None:
-        """Take or renew the lease inside ``conn``'s transaction; None when taken, else the
-        holder of the live lease that stands in the way ('' when not known yet)."""
-        now = utcnow()
+    def _take_lease(self, conn: Connection, pipeline: str, ttl: timedelta, holder: str) -> tuple[int | None, str]:
+        """Take the lease inside ``conn``'s transaction: (its generation, ''), or (None, the
+        holder of the live lease that stands in the way: '' when not known yet). The same holder's live lease is
+        kept with its generation (a run taking the lease its slot claim took); any other take
+        (after another holder, after expiry, after a release) starts a new, higher generation."""
+        now = self._db_now(conn)
         if self.dialect == "sqlite":
             conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE is set by the engine's begin hook
         row = conn.execute(
-            sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at).where(T_LEASES.c.pipeline == pipeline).with_for_update()
+            sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at, T_LEASES.c.generation)
+            .where(T_LEASES.c.pipeline == pipeline)
+            .with_for_update()
         ).first()
+        # time-based, so a generation keeps growing even across released (deleted) rows
+        fresh = int(now.timestamp() * 1_000_000)
         if row is None:
             try:
                 with conn.begin_nested():
                     conn.execute(
                         sa.insert(T_LEASES).values(
-                            pipeline=pipeline, holder=holder, acquired_at=now, expires_at=now + ttl
+                            pipeline=pipeline, holder=holder, acquired_at=now, expires_at=now + ttl, generation=fresh
                         )
                     )
             except sa.exc.IntegrityError:
-                return ""
-            return None
-        if row[0] != holder and row[1] > now and not _holder_is_dead(row[0]):
-            return str(row[0])
-        values: dict[str, Any] = {"holder": holder, "expires_at": now + ttl}
-        if row[0] != holder:
-            values["acquired_at"] = now
-        conn.execute(sa.update(T_LEASES).where(T_LEASES.c.pipeline == pipeline).values(**values))
-        return None
+                return None, ""
+            return fresh, ""
+        live = row[1] > now
+        if row[0] != holder and live and not _holder_is_dead(row[0]):
+            return None, str(row[0])
+        if row[0] == holder and live:
+            generation = int(row[2])
+            conn.execute(sa.update(T_LEASES).where(T_LEASES.c.pipeline == pipeline).values(expires_at=now + ttl))
+            return generation, ""
+        generation = max(int(row[2]) + 1, fresh)
+        conn.execute(
+            sa.update(T_LEASES)
+            .where(T_LEASES.c.pipeline == pipeline)
+            .values(holder=holder, acquired_at=now, expires_at=now + ttl, generation=generation)
+        )
+        return generation, ""
 
     def renew_lease(self, pipeline: str, ttl: timedelta, holder: str | None = None) -> bool:
-        """Extend a lease this holder has; never takes one. False: the lease is not ours (any more)."""
+        """Extend a lease this holder has, at the generation it took; never takes one.
+        False: the lease is not ours any more (and the tenure is marked lost)."""
+        holder = holder or self.holder
+        tenure = self.tenures.get(pipeline) if holder == self.holder else None
+        began = time.monotonic()
         with self.engine.begin() as conn:
-            result = conn.execute(
-                sa.update(T_LEASES)
-                .where(T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == (holder or self.holder))
-                .values(expires_at=utcnow() + ttl)
-            )
-            return bool(result.rowcount == 1)
+            where = [T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == holder]
+            if tenure is not None:
+                where.append(T_LEASES.c.generation == tenure.generation)
+            result = conn.execute(sa.update(T_LEASES).where(*where).values(expires_at=self._db_now(conn) + ttl))
+            renewed = bool(result.rowcount == 1)
+        if tenure is not None:
+            if renewed and not tenure.lost:
+                tenure.renewed = max(tenure.renewed, began)
+            else:
+                tenure.lost = True
+        return renewed
 
     def release_lease(self, pipeline: str, holder: str | None = None) -> None:
+        """Give the lease back, if it is still ours (at our generation)."""
         holder = holder or self.holder
+        tenure = self.tenures.pop(pipeline, None) if holder == self.holder else None
         with self.engine.begin() as conn:
-            conn.execute(sa.delete(T_LEASES).where(T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == holder))
+            where = [T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == holder]
+            if tenure is not None:
+                where.append(T_LEASES.c.generation == tenure.generation)
+            conn.execute(sa.delete(T_LEASES).where(*where))
 
     # -- scheduled slots ---------------------------------------------------------------
     def claim_slot(self, pipeline: str, slot_at: datetime, ttl: timedelta) -> SlotClaim:
@@ -880,8 +1051,9 @@ class StateStore:
             if conn.execute(claim).first() is None:
                 by = conn.execute(sa.select(T_SLOTS.c.instance).where(*where)).scalar()
                 return SlotClaim("taken", by)
-            blocking = self._take_lease(conn, pipeline, ttl, self.holder)
-            if blocking is not None:
+            began = time.monotonic()
+            generation, blocking = self._take_lease(conn, pipeline, ttl, self.holder)
+            if generation is None:
                 transaction.rollback()
                 return SlotClaim("busy", describe_holder(blocking) if blocking else None)
             # Old claims are pruned, but never the one just made: a slot older than the
@@ -894,6 +1066,7 @@ class StateStore:
                     T_SLOTS.c.slot_at != slot_at,
                 )
             )
+        self.tenures[pipeline] = Tenure(generation, ttl.total_seconds(), began)
         return SlotClaim("claimed")
 
     def abandon_slot(self, pipeline: str, slot_at: datetime) -> None:
@@ -909,6 +1082,7 @@ class StateStore:
                 )
             )
             conn.execute(sa.delete(T_LEASES).where(T_LEASES.c.pipeline == pipeline, T_LEASES.c.holder == self.holder))
+        self.tenures.pop(pipeline, None)
 
     def slot_ran(self, pipeline: str, slot_at: datetime, run_id: int) -> None:
         """Note which run served a claimed slot."""
@@ -931,7 +1105,7 @@ class StateStore:
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at).where(
-                    T_LEASES.c.pipeline == pipeline, T_LEASES.c.expires_at > utcnow()
+                    T_LEASES.c.pipeline == pipeline, T_LEASES.c.expires_at > self._db_now(conn)
                 )
             ).first()
         if row is None or _holder_is_dead(row[0]):
@@ -999,6 +1173,36 @@ def _busy_timeout(url: str) -> float:
     return seconds
 
 
+#: Timeouts on every PostgreSQL session, so that no state call waits forever: a server that
+#: stops answering, a lock held by a stalled peer, a peer stalled inside a transaction. Each
+#: can be overridden in the URL (``?connect_timeout=5``, ``?options=-c lock_timeout=2s``).
+PG_CONNECT_TIMEOUT = 10  # seconds
+PG_SETTINGS = {
+    # a statement (a page commit, a claim) that runs this long is stuck, not busy
+    "statement_timeout": "120s",
+    # waiting for a lock: a claim or a commit waits this long for another instance's transaction
+    "lock_timeout": "15s",
+    # a process stopped (SIGSTOP, a suspended VM) inside a transaction holds its locks until
+    # this ends the session: every state transaction is a few statements with no wait between
+    # them, and a lease is fenced by generation, so the stalled process loses nothing by it
+    "idle_in_transaction_session_timeout": "5s",
+}
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+
+
+def _postgres_timeouts(url: str) -> dict[str, Any]:
+    """libpq connect arguments with the timeouts above, except where the URL sets its own."""
+    query = sa.engine.make_url(url).query
+    args: dict[str, Any] = {k: v for k, v in PG_KEEPALIVES.items() if k not in query}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = PG_CONNECT_TIMEOUT
+    given = " ".join(query["options"] if isinstance(query.get("options"), tuple) else [str(query.get("options", ""))])
+    settings = [f"-c {name}={value}" for name, value in PG_SETTINGS.items() if name not in given]
+    if settings:
+        args["options"] = " ".join(filter(None, [given, *settings]))
+    return args
+
+
 def _make_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine:
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
@@ -1029,7 +1233,9 @@ def _make_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine
         return engine
     if url.startswith("postgresql"):
         try:
-            return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            return sa.create_engine(
+                url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=_postgres_timeouts(url)
+            )
         except ModuleNotFoundError:
             raise StateError("PostgreSQL state needs psycopg: pip install 'ferryman[postgres]'") from None
     raise StateError(f"unsupported state URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")

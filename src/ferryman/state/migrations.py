@@ -192,7 +192,20 @@ def _v5_withheld(op: Operations) -> None:
         batch.add_column(sa.Column("withheld", sa.Integer, nullable=False, server_default="0"))
 
 
+def _v6_lease_generation(op: Operations) -> None:
+    # fencing: a run's writes are checked against the generation of the lease it took
+    with op.batch_alter_table("leases") as batch:
+        batch.add_column(sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"))
+
+
 #: Step N brings the schema from version N-1 to N.
-STEPS: list[Callable[[Operations], None]] = [_v1_initial, _v2_webhooks, _v3_rate_budgets, _v4_slots, _v5_withheld]
+STEPS: list[Callable[[Operations], None]] = [
+    _v1_initial,
+    _v2_webhooks,
+    _v3_rate_budgets,
+    _v4_slots,
+    _v5_withheld,
+    _v6_lease_generation,
+]
 
 LATEST = len(STEPS)

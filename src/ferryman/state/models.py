@@ -155,6 +155,10 @@ class LeaseRow(SQLModel, table=True):
     holder: str = Field(max_length=300)
     acquired_at: datetime = _ts()
     expires_at: datetime = _ts()
+    #: grows with every take (never with a renewal): a run writes only while the lease still
+    #: carries the generation it took, so a holder that stalled and was taken over is fenced
+    #: even if it, or anyone, takes the lease again later (schema v6)
+    generation: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
 
 
 # -- webhooks (schema v2) ------------------------------------------------------------------
