@@ -229,7 +229,7 @@ class StateStore:
         #: ``failed`` and carries on to its end, and the CLI still owes exit 75 for it)
         self.outage: StateUnavailable | None = None
         try:
-            self.engine: Engine = _make_engine(url, self.busy_timeout)
+            self.engine: Engine = _make_engine(url, self.busy_timeout, application_name=session_name(self.holder))
         except OSError as exc:  # the directory of an SQLite file could not be made
             raise StateUnavailable(f"cannot create its directory: {exc.strerror or exc}", where=self.where) from None
         self.dialect = self.engine.dialect.name
@@ -967,6 +967,8 @@ class StateStore:
         now = self._db_now(conn)
         if self.dialect == "sqlite":
             conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE is set by the engine's begin hook
+        else:
+            self._end_stuck_sessions(conn, pipeline, holder, now)
         row = conn.execute(
             sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at, T_LEASES.c.generation)
             .where(T_LEASES.c.pipeline == pipeline)
@@ -999,6 +1001,37 @@ class StateStore:
             .values(holder=holder, acquired_at=now, expires_at=now + ttl, generation=generation)
         )
         return generation, ""
+
+    def _end_stuck_sessions(self, conn: Connection, pipeline: str, holder: str, now: datetime) -> None:
+        """Before locking the lease row to take an expired lease (PostgreSQL): end the old
+        holder's sessions that have sat in one transaction longer than STUCK_TRANSACTION.
+
+        A holder stopped mid-transaction (SIGSTOP, a suspended VM) keeps the lease row locked;
+        idle_in_transaction_session_timeout ends such a session only when it stopped between
+        statements, not inside a pipelined batch, so the takeover would wait on the lock for
+        good. Its lease has expired, and every write it could still make is fenced by the
+        lease generation, so ending its transaction loses nothing."""
+        row = conn.execute(
+            sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at).where(T_LEASES.c.pipeline == pipeline)
+        ).first()
+        if row is None or row[0] == holder or row[1] > now:
+            return
+        ended = conn.exec_driver_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s AND datname = current_database() AND pid <> pg_backend_pid() "
+            "AND xact_start < clock_timestamp() - %s",
+            (session_name(row[0]), STUCK_TRANSACTION),
+        ).scalar()
+        if ended:
+            import structlog
+
+            structlog.get_logger("ferryman.state").warning(
+                "lease.stuck_sessions_ended",
+                pipeline=pipeline,
+                holder=describe_holder(row[0]),
+                sessions=ended,
+                note="the expired holder sat inside a transaction holding the lease row",
+            )
 
     def renew_lease(self, pipeline: str, ttl: timedelta, holder: str | None = None) -> bool:
         """Extend a lease this holder has, at the generation it took; never takes one.
@@ -1203,7 +1236,21 @@ def _postgres_timeouts(url: str) -> dict[str, Any]:
     return args
 
 
-def _make_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine:
+def session_name(holder: str) -> str:
+    """The PostgreSQL ``application_name`` of a lease holder's sessions: another instance
+    that takes over an expired lease can then end the sessions a stalled holder left inside
+    a transaction (they hold the lease row's lock until they end)."""
+    import hashlib
+
+    return "ferryman " + hashlib.sha256(holder.encode()).hexdigest()[:16]
+
+
+#: a transaction of ours older than this is stuck (every state transaction is a few
+#: statements with no wait between them): one of an expired holder's is ended at a takeover
+STUCK_TRANSACTION = timedelta(seconds=10)
+
+
+def _make_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, *, application_name: str = "ferryman") -> Engine:
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
@@ -1234,7 +1281,11 @@ def _make_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine
     if url.startswith("postgresql"):
         try:
             return sa.create_engine(
-                url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=_postgres_timeouts(url)
+                url,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=5,
+                connect_args={"application_name": application_name, **_postgres_timeouts(url)},
             )
         except ModuleNotFoundError:
             raise StateError("PostgreSQL state needs psycopg: pip install 'ferryman[postgres]'") from None
