@@ -44,7 +44,7 @@ See ``README.md`` beside this file and ``config/webhook.example.yaml``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -138,7 +138,7 @@ class WebhookConnector(Connector):
     async def check(self) -> None:
         if self.options.url is None:
             return
-        state = outbox.endpoint_state(self.store, self.name, self.options.url_hash())
+        state = await self.store.call(outbox.endpoint_state, self.store, self.name, self.options.url_hash())
         if state.state == "disabled":
             raise FatalError(self._disabled_message(state), system=self.name)
 
@@ -152,33 +152,33 @@ class WebhookConnector(Connector):
         )
 
     # -- writing (outbound) --------------------------------------------------------------------
-    def _writable(self, stream: str) -> None:
+    async def _writable(self, stream: str) -> None:
         if self.options.url is None:
             raise FatalError(f"{stream} is an intake stream; it cannot be written", system=self.name)
         self.stream(stream)
         if not self._checked:
-            state = outbox.endpoint_state(self.store, self.name, self.options.url_hash())
+            state = await self.store.call(outbox.endpoint_state, self.store, self.name, self.options.url_hash())
             if state.state == "disabled":
                 raise FatalError(self._disabled_message(state), system=self.name)
             self._checked = True
 
     async def create(self, stream: str, record: Record) -> Record:
-        self._writable(stream)
+        await self._writable(stream)
         self._buffer.append(outbox.build_event(self.name, stream, record, "created"))
         return record
 
     async def update(self, stream: str, key: str, record: Record) -> Record:
-        self._writable(stream)
+        await self._writable(stream)
         stored = record.model_copy(update={"key": key}) if record.key != key else record
         self._buffer.append(outbox.build_event(self.name, stream, stored, "updated"))
         return stored
 
     async def delete(self, stream: str, key: str) -> None:
-        self._writable(stream)
+        await self._writable(stream)
         previous = next(
             ((e.event_id, e.type) for e in reversed(self._buffer) if e.stream == stream and e.record_key == key),
             None,
-        ) or outbox.latest_event(self.store, self.name, stream, key)
+        ) or await self.store.call(outbox.latest_event, self.store, self.name, stream, key)
         if previous is not None and previous[1].endswith(".deleted"):
             return  # already deleted: deleting a missing record is not an error, nor a new event
         rtype = self.stream(stream).record_type
@@ -194,7 +194,7 @@ class WebhookConnector(Connector):
         """Write the page's events to the outbox before the engine commits its cursor."""
         if self._buffer:
             events, self._buffer = self._buffer, []
-            outbox.insert_events(self.store, events, self.options.retry_schedule)
+            await self.store.call(outbox.insert_events, self.store, events, self.options.retry_schedule)
             log.debug("webhook.queued", system=self.name, events=len(events))
         return None
 
@@ -228,8 +228,7 @@ class WebhookConnector(Connector):
         floor = filter_floor(since, MICROSECOND)
         if floor is not None:
             query = query.where(table.c.received_at >= floor)
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(query.order_by(table.c.received_at, table.c.seq)).mappings().all()
+        rows = await self.store.call(self._inbox_rows, query.order_by(table.c.received_at, table.c.seq))
         records: list[Record] = []
         rejects: list[Reject] = []
         for row in rows:
@@ -251,18 +250,27 @@ class WebhookConnector(Connector):
         if self.options.intake is None:
             return None
         table = inbox.T_INBOX
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(table.c.record, table.c.reject_reason).where(
-                    table.c.system == self.name, table.c.stream == stream, table.c.record_key == key
-                )
-            ).first()
+        row = await self.store.call(
+            self._inbox_record,
+            sa.select(table.c.record, table.c.reject_reason).where(
+                table.c.system == self.name, table.c.stream == stream, table.c.record_key == key
+            ),
+        )
         if row is None:
             return None
         if row[0] is None:
             # the latest message about it could not be taken: say so rather than "gone"
             raise ValidationFailed(f"the latest message about {key!r} was refused: {row[1] or 'could not be mapped'}")
         return self._stored(info.record_type, key, row[0])
+
+    def _inbox_rows(self, query: sa.Select[Any]) -> Sequence[sa.RowMapping]:
+        with self.store.engine.connect() as conn:
+            return conn.execute(query).mappings().all()
+
+    def _inbox_record(self, query: sa.Select[Any]) -> tuple[Any, ...] | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else tuple(row)
 
     def _stored(self, rtype: type[Record], key: str, text: str) -> Record:
         try:

@@ -19,8 +19,9 @@ handler that, in order:
    with ``intake: {trigger: PIPELINE}``, just that pipeline: nothing but the id is
    stored), and answers 200 without waiting for the runs.
 
-The state store is used from a worker thread, so a slow disk never stalls the daemon's
-event loop, and triggers are given at most half a second before the answer goes out.
+The state store is used from its own worker threads (:meth:`StateStore.call`), so a slow
+disk or a hung database never stalls the daemon's event loop, and triggers are given at
+most half a second before the answer goes out.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class _Intake:
         window = self.intake.dedupe_window
         if self.intake.trigger is not None:
             try:
-                new = await asyncio.to_thread(mark_seen, self.context.store, self.name, webhook_id, window)
+                new = await self.context.store.call(mark_seen, self.context.store, self.name, webhook_id, window)
             except sa.exc.DataError as exc:
                 return self._unstorable(webhook_id, exc)
             if not new:
@@ -151,7 +152,7 @@ class _Intake:
             payload = raw.decode("utf-8", errors="replace")
         event_type, items = map_message(self.intake, payload, utcnow())
         try:
-            new, streams = await asyncio.to_thread(
+            new, streams = await self.context.store.call(
                 store_message, self.context.store, self.name, webhook_id, items, window
             )
         except sa.exc.DataError as exc:

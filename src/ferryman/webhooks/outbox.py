@@ -432,21 +432,28 @@ class _Endpoint:
         clock or ``stop``); returns how many attempts were made."""
         if self.name in _busy:
             return 0
-        state = self.state()
-        now = utcnow()
-        if state.state == "disabled" or (state.not_before is not None and state.not_before > now):
-            return 0
-        if not self.store.acquire_lease(self.lease, self.lease_ttl):
-            return 0
+        # Marked busy before the first await: the state calls below yield to the loop, and a
+        # second pass of this process must not slip in between the check and the lease.
         _busy.add(self.name)
         try:
-            self._maybe_prune()
-            return await self._deliver(limit, deadline, stop)
+            state = await self.store.call(self.state)
+            now = utcnow()
+            if state.state == "disabled" or (state.not_before is not None and state.not_before > now):
+                return 0
+            if not await self.store.call(self.store.acquire_lease, self.lease, self.lease_ttl):
+                return 0
+            try:
+                await self.store.call(self._maybe_prune)
+                return await self._deliver(limit, deadline, stop)
+            finally:
+                await self.store.call(self.store.release_lease, self.lease)
         finally:
+            # Only once the lease is released: a pass starting earlier would renew it (same
+            # holder), and this release would then take it from under that pass.
             _busy.discard(self.name)
-            self.store.release_lease(self.lease)
 
-    async def _deliver(self, limit: int | None, deadline: float | None, stop: asyncio.Event | None) -> int:
+    def _due(self, limit: int | None) -> list[int]:
+        """The ``seq`` of the pending events due now, oldest first."""
         with self.store.engine.connect() as conn:
             query = (
                 sa.select(T_OUTBOX.c.seq)
@@ -459,22 +466,29 @@ class _Endpoint:
             )
             if limit is not None:
                 query = query.limit(limit)
-            due = [r[0] for r in conn.execute(query)]
+            return [r[0] for r in conn.execute(query)]
+
+    def _pending_rows(self, seqs: Sequence[int]) -> list[dict[str, Any]]:
+        """The outbox rows of ``seqs`` still pending, in ``seq`` order."""
+        with self.store.engine.connect() as conn:
+            return [
+                dict(r)
+                for r in conn.execute(
+                    sa.select(T_OUTBOX)
+                    .where(T_OUTBOX.c.seq.in_(seqs), T_OUTBOX.c.state == "pending")
+                    .order_by(T_OUTBOX.c.seq)
+                ).mappings()
+            ]
+
+    async def _deliver(self, limit: int | None, deadline: float | None, stop: asyncio.Event | None) -> int:
+        due = await self.store.call(self._due, limit)
         if not due:
             return 0
         attempts = 0
         renewed = time.monotonic()
         async with _client(self.options) as client:
             for start in range(0, len(due), _BATCH):
-                with self.store.engine.connect() as conn:
-                    rows = [
-                        dict(r)
-                        for r in conn.execute(
-                            sa.select(T_OUTBOX)
-                            .where(T_OUTBOX.c.seq.in_(due[start : start + _BATCH]), T_OUTBOX.c.state == "pending")
-                            .order_by(T_OUTBOX.c.seq)
-                        ).mappings()
-                    ]
+                rows = await self.store.call(self._pending_rows, due[start : start + _BATCH])
                 outcomes: list[tuple[dict[str, Any], _Result, datetime]] = []
                 halt = False
                 try:
@@ -485,7 +499,7 @@ class _Endpoint:
                             halt = True
                             break
                         if time.monotonic() - renewed > self.lease_ttl.total_seconds() / 3:  # slow receivers
-                            if not self.store.acquire_lease(self.lease, self.lease_ttl):
+                            if not await self.store.call(self.store.acquire_lease, self.lease, self.lease_ttl):
                                 log.warning(
                                     "webhook.lease_lost",
                                     system=self.name,
@@ -505,7 +519,8 @@ class _Endpoint:
                             halt = True
                             break
                 finally:  # cancelled mid-batch too: what was sent is recorded
-                    self.apply(outcomes)
+                    # shielded: a second cancel while it waits must not drop the outcomes
+                    await asyncio.shield(self.store.call(self.apply, outcomes))
                 if halt:
                     break
         return attempts
@@ -679,7 +694,7 @@ class OutboxWorker:
             wait = self.poll_interval
             for endpoint in self.endpoints:
                 try:
-                    due = endpoint.next_due()
+                    due = await self.store.call(endpoint.next_due)
                 except Exception:
                     due = None
                 if due is not None:
@@ -705,7 +720,7 @@ async def replay_dead_letters(
     out: list[tuple[int, str, str]] = []
     systems = outbound_systems(config)
     rng = random.Random()
-    for letter in store.dead_letters(status="open", ids=list(ids)):
+    for letter in await store.call(store.dead_letters, status="open", ids=list(ids)):
         payload = letter.payload if isinstance(letter.payload, dict) else {}
         if letter.kind != "webhook" or "event_id" not in payload:
             out.append((letter.id, "skipped", "not a webhook dead letter"))
@@ -716,21 +731,27 @@ async def replay_dead_letters(
             out.append((letter.id, "skipped", f"webhook system {system!r} is no longer configured"))
             continue
         endpoint = _Endpoint(system, options, store, config=config, registry=None, rng=rng)
-        state = endpoint.state()
+        state = await store.call(endpoint.state)
         if state.not_before is not None and state.not_before > utcnow():
             out.append(
                 (letter.id, "deferred", f"{system} asked us to wait until {format_utc(state.not_before)}; try then")
             )
             continue
-        if system in _busy or not store.acquire_lease(endpoint.lease, endpoint.lease_ttl):
-            out.append((letter.id, "busy", f"{system} is being delivered to right now; try again shortly"))
+        busy = (letter.id, "busy", f"{system} is being delivered to right now; try again shortly")
+        if system in _busy:
+            out.append(busy)
             continue
-        _busy.add(system)
+        _busy.add(system)  # before the first await, and kept until the lease is released (see deliver)
         try:
-            out.append(await _replay_one(endpoint, letter.id, payload, state.state == "disabled"))
+            if not await store.call(store.acquire_lease, endpoint.lease, endpoint.lease_ttl):
+                out.append(busy)
+                continue
+            try:
+                out.append(await _replay_one(endpoint, letter.id, payload, state.state == "disabled"))
+            finally:
+                await store.call(store.release_lease, endpoint.lease)
         finally:
             _busy.discard(system)
-            store.release_lease(endpoint.lease)
     return out
 
 
@@ -746,9 +767,8 @@ async def _replay_one(
         str(payload["type"]),
         str(payload["body"]),
     )
-    insert_events(store, [event], [timedelta(0)])  # the row may have been pruned since
-    with store.engine.connect() as conn:
-        row = conn.execute(sa.select(T_OUTBOX).where(T_OUTBOX.c.event_id == event.event_id)).mappings().first()
+    await store.call(insert_events, store, [event], [timedelta(0)])  # the row may have been pruned since
+    row = await store.call(_outbox_row, store, event.event_id)
     assert row is not None
     async with _client(endpoint.options) as client:
         at = utcnow()
@@ -758,8 +778,30 @@ async def _replay_one(
         values.update(state="delivered", delivered_at=utcnow(), last_error=None)
     else:
         values.update(state="dead", last_error=result.message)
-    with store.transaction() as conn:
-        conn.execute(sa.update(T_OUTBOX).where(T_OUTBOX.c.seq == row["seq"]).values(**values))
+    await store.call(_record_replay, endpoint, int(row["seq"]), values, result, at, disabled)
+    if result.kind == "ok":
+        await store.call(store.set_dead_letter_status, [letter_id], "resolved")
+        if disabled:
+            log.warning("webhook.endpoint_enabled", system=endpoint.name, event_id=event.event_id)
+        return (letter_id, "delivered", f"{result.message}, webhook-id {event.event_id}")
+    reason = f"{event.type} {event.record_key}: replay failed: {result.message}"
+    await store.call(store.set_dead_letter_status, [letter_id], "open", reason)
+    return (letter_id, "failed", result.message)
+
+
+def _outbox_row(store: StateStore, event_id_: str) -> dict[str, Any] | None:
+    """The outbox row of one event, if it is there."""
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(T_OUTBOX).where(T_OUTBOX.c.event_id == event_id_)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def _record_replay(
+    endpoint: _Endpoint, seq: int, values: dict[str, Any], result: _Result, at: datetime, disabled: bool
+) -> None:
+    """A replay's outcome: the outbox row and the endpoint, in one transaction."""
+    with endpoint.store.transaction() as conn:
+        conn.execute(sa.update(T_OUTBOX).where(T_OUTBOX.c.seq == seq).values(**values))
         if result.kind == "ok" and disabled:
             _set_endpoint(
                 conn, endpoint.name, endpoint.options.url_hash(), state="active", not_before=None, reason=None
@@ -767,14 +809,6 @@ async def _replay_one(
         elif result.kind == "throttled":
             hold = timedelta(seconds=result.retry_after or 0)
             _set_endpoint(conn, endpoint.name, endpoint.options.url_hash(), not_before=at + hold, reason=result.message)
-    if result.kind == "ok":
-        store.set_dead_letter_status([letter_id], "resolved")
-        if disabled:
-            log.warning("webhook.endpoint_enabled", system=endpoint.name, event_id=event.event_id)
-        return (letter_id, "delivered", f"{result.message}, webhook-id {event.event_id}")
-    reason = f"{event.type} {event.record_key}: replay failed: {result.message}"
-    store.set_dead_letter_status([letter_id], "open", reason)
-    return (letter_id, "failed", result.message)
 
 
 # -- status ---------------------------------------------------------------------------------
