@@ -1,9 +1,16 @@
 """Logging: structlog, JSON lines off a terminal (journald-friendly), readable on one.
 
 Every event passes :func:`redact_processor` last before rendering, so no registered
-secret reaches a log line, including inside formatted tracebacks. Messages from
-libraries that use the standard ``logging`` module (httpx, apscheduler) go through the
-same redaction.
+secret reaches a log line, including inside formatted tracebacks. Records from libraries
+that use the standard ``logging`` module (httpx, aiohttp, apscheduler, SQLAlchemy,
+asyncio) are rendered by the same processors into the same form (``event``, ``level``,
+``ts``, plus ``logger``: the library's logger name), redaction included, and written
+through the same lock, so a line is never cut by another.
+
+Under systemd, when the output is the journal (``$JOURNAL_STREAM`` names its device and
+inode, as systemd documents), every line starts with the sd-daemon priority prefix
+``<N>``, N the syslog level (3 error, 4 warning, 6 info, 7 debug): journald strips it and
+files the line at that priority, so ``journalctl -p warning`` shows the warnings.
 
 A daemon may ask for rate-limited logging (:func:`limit_rate`): the same event
 (structlog event name and level, or a standard-library logger and message template) is
@@ -16,17 +23,23 @@ must not fill the disk or bury the one line that says what is wrong.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict
 
-from ferryman.redact import redact, redact_obj
+from ferryman.redact import redact_obj
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 SUPPRESSED_EVENT = "log.suppressed"
+# syslog levels, as sd-daemon(3) prefixes take them
+PRIORITIES = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7}
+_QUIETED = ("httpx", "httpcore", "apscheduler", "aiohttp.access", "alembic")
 
 
 class RateLimiter:
@@ -91,14 +104,61 @@ def flush_suppressed() -> None:
         log.warning(SUPPRESSED_EVENT, suppressed_event=kind, count=count, limit_per_second=limiter.per_second)
 
 
-def redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_processor(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
     """Scrub registered secrets (and secret-named keys) from an event."""
-    return redact_obj(event_dict)
+    scrubbed: EventDict = redact_obj(event_dict)
+    return scrubbed
 
 
-class _RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+def _record_logger(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
+    """A standard-library record's logger name (``httpx``, ``asyncio``) as ``logger``."""
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict["logger"] = record.name
+    return event_dict
+
+
+class _Prefixed:
+    """The renderer, with the sd-daemon ``<N>`` priority on every line it returns."""
+
+    def __init__(self, renderer: Callable[[Any, str, EventDict], Any]) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event_dict: EventDict) -> str:
+        prefix = f"<{PRIORITIES.get(str(event_dict.get('level', name)), 6)}>"
+        text = str(self.renderer(logger, name, event_dict))
+        # a console traceback spans lines: journald files each one on its own
+        return prefix + text.replace("\n", "\n" + prefix)
+
+
+class _Handler(logging.Handler):
+    """Writes standard-library records through structlog's PrintLogger for the same
+    stream, whose lock every line of the process shares."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self._printer = structlog.PrintLogger(file=out)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._printer.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def journal_stream(out: TextIO) -> bool:
+    """Whether ``out`` is the systemd journal: ``$JOURNAL_STREAM`` holds ``DEVICE:INODE`` of
+    the stream systemd connected, and a program checks it against its own descriptor (a
+    child whose output was redirected elsewhere inherits the variable, not the journal)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep:
+        return False
+    try:
+        stat = os.fstat(out.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO), or not numbers
+        return False
 
 
 def limit_rate(per_second: int | None) -> None:
@@ -109,16 +169,25 @@ def limit_rate(per_second: int | None) -> None:
     _limiter = RateLimiter(per_second) if per_second else None
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog and stdlib logging for the process."""
+def configure(
+    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, journald: bool | None = None
+) -> None:
+    """Set up structlog and standard-library logging for the process.
+
+    ``fmt`` ``auto`` is JSON off a terminal, else readable; ``journald`` (default: whether
+    the stream is the journal, see :func:`journal_stream`) puts the ``<N>`` priority
+    prefix on every line."""
     out = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    if journald is None:
+        journald = journal_stream(out)
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         # before the costly steps (time stamp, traceback formatting) that a dropped event skips
         _rate_limit_processor,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        stamp,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
         redact_processor,
@@ -131,19 +200,38 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             serializer=lambda obj, **_: orjson.dumps(obj, default=str).decode()
         )
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback)
+        from ferryman.terminal import colour_enabled  # NO_COLOR, TERM=dumb, not a terminal
+
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=colour_enabled(out), exception_formatter=structlog.dev.plain_traceback
+        )
+    if journald:
+        renderer = _Prefixed(renderer)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    # The standard library's records: the same steps (rate limiting is the handler's filter),
+    # then redaction and the same renderer.
+    handler = _Handler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                _record_logger,
+                stamp,
+                structlog.processors.StackInfoRenderer(),
+                structlog.processors.format_exc_info,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact_processor, renderer],
+        )
+    )
     handler.addFilter(_RateLimitFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
     # httpx logs every request URL at INFO; our own http.* events say what matters.
-    for noisy in ("httpx", "httpcore", "apscheduler", "aiohttp.access", "alembic"):
+    for noisy in _QUIETED:
         logging.getLogger(noisy).setLevel(logging.WARNING)

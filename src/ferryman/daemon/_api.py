@@ -11,7 +11,9 @@
 =======================================  ====================================================
 
 Every route but ``/healthz`` needs ``Authorization: Bearer TOKEN`` when the daemon has a
-token (always on TCP). Webhook intakes add their own routes with their own checks.
+token (always on TCP); ``/metrics`` does not when ``control.metrics_public`` is true (the
+config allows it only with a loopback address or a Unix socket). Webhook intakes add their
+own routes with their own checks.
 
 Clients that connect and say nothing, or say it slowly, cannot take the API (or the
 daemon's files) away from the rest: a connection must send a whole request head within
@@ -301,6 +303,11 @@ class Controller(Protocol):
 
     async def metrics_text(self) -> str: ...
 
+    @property
+    def metrics_public(self) -> bool:
+        """``control.metrics_public``: ``/metrics`` needs no token (loopback or a Unix socket only)."""
+        ...
+
 
 def result_json(result: RunResult, *, joined: bool = False) -> dict[str, Any]:
     return {
@@ -387,7 +394,15 @@ def build_app(controller: Controller, gate: ConnectionGate | None = None) -> web
     app = web.Application(client_max_size=1024 * 1024, middlewares=[gate.middleware] if gate is not None else [])
     app.router.add_post("/v1/pipelines/{name}/trigger", guarded(trigger))
     app.router.add_get("/v1/status", guarded(status))
-    app.router.add_get("/metrics", guarded(prometheus))
+    checked_prometheus = guarded(prometheus)
+
+    async def metrics_route(request: web.Request) -> web.StreamResponse:
+        # asked each time: a reload may switch control.metrics_public
+        if controller.metrics_public:
+            return await prometheus(request)
+        return await checked_prometheus(request)
+
+    app.router.add_get("/metrics", metrics_route)
     app.router.add_get("/healthz", healthz)
     return app
 

@@ -1,22 +1,57 @@
-"""The daemon's ``/metrics``: the engine's counters, the HTTP registry's, and run durations.
+"""The daemon's ``/metrics``: the engine's counters, the HTTP registry's, run durations,
+what the state database says about each pipeline, the build and the process.
 
-:func:`ferryman.metrics.render` writes the process-wide counters and gauges; the daemon
-adds a histogram of run durations per pipeline, which :mod:`ferryman.metrics` has no
-type for, and replaces the engine's bare ``ferryman_run_duration_seconds_sum`` counter
-with it (the histogram's ``_sum`` is the same number, so one family must own the name).
+:func:`ferryman.metrics.render` writes the process-wide counters and gauges (every family
+declared there, with its HELP); this module adds what is computed at the scrape:
+
+- a histogram of run durations per pipeline (:class:`RunDurations`);
+- per pipeline, from the state database, so that a restarted daemon reports the same as
+  the one before it: open dead letters, the end of the last successful run, its age, and
+  the source lag at that run (:func:`pipeline_gauges`);
+- ``ferryman_build_info`` and the ``process_*`` families of prometheus_client's
+  ProcessCollector, from ``/proc`` (:func:`process_gauges`).
+
+:func:`render` reads the database: call it from a worker thread, never on the event loop.
+
+Why two lag metrics, and not "now minus the cursor": on a quiet source the newest update
+the cursor holds stays where it is while time goes on, so such a lag grows without end
+and alarms on a pipeline that is perfectly in sync. ``ferryman_last_success_age_seconds``
+grows only while runs fail or stop happening; ``ferryman_source_lag_seconds`` says how
+far behind the source the last successful run delivered, and is 0 when it found nothing
+new.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import platform
+import resource
 import threading
+import time
+from collections.abc import Iterable
+from datetime import datetime
 
+import sqlalchemy as sa
+import structlog
+
+import ferryman
 from ferryman import metrics
+from ferryman.metrics import Labels, Series
+from ferryman.redact import redact
+from ferryman.state import StateStore
+from ferryman.state.models import CursorRow, RunRow
+from ferryman.timeutil import ensure_utc, utcnow
 
-__all__ = ["RunDurations", "render"]
+__all__ = ["RunDurations", "pipeline_gauges", "process_gauges", "render"]
+
+log = structlog.get_logger("ferryman.daemon")
 
 BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, math.inf)
-_REPLACED = ("ferryman_run_duration_seconds_sum",)
+_IMPORTED_AT = time.time()  # where /proc cannot tell the process's start time
+
+_RUNS = RunRow.__table__  # type: ignore[attr-defined]
+_CURSORS = CursorRow.__table__  # type: ignore[attr-defined]
 
 
 class RunDurations:
@@ -38,42 +73,150 @@ class RunDurations:
             self._series[pipeline] = (counts, total + seconds, n + 1)
 
     def render(self) -> str:
-        lines = [
-            f"# HELP {self.name} Seconds a pipeline run took, from start to its last commit",
-            f"# TYPE {self.name} histogram",
-        ]
+        lines = metrics.header(self.name)
         with self._lock:
             series = sorted((p, (list(c), s, n)) for p, (c, s, n) in self._series.items())
         for pipeline, (counts, total, n) in series:
-            label = f'pipeline="{_escape(pipeline)}"'
+            label = (("pipeline", pipeline),)
             for bound, count in zip(self._buckets, counts, strict=True):
                 le = "+Inf" if math.isinf(bound) else f"{bound:g}"
-                lines.append(f'{self.name}_bucket{{{label},le="{le}"}} {count}')
-            lines.append(f"{self.name}_sum{{{label}}} {metrics.number(total)}")
-            lines.append(f"{self.name}_count{{{label}}} {n}")
+                lines.append(metrics.sample(f"{self.name}_bucket", (*label, ("le", le)), count))
+            lines.append(metrics.sample(f"{self.name}_sum", label, total))
+            lines.append(metrics.sample(f"{self.name}_count", label, n))
         return "\n".join(lines) + "\n"
 
 
-def render(durations: RunDurations, extra: dict[str, dict[tuple[tuple[str, str], ...], float]] | None = None) -> str:
-    """Prometheus text (0.0.4) for the whole process."""
-    base = metrics.render(extra=extra)
-    kept = [line for line in base.splitlines() if _family(line) not in _REPLACED]
-    return "\n".join(kept) + "\n" + durations.render()
+def render(
+    durations: RunDurations,
+    extra: dict[str, Series] | None = None,
+    *,
+    store: StateStore | None = None,
+    pipelines: Iterable[str] = (),
+) -> str:
+    """Prometheus text (0.0.4) for the whole process; reads ``store`` when given (blocking)."""
+    families: dict[str, Series] = {}
+    for part in (extra or {}, build_info(), process_gauges()):
+        families.update(part)
+    if store is not None:
+        try:
+            families.update(pipeline_gauges(store, list(pipelines)))
+            families["ferryman_state_store_up"] = {(): 1.0}
+        except Exception as exc:  # the database is away: the rest of /metrics still tells a lot
+            log.warning("metrics.state_unreadable", error=redact(str(exc)))
+            families["ferryman_state_store_up"] = {(): 0.0}
+    return metrics.render(extra=families) + durations.render()
 
 
-def _family(line: str) -> str:
-    if line.startswith("# "):
-        parts = line.split(" ", 3)
-        return parts[2] if len(parts) > 2 else ""
-    return line.split("{", 1)[0].split(" ", 1)[0]
+def build_info() -> dict[str, Series]:
+    """``ferryman_build_info{version, python} 1``."""
+    labels: Labels = (("python", platform.python_version()), ("version", ferryman.__version__))
+    return {"ferryman_build_info": {labels: 1.0}}
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def pipeline_gauges(store: StateStore, pipelines: list[str], now: datetime | None = None) -> dict[str, Series]:
+    """Per pipeline, from the state database (read-only; blocking):
+
+    - ``ferryman_dead_letters_open``: every configured pipeline (0 when none), and any
+      other pipeline that still has open ones;
+    - ``ferryman_last_success_timestamp_seconds`` and ``ferryman_last_success_age_seconds``:
+      the end of the latest run whose outcome is ``ok``, whichever process ran it;
+    - ``ferryman_source_lag_seconds``: that run's end minus the newest source update in the
+      pipeline's cursor when the run created, updated or deleted anything, else 0 (it found
+      nothing new; a line dead-lettered again on every pass is no news). A later run that
+      failed after committing pages may have moved the cursor on: the lag then reads lower
+      than it was, never higher;
+    - ``ferryman_cursor_lag_seconds`` (deprecated): now minus the cursor's newest update.
+    """
+    now = now or utcnow()
+    open_letters: Series = {(("pipeline", p),): 0.0 for p in pipelines}
+    for name, count in store.count_dead_letters().items():
+        open_letters[(("pipeline", name),)] = float(count)
+    out: dict[str, Series] = {
+        "ferryman_dead_letters_open": open_letters,
+        "ferryman_last_success_timestamp_seconds": {},
+        "ferryman_last_success_age_seconds": {},
+        "ferryman_source_lag_seconds": {},
+        "ferryman_cursor_lag_seconds": {},
+    }
+    wrote = _RUNS.c.created + _RUNS.c.updated + _RUNS.c.deleted
+    with store.engine.connect() as conn:
+        # a two-way pipeline has a cursor per side: the newest of them is what it has seen
+        newest = {
+            row[0]: ensure_utc(row[1])
+            for row in conn.execute(
+                sa.select(_CURSORS.c.pipeline, sa.func.max(_CURSORS.c.updated_at))
+                .where(_CURSORS.c.pipeline.in_(pipelines))
+                .group_by(_CURSORS.c.pipeline)
+            )
+        }
+        last_ok: dict[str, tuple[datetime, int]] = {}
+        for name in pipelines:
+            # newest first along ix_runs_pipeline_started: stops at the first ok run
+            row = conn.execute(
+                sa.select(_RUNS.c.ended_at, wrote)
+                .where(_RUNS.c.pipeline == name, _RUNS.c.outcome == "ok", _RUNS.c.ended_at.is_not(None))
+                .order_by(_RUNS.c.started_at.desc())
+                .limit(1)
+            ).first()
+            if row is not None:
+                last_ok[name] = (ensure_utc(row[0]), int(row[1] or 0))
+    for name in pipelines:
+        labels: Labels = (("pipeline", name),)
+        cursor_at = newest.get(name)
+        if cursor_at is not None:
+            out["ferryman_cursor_lag_seconds"][labels] = (now - cursor_at).total_seconds()
+        if name not in last_ok:
+            continue
+        ended, written = last_ok[name]
+        out["ferryman_last_success_timestamp_seconds"][labels] = ended.timestamp()
+        out["ferryman_last_success_age_seconds"][labels] = max(0.0, (now - ended).total_seconds())
+        if not written:
+            out["ferryman_source_lag_seconds"][labels] = 0.0
+        elif cursor_at is not None:
+            out["ferryman_source_lag_seconds"][labels] = max(0.0, (ended - cursor_at).total_seconds())
+    return out
 
 
-metrics.HELP.setdefault("ferryman_pipeline_running", "1 while a run of the pipeline is in progress in this daemon")
-metrics.HELP.setdefault(
-    "ferryman_last_success_timestamp_seconds", "Unix time at which the pipeline's last successful run ended"
-)
-metrics.HELP.setdefault("ferryman_daemon_start_timestamp_seconds", "Unix time at which this daemon started")
+def process_gauges() -> dict[str, Series]:
+    """The ``process_*`` families, as prometheus_client's ProcessCollector computes them
+    from ``/proc``; where ``/proc`` is missing, CPU time and the file limit come from
+    :mod:`resource` and the start time is when this module was imported."""
+    values: dict[str, float] = {}
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            parts = fh.read().split(b")")[-1].split()
+        ticks = float(os.sysconf("SC_CLK_TCK"))
+        values["process_virtual_memory_bytes"] = float(parts[20])
+        values["process_resident_memory_bytes"] = float(parts[21]) * resource.getpagesize()
+        values["process_start_time_seconds"] = float(parts[19]) / ticks + _boot_time()
+        values["process_cpu_seconds_total"] = (float(parts[11]) + float(parts[12])) / ticks
+    except (OSError, ValueError, IndexError):
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        values["process_cpu_seconds_total"] = usage.ru_utime + usage.ru_stime
+        values["process_start_time_seconds"] = _IMPORTED_AT
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    values["process_max_fds"] = math.inf if limit == resource.RLIM_INFINITY else float(limit)
+    for fd_dir in ("/proc/self/fd", "/dev/fd"):
+        try:
+            # the listing holds one descriptor of its own while it runs, as ProcessCollector's does
+            values["process_open_fds"] = float(len(os.listdir(fd_dir)))
+            break
+        except OSError:
+            continue
+    return {name: {(): value} for name, value in values.items()}
+
+
+_boot: float | None = None
+
+
+def _boot_time() -> float:
+    global _boot
+    if _boot is None:
+        with open("/proc/stat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"btime "):
+                    _boot = float(line.split()[1])
+                    break
+            else:
+                raise ValueError("no btime in /proc/stat")
+    return _boot
