@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO, ClassVar
 
 import orjson
+import structlog
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -89,6 +90,7 @@ from ferryman.sdk.readloop import whole_list_pages
 from ferryman.timeutil import UTC, ZoneName, format_utc, parse_datetime
 
 csv.field_size_limit(16 * 1024 * 1024)
+log = structlog.get_logger("ferryman.connectors.csv")
 
 DEFAULT_STREAMS = {"tickets": "ticket", "contacts": "contact", "organisations": "organisation", "invoices": "invoice"}
 FIXED = ("key", "updated_at", "deleted")
@@ -212,6 +214,8 @@ class CsvConnector(Connector):
     def __init__(self, context: Any) -> None:
         super().__init__(context)
         self._sinks: dict[str, _Sink] = {}
+        #: streams whose source file was not there when read (``read`` found nothing to do)
+        self._absent: set[str] = set()
         self._streams = {
             name: StreamInfo(name, record_type(kind), ALL, natural_key="key", precision=self.options.precision)
             for name, kind in self.options.streams.items()
@@ -437,6 +441,14 @@ class CsvConnector(Connector):
     async def read(self, stream: str, since: Cursor | None, page_size: int) -> AsyncIterator[Page]:
         self.stream(stream)
         path = self.path(stream)
+        if not path.exists():
+            # An empty drop folder: nothing was dropped yet, so there is nothing to do (a run
+            # of 0 records, ok). ``get`` then refuses to call a record gone: a file that is
+            # not there says nothing about the records it would hold.
+            self._absent.add(stream)
+            log.info("csv.no_file", system=self.name, stream=stream, path=str(path))
+            return
+        self._absent.discard(stream)
         for _ in range(READ_ATTEMPTS):
             with self._open(path) as raw:
                 before = os.fstat(raw.fileno())
@@ -509,6 +521,11 @@ class CsvConnector(Connector):
             raise ValidationFailed(f"line {line}: {exc}") from None
 
     async def get(self, stream: str, key: str) -> Record | None:
+        if stream in self._absent and not self.path(stream).exists():
+            raise FatalError(
+                f"{self.path(stream)}: file not found, so whether record {key!r} still exists cannot be told",
+                system=self.name,
+            )
         return self._lookup(stream, key)
 
     async def find(self, stream: str, record: Record) -> Record | None:

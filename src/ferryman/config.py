@@ -22,13 +22,16 @@ path and what is wrong; the CLI turns that into exit status 78.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
 import re
 import unicodedata
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -48,11 +51,14 @@ from ferryman.timeutil import ZoneName, parse_duration
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "UNRESOLVED_SECRET",
+    "ConfigProblems",
     "ConflictPolicy",
     "FerrymanConfig",
     "PipelineConfig",
     "Secret",
     "SystemConfig",
+    "did_you_mean",
     "load_config",
 ]
 
@@ -112,6 +118,11 @@ class ControlConfig(_Model):
 
     listen: str = Field(default="127.0.0.1:8765", description="HOST:PORT on loopback, or unix:/path")
     token: Secret | None = None
+    metrics_public: bool = Field(
+        default=False,
+        description="serve GET /metrics without the token (for a Prometheus agent on this host); "
+        "only with a loopback address or a Unix socket in control.listen",
+    )
 
     @field_validator("token")
     @classmethod
@@ -121,6 +132,28 @@ class ControlConfig(_Model):
             raise ValueError(
                 "is empty: give a token (e.g. ${credential:control-token}), or leave control.token out "
                 "to have the daemon generate one"
+            )
+        return value
+
+    @field_validator("metrics_public")
+    @classmethod
+    def _metrics_public_only_locally(cls, value: bool, info: Any) -> bool:  # info: pydantic.ValidationInfo
+        # The daemon refuses any non-loopback control.listen on its own; this names the
+        # option that makes it matter, and holds should that rule ever be relaxed.
+        import ipaddress
+
+        listen = str(info.data.get("listen", "")).strip()
+        if not value or not listen or listen.startswith("unix:"):
+            return value
+        host = listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+        try:
+            local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            raise ValueError(
+                f"true serves /metrics without a token, so control.listen must be a loopback address "
+                f"(127.0.0.1:PORT, [::1]:PORT) or a Unix socket (unix:/path), not {listen!r}"
             )
         return value
 
@@ -295,10 +328,24 @@ class FerrymanConfig(_Model):
     _options: dict[str, Any] = {}
     _file: str | None = None
     _systems_checked: bool = True
+    _secrets_resolved: bool = True
+    _read_only: bool = False
 
     @property
     def file(self) -> str | None:
         return self._file
+
+    @property
+    def secrets_resolved(self) -> bool:
+        """False when loaded with ``secrets=False`` and a reference stood for a placeholder:
+        such a config is for reading state, never for reaching a system."""
+        return self._secrets_resolved
+
+    @property
+    def read_only(self) -> bool:
+        """Loaded with ``secrets=False``, for a command that only reads: the CLI opens no
+        state database that does not exist yet for such a config."""
+        return self._read_only
 
     def system_options(self, name: str) -> Any:
         if not self._systems_checked:
@@ -310,21 +357,36 @@ class FerrymanConfig(_Model):
             return self.pipelines[name]
         except KeyError:
             known = ", ".join(sorted(self.pipelines)) or "none configured"
-            raise ConfigError(f"no pipeline named {name!r} (pipelines: {known})", file=self._file) from None
+            hint = did_you_mean(name, self.pipelines)
+            raise ConfigError(f"no pipeline named {name!r}{hint} (pipelines: {known})", file=self._file) from None
 
 
 # -- loading ---------------------------------------------------------------------------
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None, systems: bool = True
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    systems: bool = True,
+    secrets: bool = True,
 ) -> FerrymanConfig:
     """Read, override, resolve and validate the configuration; raise ConfigError on any problem.
+
+    Every problem found is reported at once (a :class:`ConfigProblems`, one line each),
+    with "did you mean" for a misspelt key, system, connector, stream or pipeline.
 
     ``systems=False`` validates everything but the systems' connector options (and what
     needs a connector to check: which streams a system has): no connector is imported.
     ``ferryman status`` reads the config that way, to start fast; ``system_options()`` of
     such a config raises.
+
+    ``secrets=False`` is for commands that only read (``status``, ``dlq list``, ``check
+    --offline``): a reference that cannot be resolved (its variable unset, no credentials
+    directory, an unreadable file) stands for :data:`UNRESOLVED_SECRET` instead of being an
+    error; everything else is validated as usual. References under ``state`` are always
+    resolved: they reach the database those commands read. Such a config says so
+    (``secrets_resolved``) and must not be used to reach a system.
     """
     env = os.environ if environ is None else environ
     file = str(path or env.get("FERRYMAN_CONFIG") or DEFAULT_CONFIG_PATH)
@@ -341,25 +403,92 @@ def load_config(
         raise ConfigError("the top level must be a mapping of sections (state, systems, pipelines...)", file=file)
 
     _apply_env_overrides(raw, env, file)
+    problems: list[ConfigError] = []
     referenced: set[tuple[str, ...]] = set()
-    resolved = _resolve_refs(raw, (), env, referenced, file)
+    unresolved: set[tuple[str, ...]] = set()
+    resolver = _Resolver(env, file, problems, lenient=not secrets)
+    resolved = resolver.resolve(raw, (), referenced, unresolved)
 
     try:
         config = FerrymanConfig.model_validate(resolved)
     except ValidationError as exc:
-        raise _config_error(exc, file, ()) from None
+        problems.extend(_config_errors(exc, file, (), FerrymanConfig))
+        config = _salvage(resolved)
     config._file = file
+    config._secrets_resolved = not unresolved
+    config._read_only = not secrets
 
-    _check_names(config, file)
+    _check_names(config, file, problems)
     options: dict[str, Any] = {}
     if systems:
         for name, system in config.systems.items():
-            options[name] = _validate_system(name, system, file, referenced)
+            validated = _validate_system(name, system, file, referenced, problems)
+            if validated is not None:
+                options[name] = validated
     config._options = options
     config._systems_checked = systems
-    _check_secret_literals(config, (), file, referenced)
-    _check_pipelines(config, file, streams=systems)
+    _check_secret_literals(config, (), file, referenced, problems)
+    _check_pipelines(config, file, problems, streams=systems)
+    if problems:
+        raise ConfigProblems.of([_note_unresolved(p, unresolved) for p in problems])
     return config
+
+
+def _note_unresolved(problem: ConfigError, unresolved: set[tuple[str, ...]]) -> ConfigError:
+    """A problem with a value that stood for an unresolved reference says so: the real
+    value may well be valid."""
+    if problem.path is None or not any(problem.path == ".".join(u) for u in unresolved):
+        return problem
+    note = "; it holds a ${...} reference left unresolved (loaded without secrets): set what it names"
+    return ConfigError(problem.problem + note, file=problem.file, path=problem.path)
+
+
+class ConfigProblems(ConfigError):
+    """Several problems in one config file: ``str()`` has one line per problem, each naming
+    the file and the key path; ``file``, ``path`` and ``problem`` are the first one's."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.problem, file=first.file, path=first.path)
+        self.problems = problems
+        self.args = ("\n".join(str(p) for p in problems),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    @staticmethod
+    def of(problems: list[ConfigError]) -> ConfigError:
+        """The one problem itself, or all of them together."""
+        unique = list({str(p): p for p in problems}.values())
+        return unique[0] if len(unique) == 1 else ConfigProblems(unique)
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _salvage(resolved: Any) -> FerrymanConfig:
+    """The systems and pipelines that are valid on their own, from a config that is not:
+    so that the checks across them (a pipeline naming an unknown system, a system's
+    connector options) still run and report their problems with the first ones."""
+    data = resolved if isinstance(resolved, dict) else {}
+    found: dict[str, dict[str, Any]] = {"systems": {}, "pipelines": {}}
+    for section, model in (("systems", SystemConfig), ("pipelines", PipelineConfig)):
+        entries = data.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name, value in entries.items():
+            try:
+                found[section][str(name)] = model.model_validate(value)
+            except ValidationError:  # reported with the whole file's problems
+                # a pipeline with a bad key still has its references checked
+                if model is PipelineConfig and isinstance(value, dict):
+                    with contextlib.suppress(ValidationError):
+                        bare = {k: value[k] for k in ("from", "to", "direction") if k in value}
+                        found[section][str(name)] = PipelineConfig.model_validate(bare)
+    return FerrymanConfig.model_construct(systems=found["systems"], pipelines=found["pipelines"])
 
 
 #: nodes that aliases (``*name``, ``<<: *name``) may add to a file: generous for shared
@@ -461,6 +590,10 @@ def _load_yaml(text: str, *, file: str, what: str | None = None) -> Any:
             at = f" ({where})" if where else ""
             raise ConfigError(f"{what}: not valid YAML{at}: {problem}", file=file) from None
         raise ConfigError(f"not valid YAML: {problem}", file=file, path=where) from None
+    except (ValueError, OverflowError) as exc:
+        # a scalar YAML resolves to a type it cannot hold: `0000-00-00` is a timestamp of year 0
+        prefix = f"{what}: " if what is not None else ""
+        raise ConfigError(f"{prefix}not valid YAML: a value cannot be read ({exc})", file=file) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -502,20 +635,49 @@ def _match_key(node: dict[str, Any], part: str) -> str:
     return part.lower()
 
 
-def _resolve_refs(
-    value: Any, path: tuple[str, ...], env: Mapping[str, str], referenced: set[tuple[str, ...]], file: str
-) -> Any:
-    if isinstance(value, dict):
-        return {k: _resolve_refs(v, (*path, str(k)), env, referenced, file) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve_refs(v, (*path, str(i)), env, referenced, file) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
+#: what a reference stands for in a config loaded with ``secrets=False`` when it cannot be
+#: resolved: base64 of 24 bytes, so a connector that checks a secret's form (a webhook's
+#: ``whsec_`` key, which may leave its prefix out) accepts it like a real one
+UNRESOLVED_SECRET = "unresolvedSecretPlaceholder00000"  # noqa: S105 - a placeholder, not a secret
 
-    def replace(match: re.Match[str]) -> str:
-        kind = match["kind"] or "env"
-        name = match["name"].strip()
+
+class _Resolver:
+    """Replaces ``${...}`` references with what they refer to. A reference that cannot be
+    resolved is a problem (collected, so the rest of the file is still checked), or with
+    ``lenient`` outside ``state``, :data:`UNRESOLVED_SECRET`."""
+
+    def __init__(self, env: Mapping[str, str], file: str, problems: list[ConfigError], *, lenient: bool) -> None:
+        self.env = env
+        self.file = file
+        self.problems = problems
+        self.lenient = lenient
+
+    def resolve(
+        self, value: Any, path: tuple[str, ...], referenced: set[tuple[str, ...]], unresolved: set[tuple[str, ...]]
+    ) -> Any:
+        if isinstance(value, dict):
+            return {k: self.resolve(v, (*path, str(k)), referenced, unresolved) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v, (*path, str(i)), referenced, unresolved) for i, v in enumerate(value)]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        referenced.add(path)
         where = ".".join(path)
+        lenient = self.lenient and path[:1] != ("state",)
+
+        def replace(match: re.Match[str]) -> str:
+            try:
+                return self._one(match["kind"] or "env", match["name"].strip(), where)
+            except ConfigError as exc:
+                if not lenient or isinstance(exc, _BadSecret):
+                    self.problems.append(exc)
+                unresolved.add(path)
+                return UNRESOLVED_SECRET
+
+        return _REF.sub(replace, value)
+
+    def _one(self, kind: str, name: str, where: str) -> str:
+        file, env = self.file, self.env
         if kind == "env":
             if name not in env:
                 raise ConfigError(f"refers to environment variable {name}, which is not set", file=file, path=where)
@@ -538,11 +700,12 @@ def _resolve_refs(
         register_secret(secret)
         problem = _control_character(secret)
         if problem:
-            raise ConfigError(f"{source} holds {problem}; a referenced value may not", file=file, path=where)
+            raise _BadSecret(f"{source} holds {problem}; a referenced value may not", file=file, path=where)
         return secret
 
-    referenced.add(path)
-    return _REF.sub(replace, value)
+
+class _BadSecret(ConfigError):
+    """A referenced value that is there but unusable: a problem even where references may stay unresolved."""
 
 
 def _read_secret_file(path: Path, file: str, where: str) -> str:
@@ -574,48 +737,100 @@ def _control_character(value: str) -> str | None:
     return None
 
 
-def _config_error(exc: ValidationError, file: str, prefix: tuple[str, ...]) -> ConfigError:
-    first = exc.errors()[0]
-    loc = [*prefix, *(str(p) for p in first["loc"])]
-    # pydantic reports the alias 'from' as written; keep the user's spelling
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see config/ferryman.example.yaml)"
-    elif first["type"] == "missing":
-        msg = "required key is missing"
-    more = len(exc.errors()) - 1
-    if more:
-        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return ConfigError(msg, file=file, path=".".join(loc) or None)
+def _config_errors(
+    exc: ValidationError, file: str, prefix: tuple[str, ...], model: type[BaseModel]
+) -> list[ConfigError]:
+    """One ConfigError per problem pydantic found; an unknown key gets the closest known one."""
+    problems = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        # pydantic reports the alias 'from' as written; keep the user's spelling
+        msg = error["msg"]
+        if error["type"] == "extra_forbidden":
+            hint = did_you_mean(loc[-1], _fields_at(model, loc[:-1])) if loc else ""
+            msg = f"unknown key{hint or ' (check the spelling; see config/ferryman.example.yaml)'}"
+        elif error["type"] == "missing":
+            msg = "required key is missing"
+        problems.append(ConfigError(msg, file=file, path=".".join([*prefix, *loc]) or None))
+    return problems
 
 
-def _check_names(config: FerrymanConfig, file: str) -> None:
+def _fields_at(model: Any, loc: list[str]) -> list[str]:
+    """The keys the model allows at ``loc`` (names and aliases), following fields, dict
+    values and list items; empty where that cannot be told (a union of models, Any)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part) or next(
+                (f for f in current.model_fields.values() if f.alias == part), None
+            )
+            if field is None:
+                return []
+            current = field.annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        elif get_origin(current) is list:
+            current = get_args(current)[0]
+        else:
+            return []
+    current = _unwrap(current)
+    if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        return []
+    return [f.alias or n for n, f in current.model_fields.items()]
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` and ``Annotated[X, ...]`` to ``X``."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+            annotation = args[0]
+            continue
+        return annotation
+
+
+def _check_names(config: FerrymanConfig, file: str, problems: list[ConfigError]) -> None:
     for section in ("systems", "pipelines"):
         for name in getattr(config, section):
             if not _NAME.match(name):
-                raise ConfigError(
-                    "names may use letters, digits, '-' and '_' only", file=file, path=f"{section}.{name}"
+                problems.append(
+                    ConfigError("names may use letters, digits, '-' and '_' only", file=file, path=f"{section}.{name}")
                 )
 
 
-def _validate_system(name: str, system: SystemConfig, file: str, referenced: set[tuple[str, ...]]) -> Any:
+def _validate_system(
+    name: str, system: SystemConfig, file: str, referenced: set[tuple[str, ...]], problems: list[ConfigError]
+) -> Any:
+    """The system's connector options; ``None`` (its problems added to ``problems``) for an
+    unknown connector or invalid options."""
     from ferryman import plugins
 
     try:
         cls = plugins.connector_class(system.connector)
     except KeyError as exc:
-        raise ConfigError(str(exc.args[0]), file=file, path=f"systems.{name}.connector") from None
+        hint = did_you_mean(system.connector, plugins.connectors())
+        problems.append(ConfigError(f"{exc.args[0]}{hint}", file=file, path=f"systems.{name}.connector"))
+        return None
     extra = dict(system.model_extra or {})
     try:
         options = cls.Options.model_validate(extra)
     except ValidationError as exc:
-        raise _config_error(exc, file, ("systems", name)) from None
-    _check_secret_literals(options, ("systems", name), file, referenced)
+        problems.extend(_config_errors(exc, file, ("systems", name), cls.Options))
+        return None
+    _check_secret_literals(options, ("systems", name), file, referenced, problems)
     return options
 
 
 def _check_secret_literals(
-    model: BaseModel, path: tuple[str, ...], file: str, referenced: set[tuple[str, ...]]
+    model: BaseModel,
+    path: tuple[str, ...],
+    file: str,
+    referenced: set[tuple[str, ...]],
+    problems: list[ConfigError],
 ) -> None:
     """A Secret field must have come from a reference (or an environment override)."""
     for field_name, value in model:
@@ -624,15 +839,17 @@ def _check_secret_literals(
             register_secret(value.get_secret_value())
             problem = _control_character(value.get_secret_value())
             if problem:  # an environment override is not checked where references are
-                raise ConfigError(f"holds {problem}; secrets may not", file=file, path=".".join(where))
-            if not any(where[: len(r)] == r for r in referenced) and not _from_env(where):
-                raise ConfigError(
-                    "secrets must be references, not literals: use ${ENV_NAME} or ${credential:NAME}",
-                    file=file,
-                    path=".".join(where),
+                problems.append(ConfigError(f"holds {problem}; secrets may not", file=file, path=".".join(where)))
+            elif not any(where[: len(r)] == r for r in referenced) and not _from_env(where):
+                problems.append(
+                    ConfigError(
+                        "secrets must be references, not literals: use ${ENV_NAME} or ${credential:NAME}",
+                        file=file,
+                        path=".".join(where),
+                    )
                 )
         elif isinstance(value, BaseModel) and value is not model:
-            _check_secret_literals(value, where, file, referenced)
+            _check_secret_literals(value, where, file, referenced, problems)
 
 
 def _from_env(where: tuple[str, ...]) -> bool:
@@ -640,54 +857,82 @@ def _from_env(where: tuple[str, ...]) -> bool:
     return any(k.upper().replace("-", "_") == wanted for k in os.environ)
 
 
-def _check_pipelines(config: FerrymanConfig, file: str, *, streams: bool = True) -> None:
-    """References, one writer per target and, with ``streams``, each stream's capabilities."""
+def _check_pipelines(config: FerrymanConfig, file: str, problems: list[ConfigError], *, streams: bool = True) -> None:
+    """References, one writer per target and, with ``streams``, each stream's capabilities;
+    every problem of every pipeline is collected."""
     written_by: dict[str, str] = {}
     for name, pipeline in config.pipelines.items():
         refs = [("from", pipeline.source)] + [(f"to.{i}", t) for i, t in enumerate(pipeline.to)]
         for key, ref in refs:
-            system, stream = ref.split(".", 1)
-            where = f"pipelines.{name}.{key}"
-            if system not in config.systems:
-                known = ", ".join(sorted(config.systems)) or "none"
-                raise ConfigError(f"unknown system {system!r} (systems: {known})", file=file, path=where)
-            known_streams = _streams_of(config, system) if streams else None
-            if known_streams is not None and stream not in known_streams:
-                raise _no_stream(system, stream, known_streams, file, where)
-            if known_streams is not None:
-                from ferryman.connector import Capability
+            try:
+                _check_ref_of(config, name, pipeline, key, ref, written_by, file, streams=streams)
+            except ConfigError as exc:
+                problems.append(exc)
+        try:
+            if pipeline.references and streams:
+                _check_references(config, name, pipeline, file)
+            if pipeline.direction == "both" and streams:
+                _check_two_way(config, name, pipeline, file)
+        except ConfigError as exc:
+            problems.append(exc)
 
-                info = known_streams[stream]
-                needed = Capability.READ if key == "from" else Capability.CREATE
-                if not info.can(needed):
-                    raise ConfigError(
-                        f"{ref} cannot be {'read' if key == 'from' else 'written'} by connector "
-                        f"{config.systems[system].connector!r}",
-                        file=file,
-                        path=where,
-                    )
-            if key != "from":
-                if ref in written_by and written_by[ref] != name and pipeline.direction == "one_way":
-                    raise ConfigError(
-                        f"{ref} is already the target of pipeline {written_by[ref]!r}; one writer per target",
-                        file=file,
-                        path=where,
-                    )
-                written_by[ref] = name
-        if pipeline.references and streams:
-            _check_references(config, name, pipeline, file)
-        if pipeline.direction == "both" and streams:
-            from ferryman.connector import Capability
 
-            for ref in (pipeline.source, pipeline.to[0]):
-                sides = _streams_of(config, ref.split(".", 1)[0])
-                info = sides.get(ref.split(".", 1)[1]) if sides else None
-                if info is not None and not (info.can(Capability.READ) and info.can(Capability.CREATE)):
-                    raise ConfigError(
-                        f"{ref} must be readable and writable for a two-way pipeline",
-                        file=file,
-                        path=f"pipelines.{name}.direction",
-                    )
+def _check_ref_of(
+    config: FerrymanConfig,
+    name: str,
+    pipeline: PipelineConfig,
+    key: str,
+    ref: str,
+    written_by: dict[str, str],
+    file: str,
+    *,
+    streams: bool,
+) -> None:
+    system, stream = ref.split(".", 1)
+    where = f"pipelines.{name}.{key}"
+    if system not in config.systems:
+        known = ", ".join(sorted(config.systems)) or "none"
+        hint = did_you_mean(system, config.systems)
+        raise ConfigError(f"unknown system {system!r}{hint} (systems: {known})", file=file, path=where)
+    known_streams = _streams_of(config, system) if streams else None
+    if known_streams is not None and stream not in known_streams:
+        raise _no_stream(system, stream, known_streams, file, where)
+    if known_streams is not None:
+        from ferryman.connector import Capability
+
+        info = known_streams[stream]
+        needed = Capability.READ if key == "from" else Capability.CREATE
+        if not info.can(needed):
+            raise ConfigError(
+                f"{ref} cannot be {'read' if key == 'from' else 'written'} by connector "
+                f"{config.systems[system].connector!r}",
+                file=file,
+                path=where,
+            )
+    if key != "from":
+        if ref in written_by and written_by[ref] != name and pipeline.direction == "one_way":
+            raise ConfigError(
+                f"{ref} is already the target of pipeline {written_by[ref]!r}; one writer per target",
+                file=file,
+                path=where,
+            )
+        written_by[ref] = name
+
+
+def _check_two_way(config: FerrymanConfig, name: str, pipeline: PipelineConfig, file: str) -> None:
+    from ferryman.connector import Capability
+
+    for ref in (pipeline.source, pipeline.to[0]):
+        if ref.split(".", 1)[0] not in config.systems:
+            continue  # reported as an unknown system
+        sides = _streams_of(config, ref.split(".", 1)[0])
+        info = sides.get(ref.split(".", 1)[1]) if sides else None
+        if info is not None and not (info.can(Capability.READ) and info.can(Capability.CREATE)):
+            raise ConfigError(
+                f"{ref} must be readable and writable for a two-way pipeline",
+                file=file,
+                path=f"pipelines.{name}.direction",
+            )
 
 
 def _check_references(config: FerrymanConfig, name: str, pipeline: PipelineConfig, file: str) -> None:
@@ -715,14 +960,21 @@ def _check_references(config: FerrymanConfig, name: str, pipeline: PipelineConfi
 
 def _no_stream(system: str, stream: str, known: Mapping[str, Any], file: str, where: str) -> ConfigError:
     return ConfigError(
-        f"system {system!r} has no stream {stream!r} (streams: {', '.join(sorted(known))})", file=file, path=where
+        f"system {system!r} has no stream {stream!r}{did_you_mean(stream, known)} "
+        f"(streams: {', '.join(sorted(known))})",
+        file=file,
+        path=where,
     )
 
 
 def _streams_of(config: FerrymanConfig, system: str) -> dict[str, Any] | None:
+    """The system's streams; ``None`` when that cannot be told (options that did not
+    validate, already reported; streams that depend on more than the options)."""
     from ferryman import plugins
     from ferryman.connector import SystemContext
 
+    if system not in config.systems or system not in config._options:
+        return None
     cls = plugins.connector_class(config.systems[system].connector)
     try:
         return dict(cls(SystemContext(system, config.system_options(system))).streams())

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,43 @@ OUT = Path("demo-output")
 #: the sandboxes' keys, kept as secret files that the config references (``${file:...}``),
 #: so that the commands the demo suggests work afterwards without any environment
 SECRETS = {"clientexec_app_key": "sandbox-app-key", "cerb_token": "sandbox-token"}
+
+
+#: the sandboxes, on fixed ports with fixed seeds: the config the demo writes points at
+#: these ports, so the commands it prints afterwards work against sandboxes started again
+#: with the same arguments (same records, same keys, so the links in the state database hold)
+@dataclass(frozen=True)
+class Sandbox:
+    simulator: str
+    port: int
+    records: int
+    seed: int
+    rate_limit: int | None = None
+
+    def command(self) -> str:
+        """The command that starts this sandbox again as the demo ran it."""
+        limit = f" --rate-limit {self.rate_limit}" if self.rate_limit else ""
+        return (
+            f".venv/bin/ferryman sandbox {self.simulator} --port {self.port} "
+            f"--records {self.records} --seed {self.seed}{limit}"
+        )
+
+
+SANDBOXES = {
+    "helpdesk": Sandbox("clientexec", port=8810, records=40, seed=3, rate_limit=600),
+    "support": Sandbox("cerb", port=8814, records=40, seed=4),
+}
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def say(text: str) -> None:
@@ -179,13 +217,23 @@ def main() -> int:
     from ferryman_connectors.clientexec.simulator import ClientexecSimulator
 
     logs.configure("error", "console")
+    busy = [f"{box.port} ({name})" for name, box in SANDBOXES.items() if not _port_free(box.port)]
+    if busy:
+        say(
+            f"demo: port {', '.join(busy)} is in use on 127.0.0.1 (a sandbox from an earlier demo?); "
+            "stop what listens there and run `make demo` again"
+        )
+        return 1
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir()
     failed: list[str] = []
+    hd, sp = SANDBOXES["helpdesk"], SANDBOXES["support"]
     with (
-        SimulatorThread(ClientexecSimulator(records=40, seed=3, rate_limit=600)) as helpdesk,
-        SimulatorThread(CerbSimulator(records=40, seed=4)) as support,
+        SimulatorThread(
+            ClientexecSimulator(records=hd.records, seed=hd.seed, rate_limit=hd.rate_limit), port=hd.port
+        ) as helpdesk,
+        SimulatorThread(CerbSimulator(records=sp.records, seed=sp.seed), port=sp.port) as support,
     ):
         say("Ferryman demo: two sandbox apps on loopback, state in SQLite, files in CSV")
         say(f"  Clientexec sandbox (helpdesk): {helpdesk.url}")
@@ -231,8 +279,11 @@ def main() -> int:
     for name in ("helpdesk_tickets", "helpdesk_invoices", "support_tickets", "export_tickets"):
         say(f"  {rows(exports / f'{name}.csv'):>4} rows  {exports / f'{name}.csv'}")
     say(f"  state database: {OUT / 'state.db'}")
-    say(f"  try: .venv/bin/ferryman --config {OUT / 'ferryman.yaml'} status   (the sandboxes stop with the demo;")
-    say("       start one yourself with: .venv/bin/ferryman sandbox clientexec)")
+    say("\nTry it yourself (the sandboxes stopped with the demo; these start them again, same ports and data):")
+    say(f"  {SANDBOXES['helpdesk'].command()} &")
+    say(f"  {SANDBOXES['support'].command()} &")
+    say(f"  .venv/bin/ferryman --config {OUT / 'ferryman.yaml'} sync helpdesk-tickets-to-csv")
+    say(f"  .venv/bin/ferryman --config {OUT / 'ferryman.yaml'} status")
     if failed or rows(exports / "helpdesk_tickets.csv") == 0:
         say(f"demo FAILED: {', '.join(failed) or 'no records synced'}")
         return 1

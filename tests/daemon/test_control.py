@@ -233,6 +233,25 @@ def test_metrics(daemon: Daemon) -> None:
     assert "ferryman_run_duration_seconds_sum counter" not in text
 
 
+def test_a_second_daemon_on_the_same_config_leaves_the_token_alone(daemon: Daemon) -> None:
+    """It fails to bind (the address is the first daemon's) before writing anything: the
+    token file the running daemon answers to is unchanged, and `trigger` still works."""
+    token_file = Path(daemon.state_url.split("///", 1)[1]).parent / "control.token"
+    before = token_file.read_text()
+    second = subprocess.run(
+        [*ferryman_cmd(), "--config", str(daemon.config), "run"],
+        env={**os.environ, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode != 0, second.stderr
+    assert "Traceback" not in second.stderr, second.stderr
+    assert token_file.read_text() == before, "the second daemon rewrote the running daemon's token"
+    code, out, err = cli(daemon, "trigger", "small", "--wait")
+    assert code == 0, err + out
+
+
 def test_trigger_without_a_daemon(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,13 +20,26 @@ needs_analyze = pytest.mark.skipif(
 )
 
 
-def directives(name: str) -> dict[str, list[str]]:
+def directives(name: str, section: str | None = None) -> dict[str, list[str]]:
+    """The unit's directives (of ``section`` only, if given)."""
     found: dict[str, list[str]] = {}
+    current = None
     for line in (UNITS / name).read_text().splitlines():
-        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+        if line.startswith("["):
+            current = line.strip("[] ")
+        elif line and not line.startswith(("#", ";")) and "=" in line and section in (None, current):
             key, value = line.split("=", 1)
             found.setdefault(key.strip(), []).append(value.strip())
     return found
+
+
+def seconds(value: str) -> float:
+    """A systemd time span (``10min``, ``1h``, ``90``) in seconds."""
+    units = {"": 1, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hr": 3600}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+)\s*([a-z]*)", value):
+        total += int(number) * units[unit]
+    return total
 
 
 def copies_for_verify(tmp_path: Path) -> list[Path]:
@@ -101,3 +114,28 @@ def test_the_readme_installs_where_the_units_look() -> None:
     assert "/opt/ferryman/.venv" in readme and "/etc/ferryman/ferryman.yaml" in readme
     assert "sqlite:////var/lib/ferryman/ferryman.db" in readme
     assert "LoadCredential=" in readme and "${credential:" in readme
+
+
+def test_the_service_gives_up_on_a_restart_loop() -> None:
+    """Bind failures (exit 1 at start) and watchdog kills restart the unit; a start limit in
+    [Unit] stops that before it goes on for ever."""
+    unit = directives("ferryman.service", "Unit")
+    service = directives("ferryman.service", "Service")
+    assert "StartLimitIntervalSec" not in service and "StartLimitBurst" not in service  # [Unit] keys
+    interval, burst = seconds(unit["StartLimitIntervalSec"][0]), int(unit["StartLimitBurst"][0])
+    restart = seconds(service["RestartSec"][0])
+    # a failure at start-up restarts every RestartSec: the limit must be reached within the interval
+    assert burst * restart < interval
+    # so must a hang that the watchdog kills, one start every WatchdogSec + RestartSec
+    assert burst * (seconds(service["WatchdogSec"][0]) + restart) < interval
+    assert 3 <= burst <= 20
+    readme = (UNITS / "README.md").read_text()
+    assert "StartLimitBurst=10" in readme and "reset-failed" in readme
+
+
+def test_a_one_off_sync_cannot_run_for_ever() -> None:
+    sync = directives("ferryman-sync@.service", "Service")
+    timeout = seconds(sync["TimeoutStartSec"][0])
+    assert 10 * 60 <= timeout <= 6 * 3600  # long enough for a real sync, short of holding the timer for ever
+    readme = (UNITS / "README.md").read_text()
+    assert f"TimeoutStartSec={sync['TimeoutStartSec'][0]}" in readme

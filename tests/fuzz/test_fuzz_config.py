@@ -127,6 +127,7 @@ KNOWN = {
     "duration_not_text": "pipelines: {p: {from: a.tickets, to: [b.tickets], overlap: {two: minutes}}}\n",
     "duration_too_long": "state: {lease_ttl: 99999999999999999999}\n",  # timedelta OverflowError
     "bad_port": "systems: {h: {connector: clientexec, base_url: 'http://127.0.0.1:88x/api', api_key: '${K}'}}\n",
+    "timestamp_of_year_0": "0000-00-00",  # PyYAML's timestamp constructor raised ValueError (make fuzz, session 5)
 }
 
 

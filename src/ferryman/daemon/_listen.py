@@ -100,9 +100,14 @@ def token_path(config: FerrymanConfig) -> Path:
     return state_directory(config) / TOKEN_FILE
 
 
-def write_token(path: Path) -> str:
-    """Generate a token and write it to ``path`` with mode 0600 (atomically replacing any old one)."""
-    token = secrets.token_urlsafe(32)
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def write_token(path: Path, token: str | None = None) -> str:
+    """Write ``token`` (a new one if not given) to ``path`` with mode 0600, atomically
+    replacing any old one; returns it."""
+    token = token or new_token()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -56,7 +56,7 @@ from ferryman.state import StateStore
 from ferryman.timeutil import UTC, format_utc, utcnow
 
 from ._api import IDLE_TIMEOUT, ConnectionGate, Refused, build_app, connection_cap, start_site
-from ._listen import Listen, parse_listen, token_path, write_token
+from ._listen import Listen, new_token, parse_listen, token_path, write_token
 from ._metrics import RunDurations, render
 from ._notify import Notifier
 from ._schedule import check_schedule, missed_slot, next_slot
@@ -66,8 +66,8 @@ log = structlog.get_logger("ferryman.daemon")
 __all__ = ["Daemon", "ListenError"]
 
 DEFAULT_DRAIN_TIMEOUT = 60.0
-HEALTH_DB_TIMEOUT = 1.5
-FIRES_DRAIN_TIMEOUT = 5.0
+HEALTH_DB_TIMEOUT = 1.5  # /healthz answers within 2 s, even while the database hangs
+FIRES_DRAIN_TIMEOUT = 5.0  # at stop: how long claims in flight get to end
 LOG_RATE_LIMIT = 10  # the same event at most this often a second; the rest are counted
 MIN_FREE_FILES = 16  # fewer free than this and a run cannot open its database, apps and files
 HOUSEKEEPING_INTERVAL = 5.0  # without a watchdog: how often vitals are checked and counts flushed
@@ -119,6 +119,7 @@ class Daemon:
         self._log_overrides = (log_level, log_format)
         self._token: str | None = None
         self._token_file: Path | None = None
+        self._pending_token_file: Path | None = None  # made, not yet written (before the bind)
         self._running: dict[str, asyncio.Task[RunResult]] = {}
         self._run_stops: set[asyncio.Event] = set()
         self._rerun: set[str] = set()
@@ -178,6 +179,11 @@ class Daemon:
         return True, {"status": "ok", "db": "ok", "running": sorted(self._running)}
 
     async def _db_problem(self) -> str | None:
+        """Whether the state database answers a trivial query, within HEALTH_DB_TIMEOUT.
+
+        One probe at a time, in its own thread: while the database hangs, every health check
+        waits on the same probe (at most HEALTH_DB_TIMEOUT) instead of leaving one more stuck
+        thread behind per request, and reports how long it has gone unanswered."""
         loop = asyncio.get_running_loop()
         if self._probe is None or self._probe[0].done():
             self._probe = (asyncio.ensure_future(asyncio.to_thread(self._ping_db)), loop.time())
@@ -228,8 +234,12 @@ class Daemon:
         # shared through the database when several instances share a PostgreSQL state store
         self.registry = make_registry(self.store)
         self._gen = self._generation(self.config)
-        self._set_token(self.config)
+        # The token is made before the API listens (no moment without one) but written to its
+        # file only once the listen address is ours: a second `ferryman run` on the same
+        # config fails to bind and leaves the running daemon's token file alone.
+        self._set_token(self.config, write=False)
         runner = await self._start_api()
+        self._write_token_file()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
@@ -499,7 +509,7 @@ class Daemon:
             log.debug("run.skipped", pipeline=name, slot=format_utc(slot), reason="already running")
 
     # -- control API ---------------------------------------------------------------------------
-    def _set_token(self, config: FerrymanConfig) -> None:
+    def _set_token(self, config: FerrymanConfig, *, write: bool = True) -> None:
         if config.control.token is not None:
             self._token = config.control.token.get_secret_value()
             if self._token_file is not None:
@@ -510,12 +520,20 @@ class Daemon:
             self._token = None  # the socket's file mode guards it
             return
         if self._token_file is None:
-            path = token_path(config)
-            try:
-                self._token = write_token(path)
-            except OSError as exc:
-                raise ListenError(f"cannot write the control token to {path}: {exc.strerror}") from None
-            self._token_file = path
+            self._token = new_token()
+            self._pending_token_file = token_path(config)
+            if write:
+                self._write_token_file()
+
+    def _write_token_file(self) -> None:
+        path, self._pending_token_file = self._pending_token_file, None
+        if path is None or self._token is None:
+            return
+        try:
+            write_token(path, self._token)
+        except OSError as exc:
+            raise ListenError(f"cannot write the control token to {path}: {exc.strerror}") from None
+        self._token_file = path
 
     async def _start_api(self) -> web.AppRunner:
         self._gate = gate = ConnectionGate(cap=connection_cap())
@@ -568,6 +586,8 @@ class Daemon:
         _, pending = await asyncio.wait({task}, timeout=self.drain_timeout)
         for late in pending:
             late.cancel()
+        if pending:  # its finally blocks record outcomes and release leases through state calls
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # -- shutdown ------------------------------------------------------------------------------
     async def _drain(self) -> None:
@@ -664,16 +684,18 @@ class Daemon:
             conn.exec_driver_sql("SELECT 1")
 
     def _metrics_text(self) -> str:
-        now = utcnow()
-        for name in self._gen.config.pipelines:
-            cursor = self.store.get_cursor(name)
-            if cursor is not None:
-                lag = (now - cursor.updated_at).total_seconds()
-                metrics.set_gauge("ferryman_cursor_lag_seconds", lag, pipeline=name)
+        # in a worker thread (metrics_text): render() reads the state database
+        pipelines = list(self._gen.config.pipelines)
+        for name in pipelines:
             metrics.set_gauge("ferryman_pipeline_running", 1 if name in self._running else 0, pipeline=name)
         if self._gate is not None:
             metrics.set_gauge("ferryman_control_connections", self._gate.open_connections)
-        return render(self._durations, extra=self.registry.snapshot())
+        return render(self._durations, extra=self.registry.snapshot(), store=self.store, pipelines=pipelines)
+
+    @property
+    def metrics_public(self) -> bool:
+        """``control.metrics_public`` of the config in force (a reload may change it)."""
+        return self.config.control.metrics_public
 
 
 def _files_free() -> tuple[int, int] | None:
