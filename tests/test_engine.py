@@ -15,6 +15,7 @@ import yaml
 from ferryman import logs
 from ferryman.config import load_config
 from ferryman.engine import Engine
+from ferryman.plan_report import DryRunReport
 from ferryman.records import Ticket, fingerprint
 from ferryman.state import StateStore
 from tests import fakes
@@ -80,7 +81,7 @@ async def test_shared_timestamp_across_page_boundaries_neither_lost_nor_repeated
         stop = asyncio.Event()
         pages = 0
 
-        def progress(n: int, counts: dict[str, int], stop: asyncio.Event = stop) -> None:
+        def progress(n: int, counts: dict[str, int], total: int | None, stop: asyncio.Event = stop) -> None:
             nonlocal pages
             pages += 1
             if pages == 3:
@@ -177,13 +178,14 @@ async def test_deletes_within_the_threshold_are_applied(tmp_path: Path, state_ur
     assert len([t for t in target().values() if not t.deleted]) == 19
 
 
-async def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, state_url: str) -> None:
+async def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path: Path, state_url: str) -> None:
     seed(5)
     engine = make_engine(tmp_path, state_url)
-    lines: list[str] = []
-    result = await engine.run("p", dry_run=True, echo=lines.append)
+    report = DryRunReport("p")
+    result = await engine.run("p", dry_run=True, report=report)
     assert result.outcome == "dry-run" and result.counts["created"] == 5
-    assert len([x for x in lines if x.startswith("create")]) == 5
+    assert [(a.action, a.target, a.source) for a in report.actions] == [("create", "b.tickets", "a.tickets")] * 5
+    assert sorted(a.key or "" for a in report.actions) == [f"t{i:05d}" for i in range(5)]
     assert target() == {} and engine.store.get_cursor("p") is None and engine.store.runs("p") == []
 
 
@@ -245,7 +247,7 @@ async def test_a_run_whose_lease_moved_commits_nothing_more(tmp_path: Path, stat
     engine = make_engine(tmp_path, state_url)
     pages: list[int] = []
 
-    def progress(n: int, counts: dict[str, int]) -> None:
+    def progress(n: int, counts: dict[str, int], total: int | None) -> None:
         pages.append(n)
         if len(pages) == 1:  # the run stalls after its first page; meanwhile its lease moves
             _take_over(state_url, "p")
@@ -275,7 +277,7 @@ async def test_a_file_target_is_not_published_past_a_refused_commit(tmp_path: Pa
     engine = Engine(load_config(path, environ={}), StateStore.open(state_url))
     calls: list[int] = []
 
-    def progress(n: int, counts: dict[str, int]) -> None:
+    def progress(n: int, counts: dict[str, int], total: int | None) -> None:
         calls.append(n)
         if len(calls) == 1:
             _take_over(state_url, "p")

@@ -12,6 +12,7 @@ import yaml
 
 from ferryman.config import load_config
 from ferryman.engine import Engine
+from ferryman.plan_report import DryRunReport, describe
 from ferryman.records import Contact, fingerprint
 from ferryman.state import StateStore
 from ferryman.timeutil import utcnow
@@ -69,16 +70,60 @@ async def test_first_sync_matches_on_email_and_creates_the_rest(tmp_path: Path, 
     assert again.counts["created"] == again.counts["updated"] == 0, "no echo writes"
 
 
-async def test_dry_run_prints_the_match_and_create_plan(tmp_path: Path, state_url: str) -> None:
+async def test_dry_run_reports_the_match_and_create_plan(tmp_path: Path, state_url: str) -> None:
     fakes.put("crm", "contacts", contact("c1", "same@example.com"))
     fakes.put("crm", "contacts", contact("c2", "only-crm@example.com"))
     fakes.put("desk", "contacts", contact("d1", "same@example.com"))
-    lines: list[str] = []
-    result = await engine_for(tmp_path, state_url).run("sync", dry_run=True, echo=lines.append)
+    report = DryRunReport("sync")
+    result = await engine_for(tmp_path, state_url).run("sync", dry_run=True, report=report)
     assert result.outcome == "dry-run"
-    assert any(x.startswith("link") and "c1" in x and "d1" in x for x in lines)
-    assert any(x.startswith("create_b") and "c2" in x for x in lines)
+    planned = {(a.action, a.key, a.target_key, a.side) for a in report.actions}
+    assert planned == {("link", "c1", "d1", None), ("create", "c2", None, "to")}
+    [create] = [a for a in report.actions if a.action == "create"]
+    assert describe(create) == ["create on the to-side (desk.contacts) <- crm.contacts#c2"]
     assert writes("crm") == writes("desk") == 0
+
+
+async def test_dry_run_names_the_side_an_edit_goes_to_and_the_fields_it_changes(tmp_path: Path, state_url: str) -> None:
+    fakes.put("crm", "contacts", contact("c1", "a@example.com", phone="1"))
+    fakes.put("desk", "contacts", contact("d1", "b@example.com", phone="2"))
+    engine = engine_for(tmp_path, state_url)
+    assert (await engine.run("sync")).outcome == "ok"
+    desk_key = next(r.key for r in live("desk").values() if r.email == "a@example.com")
+    crm_key = next(r.key for r in live("crm").values() if r.email == "b@example.com")
+    edit("crm", "c1", phone="111")
+    edit("desk", "d1", phone="222")
+    before = writes("crm"), writes("desk")
+    report = DryRunReport("sync")
+    result = await engine.run("sync", dry_run=True, report=report)
+    assert result.outcome == "dry-run" and result.counts["updated"] == 2
+    updates = {a.side: a for a in report.actions if a.action == "update"}
+    assert set(updates) == {"from", "to"}
+    to_desk, to_crm = updates["to"], updates["from"]
+    assert (to_desk.target, to_desk.target_key, to_desk.source, to_desk.key) == (
+        "desk.contacts",
+        desk_key,
+        "crm.contacts",
+        "c1",
+    )
+    assert to_desk.changes is not None and {k: (c.old, c.new) for k, c in to_desk.changes.items()} == {
+        "phone": ("1", "111")
+    }
+    assert (to_crm.target, to_crm.target_key, to_crm.source, to_crm.key) == (
+        "crm.contacts",
+        crm_key,
+        "desk.contacts",
+        "d1",
+    )
+    assert to_crm.changes is not None and {k: (c.old, c.new) for k, c in to_crm.changes.items()} == {
+        "phone": ("2", "222")
+    }
+    assert describe(to_crm) == [
+        f"update on the from-side (crm.contacts#{crm_key}) <- desk.contacts#d1",
+        "    phone: '2' -> '222'",
+    ]
+    assert not any("update_a" in line or "update_b" in line for a in report.actions for line in describe(a))
+    assert (writes("crm"), writes("desk")) == before  # nothing written
 
 
 async def test_an_edit_on_each_side_arrives_on_the_other(tmp_path: Path, state_url: str) -> None:

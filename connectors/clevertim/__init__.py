@@ -62,7 +62,7 @@ from pydantic import Field, field_validator
 from ferryman.api import ApiConnector, to_record
 from ferryman.config import Secret
 from ferryman.connector import Capability, Cursor, Page, Reject, StreamInfo
-from ferryman.cursor import SECOND, is_older
+from ferryman.cursor import SECOND, due, is_older
 from ferryman.errors import (
     FatalError,
     MalformedResponseError,
@@ -307,9 +307,10 @@ class ClevertimConnector(ApiConnector):
         fresh_rejects = [r for r in rejects if not is_older(_raw_stamp(r.raw), since)]
         # Entities without lm cannot be placed in time: every read delivers them (their
         # updated_at sorts first) and fingerprints skip the unchanged ones.
-        for page in whole_list_pages(timeless, [], None, page_size):
+        total = len(timeless) + len(due(records, since))  # one total for the progress bar
+        for page in whole_list_pages(timeless, [], None, page_size, total=total):
             yield page
-        for page in whole_list_pages(records, fresh_rejects, since, page_size):
+        for page in whole_list_pages(records, fresh_rejects, since, page_size, total=total):
             yield page
 
     async def _read_paged(self, stream: str, since: Cursor | None, limit: int) -> AsyncIterator[Page]:

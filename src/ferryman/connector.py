@@ -97,10 +97,16 @@ class Reject:
 
 @dataclass(slots=True)
 class Page:
-    """One page of a read: records in cursor order plus what could not be read."""
+    """One page of a read: records in cursor order plus what could not be read.
+
+    ``total``, when the source says or can estimate it, is how many records the whole read
+    brings (all its pages, not this one): a CSV file counted once read, a list API that
+    answered every record at once, an API that returns a total count. It only feeds the
+    progress bar's share done and ETA, so an estimate will do; ``None`` when unknown."""
 
     records: list[Record]
     rejects: list[Reject] = field(default_factory=list)
+    total: int | None = None
 
 
 class ConnectorOptions(BaseModel):

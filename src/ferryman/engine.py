@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 import orjson
 import structlog
@@ -47,6 +47,9 @@ from ferryman.sdk.readloop import MAX_PAGES, PageGuard
 from ferryman.state import Link, NewDeadLetter, PageCommit, StateStore
 from ferryman.timeutil import format_utc, utcnow
 
+if TYPE_CHECKING:
+    from ferryman.plan_report import DryRunReport
+
 log = structlog.get_logger("ferryman.engine")
 
 P = ParamSpec("P")
@@ -55,6 +58,7 @@ LEASE_TTL = DEFAULT_LEASE_TTL  # the default; a run uses the config's state.leas
 REFERENCE_RETRIES = 200  # records waiting for a reference, delivered again at the start of a run
 PROBE_CHECKPOINT = "~probe"  # where a pipeline's delete probe left off (the checkpoints table)
 LOOKUP_INDEX_PAGES = 200  # a target this small (in pages) is read once for lookups, not searched per record
+LOOKUP_PAGE = 1000  # the page size of such a read of a file target in a dry run
 
 __all__ = ["Engine", "RunResult"]
 
@@ -92,6 +96,27 @@ def _counts() -> dict[str, int]:
     return dict.fromkeys(COUNTS, 0)
 
 
+class Progress(Protocol):
+    """Told after every committed page of a one-way run: ``records`` read in that page,
+    the run's ``counts`` so far, and ``total``, how many records the whole read brings when
+    the source says or estimates it (:attr:`ferryman.connector.Page.total`), else ``None``."""
+
+    def __call__(self, records: int, counts: dict[str, int], total: int | None, /) -> None: ...
+
+
+class Sink(Protocol):
+    """What publishing needs of a target (one-way) or a side (two-way)."""
+
+    @property
+    def ref(self) -> str: ...
+    @property
+    def connector(self) -> Connector: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def transactional(self) -> bool: ...
+
+
 class _Target:
     """One target of a run: its connector, stream, mapping and link pair."""
 
@@ -112,6 +137,9 @@ class _Target:
         #: source keys with an open ``reference`` dead letter for this target: delivering
         #: one of them settles its letter in the same commit
         self.waiting: set[str] = set()
+        #: a dry run's copy of a file target, by key (see Engine._current); False: the
+        #: target could not be read, so updates are reported with "not read"
+        self.current: dict[str, Record] | bool | None = None
 
 
 _Built = tuple[Connector, StreamInfo, list[_Target]]  # what a run delivers with: source, its stream, targets
@@ -220,10 +248,13 @@ class Engine:
         dry_run: bool = False,
         trigger: str = "manual",
         stop: asyncio.Event | None = None,
-        progress: Callable[[int, dict[str, int]], None] | None = None,
-        echo: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
+        report: DryRunReport | None = None,
     ) -> RunResult:
-        """Run pipeline ``name`` once. Never raises for run failures: see the result's outcome."""
+        """Run pipeline ``name`` once. Never raises for run failures: see the result's outcome.
+
+        ``progress`` is called after every committed page (see :class:`Progress`); a dry run
+        tells ``report`` what it would do with every record (:mod:`ferryman.plan_report`)."""
         pipeline = self.config.pipeline(name)
         started = time.monotonic()
         result = RunResult(name, "ok", counts=_counts())
@@ -269,12 +300,14 @@ class Engine:
                 if two_way:
                     from ferryman.twoway import run_two_way
 
-                    await run_two_way(self, name, pipeline, result, full=full, dry_run=dry_run, echo=echo, stop=stop)
+                    await run_two_way(
+                        self, name, pipeline, result, full=full, dry_run=dry_run, report=report, stop=stop
+                    )
                 else:
                     if pipeline.references and not dry_run:
                         await self._retry_references(name, result, (source, src_info, targets))
                     await self._run_pages(
-                        name, pipeline, source, src_info, targets, result, full, dry_run, stop, progress, echo
+                        name, pipeline, source, src_info, targets, result, full, dry_run, stop, progress, report
                     )
             except DeferredError as exc:
                 result.outcome, result.not_before = "deferred", exc.not_before
@@ -327,8 +360,8 @@ class Engine:
         full: bool,
         dry_run: bool,
         stop: asyncio.Event | None,
-        progress: Callable[[int, dict[str, int]], None] | None,
-        echo: Callable[[str], None] | None,
+        progress: Progress | None,
+        report: DryRunReport | None,
     ) -> None:
         src_ref = pipeline.source
         if not dry_run:
@@ -392,12 +425,14 @@ class Engine:
                     page_counts["dead_lettered"] += 1
                     bound_reason = redact(reject.reason)
                     log.warning("record.dead_lettered", pipeline=name, ref=reject.ref, reason=bound_reason)
-                if page.rejects and echo and dry_run:
+                if report is not None and dry_run:
                     for reject in page.rejects:
-                        echo(f"dead-letter {src_ref} {reject.ref}: {reject.reason}")
+                        report.action(
+                            "dead-letter", None, key=reject.key, source=src_ref, reason=f"{reject.ref}: {reject.reason}"
+                        )
                 for target in targets:
                     halted = await self._deliver(
-                        name, pipeline, src_ref, target, page.records, commit, page_counts, dry_run, echo
+                        name, pipeline, src_ref, target, page.records, commit, page_counts, dry_run, report
                     )
                     if halted:
                         break
@@ -419,7 +454,7 @@ class Engine:
                         commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
                 await commit_page(commit, page_counts)
                 if progress:
-                    progress(len(page.records), result.counts)
+                    progress(len(page.records), result.counts, page.total)
                 ttl = self.config.state.lease_ttl
                 if not dry_run and time.monotonic() - last_lease > ttl.total_seconds() / 3:
                     # renewed, never taken again: a lease that moved while this run stalled
@@ -450,7 +485,7 @@ class Engine:
                         page_counts = _counts()
                         for target in targets:
                             halted = await self._deliver(
-                                name, pipeline, src_ref, target, gone, commit, page_counts, dry_run, echo
+                                name, pipeline, src_ref, target, gone, commit, page_counts, dry_run, report
                             )
                             if halted:
                                 result.outcome, result.message = "halted", halted
@@ -476,9 +511,12 @@ class Engine:
                 elif not isinstance(failure, LeaseLost | StateUnavailable):
                     await self._publish_committed(name, targets)
 
-    async def _publish(self, name: str, targets: list[_Target]) -> None:
-        """Publish the transactional targets (CSV files). A write like any other: only while
-        the lease is surely ours, and the published state is committed fenced, as a page is."""
+    async def _publish(self, name: str, targets: Sequence[Sink]) -> None:
+        """Publish the transactional targets (CSV files) of a one-way or two-way run. A write
+        like any other: only while the lease is surely ours, and the published state is
+        committed fenced, as a page is."""
+        if not any(target.transactional for target in targets):
+            return
         await self._fence(name, now=True)
         published = PageCommit(name)
         for target in targets:
@@ -528,7 +566,7 @@ class Engine:
         commit: PageCommit,
         counts: dict[str, int],
         dry_run: bool,
-        echo: Callable[[str], None] | None,
+        report: DryRunReport | None,
         *,
         force: bool = False,
     ) -> str | None:
@@ -582,16 +620,10 @@ class Engine:
                     f"({share:.0%}) would be deleted, over deletes.max_share {pipeline.deletes.max_share:.0%}"
                 )
         if dry_run:
-            if echo:
-                for letter in commit.dead_letters[letters_before:]:
-                    echo(f"dead-letter {target.ref} <- {src_ref}#{letter.src_key}: {letter.reason}")
             for action in actions:
                 counts[_counted(action.op)] += 1
-                if echo and action.op != "skip":
-                    echo(
-                        f"{action.op:<7} {target.ref} <- {src_ref}#{action.src_key}"
-                        + (f" (as {action.dst_key})" if action.dst_key else "")
-                    )
+            if report is not None:
+                await self._report(report, src_ref, target, actions, commit.dead_letters[letters_before:])
             return None
 
         connector, stream = target.connector, target.stream
@@ -739,6 +771,74 @@ class Engine:
                 commit.unlinks.pop((src_ref, target.ref), None)
                 commit.resolved_intents.clear()
         return None
+
+    async def _report(
+        self,
+        report: DryRunReport,
+        src_ref: str,
+        target: _Target,
+        actions: list[Action],
+        letters: list[NewDeadLetter],
+    ) -> None:
+        """Tell a dry run's ``report`` what this page would do to ``target``; an update with
+        what the target holds now (see :meth:`_current`), so the report can say which fields
+        would change."""
+        for letter in letters:
+            report.action("dead-letter", target.ref, key=letter.src_key, source=src_ref, reason=letter.reason)
+        updates = [a.dst_key for a in actions if a.op == "update" and a.dst_key]
+        current = await self._current(target, updates) if updates else {}
+        kept = f"deleted in {src_ref}; {target.ref} keeps its record"
+        for action in actions:
+            report.action(
+                action.op,
+                target.ref,
+                key=action.src_key,
+                target_key=action.dst_key,
+                source=src_ref,
+                current=current.get(action.dst_key) if action.op == "update" and action.dst_key else None,
+                new=action.record if action.op == "update" else None,
+                reason=action.reason or (kept if action.op == "unlink" else ""),
+            )
+
+    async def _current(self, target: _Target, keys: list[str]) -> dict[str, Record]:
+        """What ``target`` holds now under ``keys``, for a dry run's diff; a key missing from
+        the answer was not read. A file target (read whole in one pass, at most
+        ``LOOKUP_INDEX_PAGES`` pages) is read once per run; any other target gets one
+        ``get`` per key, where it can. Never fails the dry run: what cannot be read is
+        reported as not read."""
+        if not target.info.can(Capability.READ) or target.current is False:
+            return {}
+        if target.transactional and target.current is None:
+            held: dict[str, Record] = {}
+            pages = 0
+            try:
+                async for page in target.connector.read(target.stream, None, LOOKUP_PAGE):
+                    pages += 1
+                    if pages > LOOKUP_INDEX_PAGES:
+                        held = {}
+                        break
+                    held.update((r.key, r) for r in page.records)
+                else:
+                    target.current = held
+            except (FerrymanError, OSError) as exc:
+                log.warning("dry_run.target_unread", target=target.ref, error=redact(str(exc)))
+                target.current = False
+                return {}
+        if isinstance(target.current, dict):
+            return {k: target.current[k] for k in keys if k in target.current}
+        found: dict[str, Record] = {}
+        for key in keys:
+            try:
+                record = await target.connector.get(target.stream, key)
+            except (NotSupportedError, NotImplementedError):
+                target.current = False  # this target cannot get by key: not asked again
+                return found
+            except FerrymanError as exc:
+                log.warning("dry_run.target_unread", target=target.ref, key=key, error=redact(str(exc)))
+                continue
+            if record is not None:
+                found[key] = record
+        return found
 
     async def _translate(
         self,

@@ -42,6 +42,7 @@ from ferryman.timeutil import format_utc, utcnow
 
 if TYPE_CHECKING:
     from ferryman.engine import Engine, RunResult
+    from ferryman.plan_report import ActionKind, DryRunReport
 
 log = structlog.get_logger("ferryman.twoway")
 
@@ -415,7 +416,7 @@ async def run_two_way(
     *,
     full: bool,
     dry_run: bool,
-    echo: Callable[[str], None] | None,
+    report: DryRunReport | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """One run of a two-way pipeline; fills ``result`` (the caller holds the lease).
@@ -566,19 +567,19 @@ async def run_two_way(
 
     if dry_run:
         for x in actions:
-            if x.op != "skip" and echo:
-                echo(
-                    f"{x.op:<9} {a.ref}#{x.a_key or '-'} <-> {b.ref}#{x.b_key or '-'}"
-                    + (f"  ({x.reason})" if x.reason else "")
-                )
             _count(result.counts, x.op)
+        if report is not None:
+            for letter in dead:
+                report.action("dead-letter", None, key=letter.src_key, source=letter.src, reason=letter.reason)
+            for x in actions:
+                await _report(report, x, a, b, a_changed, b_changed)
         return
 
     finished = await _execute(engine, name, a, b, actions, dead, result, forward, stop)
     if not finished:
         result.outcome = "stopped"
         result.message = "stopped after committing the chunk in hand; the next run continues"
-        await _publish(engine, name, (a, b))
+        await engine._publish(name, (a, b))
         return
     cursors: dict[str, Cursor] = {}
     if best_a is not None and (cursor_a is None or best_a > cursor_a):
@@ -596,24 +597,87 @@ async def run_two_way(
         if side.transactional:
             commit.checkpoints[side.ref] = await side.connector.checkpoint(side.stream)
     await engine._state(store.commit_page, commit)
-    await _publish(engine, name, (a, b))
+    await engine._publish(name, (a, b))
     result.counts["dead_lettered"] += len(dead)
 
 
-async def _publish(engine: Engine, name: str, sides: tuple[_Side, _Side]) -> None:
-    """Publish the transactional sides (CSV files): a write like any other, so only while
-    the lease is surely ours, and the published state is committed fenced, as a page is."""
-    if not any(side.transactional for side in sides):
-        return
-    await engine._fence(name, now=True)
-    published = PageCommit(name)
-    for side in sides:
-        if side.transactional:
-            data = await side.connector.finish(side.stream)
-            if data is not None:
-                published.checkpoints[side.ref] = data
-    if published.checkpoints:
-        await engine._state(engine.store.commit_page, published)
+async def _report(
+    report: DryRunReport,
+    x: PairAction,
+    a: _Side,
+    b: _Side,
+    a_changed: dict[str, Record],
+    b_changed: dict[str, Record],
+) -> None:
+    """Tell a dry run's ``report`` what ``x`` would do, in words about the pipeline's sides
+    (``update on the from-side``), with the fields an update would change on each side."""
+    one_side = _WRITES.get(x.op)
+    if one_side is not None:
+        kind, to_a = one_side
+        written, other = (a, b) if to_a else (b, a)
+        key, target_key = (x.b_key, x.a_key) if to_a else (x.a_key, x.b_key)
+        current = None
+        if kind == "update" and target_key is not None:
+            current = await _held(written, target_key, a_changed if to_a else b_changed)
+        report.action(
+            kind,
+            written.ref,
+            key=key,
+            target_key=target_key,
+            source=other.ref,
+            current=current,
+            new=x.write if kind == "update" else None,
+            reason=x.reason,
+            side="from" if to_a else "to",
+        )
+    elif x.op == "update_both":
+        # one merge written to both sides: reported as the two writes it is
+        for side, key, other_key, changed, write, other in (
+            (a, x.a_key, x.b_key, a_changed, x.write_a, b),
+            (b, x.b_key, x.a_key, b_changed, x.write, a),
+        ):
+            current = await _held(side, key, changed) if key is not None else None
+            report.action(
+                "update",
+                side.ref,
+                key=other_key,
+                target_key=key,
+                source=other.ref,
+                current=current,
+                new=write,
+                reason=x.reason,
+                side="from" if side is a else "to",
+            )
+    else:
+        pair_kind = _PAIRS.get(x.op, "skip")
+        report.action(pair_kind, b.ref, key=x.a_key, target_key=x.b_key, source=a.ref, reason=x.reason)
+
+
+#: a two-way op that writes one side: what it does, and whether that side is A (the from-side)
+_WRITES: dict[str, tuple[ActionKind, bool]] = {
+    "create_a": ("create", True),
+    "create_b": ("create", False),
+    "update_a": ("update", True),
+    "update_b": ("update", False),
+    "delete_a": ("delete", True),
+    "delete_b": ("delete", False),
+}
+#: a two-way op about a pair, not a write to one side
+_PAIRS: dict[str, ActionKind] = {"unlink": "unlink", "link": "link", "conflict": "conflict", "loop": "loop"}
+
+
+async def _held(side: _Side, key: str, changed: dict[str, Record]) -> Record | None:
+    """What ``side`` holds now under ``key``, for a dry run's diff: the record this run read
+    (if it changed), else one ``get`` where the side can; ``None`` when not read."""
+    if key in changed:
+        return changed[key]
+    if not side.info.can(Capability.READ):
+        return None
+    try:
+        return await side.connector.get(side.stream, key)
+    except (NotImplementedError, FerrymanError) as exc:
+        log.debug("dry_run.side_unread", side=side.ref, key=key, error=redact(str(exc)))
+        return None
 
 
 async def _lookup(side: _Side, record: Record) -> Record | None:

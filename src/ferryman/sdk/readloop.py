@@ -160,14 +160,23 @@ async def keyset_read(
 
 
 def whole_list_pages(
-    records: Sequence[Record], rejects: Sequence[Reject], since: Cursor | None, page_size: int
+    records: Sequence[Record],
+    rejects: Sequence[Reject],
+    since: Cursor | None,
+    page_size: int,
+    *,
+    total: int | None = None,
 ) -> list[Page]:
     """Pages of an API that answers every record at once: due from ``since``, in cursor
-    order, ``page_size`` at a time (rejects first, on a page of their own)."""
+    order, ``page_size`` at a time (rejects first, on a page of their own).
+
+    Every page carries the read's :attr:`~ferryman.connector.Page.total`: the records due
+    here, or ``total`` when the read yields more than this list (several lists in one read)."""
     wanted = sorted(due(records, since), key=record_order)
+    count = len(wanted) if total is None else total
     pages: list[Page] = []
     if rejects:
-        pages.append(Page([], list(rejects)))
+        pages.append(Page([], list(rejects), total=count))
     size = max(1, page_size)
-    pages.extend(Page(wanted[start : start + size]) for start in range(0, len(wanted), size))
+    pages.extend(Page(wanted[start : start + size], total=count) for start in range(0, len(wanted), size))
     return pages
