@@ -4,22 +4,26 @@ aside (to the StateStore) whenever it could not."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
+from ferryman import terminal
 from ferryman.cli import status_rows
 from ferryman.config import load_config
 from ferryman.connector import Cursor
 from ferryman.errors import ConfigError
 from ferryman.state import NewDeadLetter, PageCommit, StateStore, migrations
-from ferryman.status import SCHEMA_VERSION, StatusReader
-from ferryman.timeutil import utcnow
+from ferryman.status import SCHEMA_VERSION, StatusReader, render_status
+from ferryman.terminal import Style
+from ferryman.timeutil import format_utc, utcnow
 from tests.conftest import run_cli
 
 T0 = datetime(2026, 3, 1, 8, 30, 15, 250000, tzinfo=UTC)
@@ -186,3 +190,153 @@ def test_status_as_a_process_reads_light_and_full_alike(tmp_path: Path) -> None:
     for name in ("tickets", "contacts", "idle"):
         assert light_rows[name] == full_rows[name]
     assert light_rows["contacts"]["running_on"]  # held by this test process, which is alive
+
+
+# -- what status shows: JSON rows and the text made from them ----------------------------------
+
+NOW = datetime(2026, 12, 6, 5, 14, 3, 512345, tzinfo=UTC)
+Z_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+def _walk(value: object, path: str = "") -> Iterator[tuple[str, object]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _walk(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk(item, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def test_json_rows_have_null_for_nothing_and_z_times(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = busy_state(url)
+    rows = json.loads(terminal.to_json(status_rows(load_config(write_config(tmp_path, url)), store)))
+    by_name = {row["pipeline"]: row for row in rows}
+    running = by_name["contacts"]["last_run"]
+    assert running["outcome"] == "running" and running["ended_at"] is None and running["not_before"] is None
+    assert running["duration_seconds"] is None
+    deferred = by_name["tickets"]["last_run"]
+    assert deferred["outcome"] == "deferred" and deferred["duration_seconds"] >= 0
+    assert by_name["tickets"]["cursors"] == [
+        {"side": "forward", "updated_at": "2026-03-01T08:30:15.250000Z", "key": "k-17"}
+    ]
+    assert by_name["idle"]["cursor"] is None and by_name["idle"]["cursors"] == []
+    assert by_name["idle"]["withheld_deletes"] is None and by_name["tickets"]["withheld_deletes"] == 0
+    assert by_name["tickets"]["direction"] == "one_way" and by_name["tickets"]["next_run"] is None
+    times = 0
+    for path, value in _walk(rows):
+        assert value != "-", f"{path}: '-' where JSON has null"
+        if path.endswith(("_at", "not_before")) and value is not None:
+            assert isinstance(value, str) and Z_TIME.match(value), f"{path}: {value!r}"
+            times += 1
+    assert times >= 6
+
+
+def test_the_next_run_is_the_slot_the_daemon_computes(tmp_path: Path) -> None:
+    from ferryman.daemon._schedule import next_slot
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    path = write_config(tmp_path, url)
+    doc = yaml.safe_load(path.read_text())
+    doc["pipelines"]["tickets"]["schedule"] = {"every": "5m"}
+    doc["pipelines"]["contacts"]["schedule"] = {"cron": "0 6 * * *", "timezone": "Europe/Berlin", "jitter": "30s"}
+    doc["pipelines"]["idle"].update(schedule={"every": "1m"}, enabled=False)
+    path.write_text(yaml.safe_dump(doc))
+    config = load_config(path)
+    by_name = {row["pipeline"]: row for row in status_rows_at(config, StateStore.open(url), NOW)}
+    assert by_name["tickets"]["next_run"] == "2026-12-06T05:15:00Z"
+    assert by_name["tickets"]["schedule"] == "every 5m"
+    # 06:00 in Berlin is 05:00 UTC in December: today's has passed
+    assert by_name["contacts"]["next_run"] == "2026-12-07T05:00:00Z"
+    assert by_name["contacts"]["schedule"] == "cron 0 6 * * * (Europe/Berlin), jitter up to 30s"
+    schedule = config.pipelines["contacts"].schedule
+    assert schedule is not None
+    slot = next_slot(schedule, NOW)
+    assert slot is not None and format_utc(slot) == by_name["contacts"]["next_run"]
+    assert by_name["idle"]["next_run"] is None  # disabled
+
+
+def status_rows_at(config: object, store: object, now: datetime) -> list[dict[str, object]]:
+    from ferryman.status import status_rows as rows_at
+
+    return rows_at(config, store, now=now)  # type: ignore[arg-type]
+
+
+def _row(**changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "pipeline": "t2c",
+        "from": "inbox.tickets",
+        "to": ["out.tickets"],
+        "direction": "one_way",
+        "enabled": True,
+        "schedule": "every 5m",
+        "next_run": "2026-12-06T05:15:00Z",
+        "last_run": {
+            "instance": "vm",
+            "outcome": "ok",
+            "started_at": "2026-12-06T05:10:03.250000Z",
+            "ended_at": "2026-12-06T05:11:33.750000Z",
+            "duration_seconds": 90.5,
+            "read": 120000,
+            "created": 100000,
+            "updated": 20000,
+            "deleted": 0,
+            "skipped": 0,
+            "dead_lettered": 2,
+            "withheld": 7,
+            "message": None,
+            "not_before": None,
+        },
+        "cursor": "2026-12-06T05:09:59.999999Z k-17",
+        "cursors": [{"side": "forward", "updated_at": "2026-12-06T05:09:59.999999Z", "key": "k-17"}],
+        "withheld_deletes": 7,
+        "dead_letters": 2,
+        "running_on": None,
+        "webhooks": [],
+        "deferred": [],
+    }
+    row.update(changes)
+    return row
+
+
+def test_the_text_view_says_when_in_words_and_labels_everything() -> None:
+    lines = render_status([_row()], now=NOW)
+    assert lines == [
+        "t2c  inbox.tickets -> out.tickets",
+        "  last run   ok  2026-12-06 05:10:03Z (4 min ago), took 1m 30s, on vm",
+        "             read 120,000, created 100,000, updated 20,000, deleted 0, skipped 0, dead-lettered 2",
+        "  next run   2026-12-06 05:15:00Z (in 56 s), every 5m",
+        "  cursor     updated_at 2026-12-06 05:09:59Z (4 min ago), key k-17",
+        "  withheld   7 delete(s) in the last run (deletes.enabled is off: the target still has them)",
+        "  dlq        2 open dead letter(s): `ferryman dlq list --pipeline t2c`",
+    ]
+    assert not any(re.search(r"\d\d:\d\d:\d\d\.\d", line) for line in lines), "no microseconds"
+
+
+def test_a_two_way_pipeline_shows_both_directions_and_both_cursors() -> None:
+    cursors = [
+        {"side": "from", "updated_at": "2026-12-06T05:00:00Z", "key": "a1"},
+        {"side": "to", "updated_at": "2026-12-06T05:01:00Z", "key": "b2"},
+    ]
+    lines = render_status(
+        [_row(direction="both", to=["crm.contacts"], cursors=cursors, schedule=None, next_run=None)], now=NOW
+    )
+    assert lines[0] == "t2c  inbox.tickets <-> crm.contacts"
+    assert "  cursor     from side: updated_at 2026-12-06 05:00:00Z (14 min ago), key a1" in lines
+    assert "  cursor     to side: updated_at 2026-12-06 05:01:00Z (13 min ago), key b2" in lines
+    assert "  next run   not scheduled (`ferryman sync` or `ferryman trigger` runs it)" in lines
+
+
+def test_a_pipeline_never_run_and_disabled_says_so_and_colour_is_optional() -> None:
+    plain = render_status([_row(last_run=None, enabled=False, next_run=None, cursors=[], dead_letters=0)], now=NOW)
+    assert plain[0] == "t2c  inbox.tickets -> out.tickets  (disabled)"
+    assert "  last run   never" in plain and "  next run   none: disabled (enabled: false)" in plain
+    assert (
+        "  cursor     none yet (the next run reads everything)" in plain and "  dlq        0 open dead letters" in plain
+    )
+    coloured = render_status([_row(last_run=None, enabled=False, next_run=None)], now=NOW, style=Style(colour=True))
+    assert any("\x1b[" in line for line in coloured)
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured[0]) == plain[0]
+    assert render_status([], now=NOW) == ["no pipelines configured"]

@@ -57,10 +57,11 @@ def test_a_dry_run_prints_the_records_that_would_wait_for_a_reference(tmp_path: 
     result = run_cli("--config", str(path), "sync", "t2c", "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
     assert (
-        "dead-letter out.tickets <- inbox.tickets#1: requester_key 'c7': inbox.contacts#c7 has no linked record "
+        "dead-letter inbox.tickets#1 for out.tickets: requester_key 'c7': inbox.contacts#c7 has no linked record "
         "in out.contacts yet" in result.stdout
     )
-    assert "create  out.tickets <- inbox.tickets#2" in result.stdout
+    assert "create in out.tickets <- inbox.tickets#2" in result.stdout
+    assert "plan: would create 1, update 0, delete 0, skip 0, dead-letter 1" in result.stdout
     assert not (tmp_path / "out" / "tickets.csv").exists()
 
 
@@ -146,7 +147,7 @@ def test_dry_run_writes_nothing(tmp_path: Path, default_state_url: str) -> None:
     (tmp_path / "in" / "tickets.csv").write_text("key,updated_at,subject\n1,2026-01-01T00:00:00Z,one\n")
     result = run_cli("--config", str(path), "sync", "t2c", "--dry-run")
     assert result.returncode == 0
-    assert "create  out.tickets <- inbox.tickets#1" in result.stdout
+    assert "create in out.tickets <- inbox.tickets#1" in result.stdout
     assert not (tmp_path / "out").exists()
 
 

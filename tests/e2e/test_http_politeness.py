@@ -211,18 +211,19 @@ def test_a_retry_after_longer_than_defer_after_defers_the_run_and_the_next_one(
         contacted = sandbox.simulator.stats.requests
 
         shown = status(config, capsys=capsys)
-        match = re.search(r"deferred\s+(\S+) until (\S+Z)", shown)
+        # status shows times to the second: "deferred   HOST until 2026-12-06 05:31:21Z (in 1 min): ..."
+        match = re.search(r"deferred\s+(\S+) until (\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)Z \(in ", shown)
         assert match, shown
         assert match[1] == sandbox.url.removeprefix("http://")
-        until = parse_datetime(match[2])
-        assert asked + timedelta(seconds=119) <= until <= utcnow() + timedelta(seconds=121)
+        until = parse_datetime(f"{match[2]}T{match[3]}Z")
+        assert asked + timedelta(seconds=118) <= until <= utcnow() + timedelta(seconds=121)
         store = StateStore.open(default_state_url)
         assert store.get_cursor("contacts") == before, "a deferred run moved the cursor"
         assert store.last_runs()["contacts"]["outcome"] == "deferred"
 
         again = sync()
         assert again.returncode == 3
-        assert "deferred" in again.stdout and match[2] in again.stdout
+        assert "deferred" in again.stdout and f"{match[2]}T{match[3]}" in again.stdout
         assert sandbox.simulator.stats.requests == contacted, "the next run contacted a deferred app"
 
 
