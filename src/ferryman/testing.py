@@ -23,7 +23,18 @@ read returns well-formed records in cursor order with UTC timestamps; an increme
 read returns exactly the records at or after the cursor; create, update and delete
 round-trip; find by natural key finds; bad credentials stop the run with
 :class:`~ferryman.errors.AuthError`; a 429 or 5xx burst is retried without retrying
-before ``Retry-After``. The tests use pytest-asyncio (``@pytest.mark.asyncio``).
+before ``Retry-After``. The tests use pytest-asyncio (``@pytest.mark.asyncio``); install
+them with ``pip install ferryman[testing]``.
+
+Nothing passes vacuously: a test with nothing to check (no sample record for a stream
+that can create, no stream that reads incrementally...) is skipped with a reason that
+says what to add, and shows up in ``pytest -ra``.
+
+A simulator is optional. Without one (``simulator=None``) the connector talks to
+``base_url`` through whatever ``services`` provide (an ``httpx.MockTransport`` as
+``"http_transport"``, or respx routes active during the test), and the tests that need a
+simulator's fault injection, request counts or hostile modes (throttling and the whole
+hostile suite) are skipped with that reason.
 """
 
 from __future__ import annotations
@@ -49,7 +60,7 @@ from ferryman.errors import (
 )
 from ferryman.records import RECORD_TYPES, Record, fingerprint
 
-__all__ = ["ConnectorContract", "ContractSetup", "HostileContract", "collect"]
+__all__ = ["ConnectorContract", "ContractSetup", "HostileContract", "NoSimulator", "collect", "need_simulator"]
 
 
 @dataclass
@@ -57,7 +68,9 @@ class ContractSetup:
     """Everything the contract suite needs to know about one connector."""
 
     connector: str | type[Connector]
-    simulator: str | type[Any]
+    #: the sandbox simulator (entry-point name or class); ``None``: no simulator, see ``base_url``
+    simulator: str | type[Any] | None
+    #: the connector's options, given the URL it is to talk to
     options: Callable[[str], dict[str, Any]]
     bad_options: Callable[[str], dict[str, Any]] | None = None
     #: a new, valid record to create, per writable stream (n makes it unique)
@@ -73,6 +86,25 @@ class ContractSetup:
     burst_status: int = 429
     #: hostile modes the suite switches on (default: every mode the simulator implements)
     hostile_modes: frozenset[str] | None = None
+    #: without a simulator: the URL handed to ``options`` (a fake transport or respx answers it)
+    base_url: str = "http://127.0.0.1:9"
+    #: engine services for each connector instance (``{"http_transport": httpx.MockTransport(...)}``)
+    services: Callable[[], dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class NoSimulator:
+    """What the ``sandbox`` fixture yields when :attr:`ContractSetup.simulator` is ``None``."""
+
+    url: str
+    simulator: None = None
+
+
+def need_simulator(sandbox: Any, what: str) -> Any:
+    """The running simulator, or skip the test: ``what`` needs one (said in the reason)."""
+    if sandbox.simulator is None:
+        pytest.skip(f"no simulator (ContractSetup.simulator is None): {what} needs one")
+    return sandbox.simulator
 
 
 def _resolve(value: Any, group: Callable[[str], Any]) -> Any:
@@ -94,6 +126,9 @@ class ConnectorContract:
     # -- fixtures ---------------------------------------------------------------------
     @pytest.fixture
     def sandbox(self, contract: ContractSetup) -> Iterator[Any]:
+        if contract.simulator is None:
+            yield NoSimulator(contract.base_url)
+            return
         from ferryman.sandbox import SimulatorThread
 
         cls = _resolve(contract.simulator, plugins.simulator_class)
@@ -108,7 +143,8 @@ class ConnectorContract:
         make = contract.bad_options if bad else contract.options
         assert make is not None
         options = cls.Options.model_validate({**make(url), **overrides})
-        connector = cls(SystemContext("contract", options, None, {}))
+        services = contract.services() if contract.services is not None else {}
+        connector = cls(SystemContext("contract", options, None, services))
         await connector.open()
         try:
             yield connector
@@ -116,9 +152,38 @@ class ConnectorContract:
             await connector.close()
 
     def read_streams(self, contract: ContractSetup, connector: Connector) -> list[StreamInfo]:
+        """The streams the suite reads (skips the test when there are none)."""
         streams = connector.streams()
         names = contract.streams or [s.name for s in streams.values() if s.can(Capability.READ) and not s.reference]
+        if not names:
+            pytest.skip("no stream to read: the connector declares no main stream with READ (and streams= names none)")
         return [streams[n] for n in names]
+
+    def sample_streams(self, contract: ContractSetup, connector: Connector, *caps: Capability) -> list[str]:
+        """The streams with a sample record that can do all of ``caps``; skips the test,
+        naming the streams that lack a sample, when there are none."""
+        streams = connector.streams()
+        unknown = sorted(set(contract.samples) - set(streams))
+        assert not unknown, f"samples for streams the connector does not have: {unknown} (streams: {sorted(streams)})"
+        able = [name for name, info in streams.items() if all(info.can(c) for c in caps)]
+        chosen = [name for name in able if name in contract.samples]
+        if not chosen:
+            what = " and ".join(c.value.upper() for c in caps)
+            if able:
+                pytest.skip(
+                    f"no sample record for a stream that can {what} ({', '.join(able)}): give "
+                    f"ContractSetup(samples={{{able[0]!r}: lambda n: <a new record>}})"
+                )
+            pytest.skip(f"no stream can {what}")
+        return chosen
+
+    def sample(self, contract: ContractSetup, info: StreamInfo, n: int) -> Record:
+        """The sample record ``n`` for a stream, checked to be of the stream's record type."""
+        record = contract.samples[info.name](n)
+        assert isinstance(record, info.record_type), (
+            f"samples[{info.name!r}] made a {type(record).__name__}; the stream holds {info.record_type.__name__}"
+        )
+        return record
 
     # -- the contract -----------------------------------------------------------------
     @pytest.mark.asyncio
@@ -163,10 +228,12 @@ class ConnectorContract:
         self, contract: ContractSetup, sandbox: Any
     ) -> None:
         async with self.connect(contract, sandbox.url) as connector:
-            for info in self.read_streams(contract, connector):
-                if not info.can(Capability.INCREMENTAL):
-                    continue
+            incremental = [i for i in self.read_streams(contract, connector) if i.can(Capability.INCREMENTAL)]
+            if not incremental:
+                pytest.skip("no stream it reads declares INCREMENTAL")
+            for info in incremental:
                 everything, _ = await collect(connector.read(info.name, None, 50))
+                assert len(everything) >= 2, f"{info.name}: an incremental read needs at least 2 records to test"
                 ordered = sorted(everything, key=record_order)
                 middle = Cursor.of(ordered[len(ordered) // 2])
                 newer, _ = await collect(connector.read(info.name, middle, 5))
@@ -179,11 +246,9 @@ class ConnectorContract:
     @pytest.mark.asyncio
     async def test_create_update_delete_round_trip(self, contract: ContractSetup, sandbox: Any) -> None:
         async with self.connect(contract, sandbox.url) as connector:
-            for stream, make in contract.samples.items():
+            for stream in self.sample_streams(contract, connector, Capability.CREATE):
                 info = connector.stream(stream)
-                if not info.can(Capability.CREATE):
-                    continue
-                sample = make(1)
+                sample = self.sample(contract, info, 1)
                 created = await connector.create(stream, sample)
                 assert created.key, f"{stream}: create returned no key"
                 fetched = await self._get(connector, info, created)
@@ -207,11 +272,9 @@ class ConnectorContract:
     @pytest.mark.asyncio
     async def test_find_by_natural_key(self, contract: ContractSetup, sandbox: Any) -> None:
         async with self.connect(contract, sandbox.url) as connector:
-            for stream, make in contract.samples.items():
+            for stream in self.sample_streams(contract, connector, Capability.CREATE, Capability.FIND):
                 info = connector.stream(stream)
-                if not (info.can(Capability.FIND) and info.can(Capability.CREATE)):
-                    continue
-                sample = make(2)
+                sample = self.sample(contract, info, 2)
                 created = await connector.create(stream, sample)
                 found = await connector.find(stream, sample)
                 assert found is not None and found.key == created.key, f"{stream}: find by {info.natural_key} failed"
@@ -230,10 +293,10 @@ class ConnectorContract:
 
     @pytest.mark.asyncio
     async def test_throttling_and_server_errors_are_retried(self, contract: ContractSetup, sandbox: Any) -> None:
+        sim = need_simulator(sandbox, "injecting a throttle burst and 5xx answers")
         async with self.connect(contract, sandbox.url, backoff_base=0.01, backoff_cap=0.05) as connector:
             info = self.read_streams(contract, connector)[0]
             expected, _ = await collect(connector.read(info.name, None, 50))
-            sim = sandbox.simulator
             sandbox.call(sim.faults.start_burst, 2, contract.burst_status, 1.0)
             records, _ = await collect(connector.read(info.name, None, 50))
             assert {r.key for r in records} == {r.key for r in expected}
@@ -306,7 +369,7 @@ class HostileContract(ConnectorContract):
     """
 
     def _mode(self, contract: ContractSetup, sandbox: Any, mode: str) -> None:
-        sim = sandbox.simulator
+        sim = need_simulator(sandbox, f"hostile mode {mode}")
         wanted = contract.hostile_modes if contract.hostile_modes is not None else sim.hostile_supported
         if mode not in wanted or mode not in sim.hostile_supported:
             pytest.skip(f"the {sim.name or type(sim).__name__} simulator does not implement hostile mode {mode}")
@@ -335,13 +398,6 @@ class HostileContract(ConnectorContract):
         assert len(keys) == len(set(keys)), f"{stream} ({what}): a read returned a key twice"
         missing = expected - set(keys)
         assert not missing, f"{stream} ({what}): records lost without an error: {sorted(missing)[:5]}"
-
-    def _sample_streams(self, contract: ContractSetup, connector: Connector, *caps: Capability) -> list[str]:
-        """The streams with a sample that can do all of ``caps`` (skips the test when none can)."""
-        streams = [s for s in contract.samples if all(connector.stream(s).can(c) for c in caps)]
-        if not streams:
-            pytest.skip(f"no stream with a sample can {', '.join(c.value for c in caps)}")
-        return streams
 
     @pytest.mark.asyncio
     async def test_hostile_server_ignoring_paging_is_read_whole_or_stopped(
@@ -407,10 +463,10 @@ class HostileContract(ConnectorContract):
         self, contract: ContractSetup, sandbox: Any
     ) -> None:
         async with self.connect(contract, sandbox.url) as connector:
-            streams = self._sample_streams(contract, connector, Capability.CREATE)
+            streams = self.sample_streams(contract, connector, Capability.CREATE)
             self._mode(contract, sandbox, "stub_create")
             for stream in streams:
-                sample = contract.samples[stream](11)
+                sample = self.sample(contract, connector.stream(stream), 11)
                 created = await connector.create(stream, sample)  # a 2xx is never a rejection
                 assert created.key, f"{stream}: create answered with a stub and no key was kept"
                 sandbox.call(sandbox.simulator.set_hostile)
@@ -423,10 +479,10 @@ class HostileContract(ConnectorContract):
     @pytest.mark.asyncio
     async def test_hostile_error_inside_200_is_a_rejection(self, contract: ContractSetup, sandbox: Any) -> None:
         async with self.connect(contract, sandbox.url) as connector:
-            streams = self._sample_streams(contract, connector, Capability.CREATE, Capability.UPDATE)
+            streams = self.sample_streams(contract, connector, Capability.CREATE, Capability.UPDATE)
             for stream in streams:
                 info = connector.stream(stream)
-                created = await connector.create(stream, contract.samples[stream](12))
+                created = await connector.create(stream, self.sample(contract, info, 12))
                 before = await self._get(connector, info, created)
                 assert before is not None
                 self._mode(contract, sandbox, "error_in_200")
@@ -441,10 +497,10 @@ class HostileContract(ConnectorContract):
     @pytest.mark.asyncio
     async def test_hostile_hidden_deletes_are_found_by_get(self, contract: ContractSetup, sandbox: Any) -> None:
         async with self.connect(contract, sandbox.url) as connector:
-            streams = self._sample_streams(contract, connector, Capability.CREATE, Capability.DELETE)
+            streams = self.sample_streams(contract, connector, Capability.CREATE, Capability.DELETE)
             self._mode(contract, sandbox, "hide_deleted")
             for stream in streams:
-                created = await connector.create(stream, contract.samples[stream](13))
+                created = await connector.create(stream, self.sample(contract, connector.stream(stream), 13))
                 await connector.delete(stream, created.key)
                 listed = {r.key: r for r in (await collect(connector.read(stream, None, 100)))[0]}
                 assert created.key not in listed or listed[created.key].deleted
@@ -463,9 +519,9 @@ class HostileContract(ConnectorContract):
         connector reads the record back, or it raises an error whose outcome the engine
         treats as unknown (the intent is kept and reconciled by lookup)."""
         async with self.connect(contract, sandbox.url, backoff_base=0.01, backoff_cap=0.05) as connector:
-            streams = self._sample_streams(contract, connector, Capability.CREATE)
+            streams = self.sample_streams(contract, connector, Capability.CREATE)
             for stream in streams:
-                sample = contract.samples[stream](14)
+                sample = self.sample(contract, connector.stream(stream), 14)
                 self._mode(contract, sandbox, "garble_writes")
                 try:
                     created: Record | None = await connector.create(stream, sample)
