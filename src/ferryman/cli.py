@@ -6,7 +6,6 @@ Heavy modules are imported inside each command so that ``ferryman --help`` start
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -56,9 +55,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("pipeline")
     p.add_argument("--full", action="store_true", help="read the whole source, not just changes since the cursor")
-    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write nothing; print what would be created, updated (fields old -> new) and deleted, and a summary",
+    )
     p.add_argument("--wait", action="store_true", help="if the pipeline is running elsewhere, wait for it to finish")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output: the run's result, or with --dry-run the plan (actions and summary)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="with --dry-run, list the unchanged records (skips) too"
+    )
 
     p = sub.add_parser(
         "status",
@@ -67,8 +78,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub.add_parser("check", help="validate the config, reach every configured system, build every pipeline")
-    sub.add_parser("connectors", help="list installed connectors, their streams and capabilities")
+    p = sub.add_parser("check", help="validate the config, reach every configured system, build every pipeline")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="validate and build only: no system is contacted, no secret is needed, no state database is opened",
+    )
+    _add_starter_commands(sub)
+    p = sub.add_parser("connectors", help="list installed connectors, their streams and capabilities")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("reset", help="forget a pipeline's cursor, links and checkpoints (next run is a full sync)")
     p.add_argument("pipeline")
@@ -122,6 +140,15 @@ def _add_sandbox_args(parser: argparse.ArgumentParser) -> None:
 def _extra_commands() -> dict[str, Any]:
     """Commands provided by optional modules (the daemon), registered when present."""
     found: dict[str, Any] = {}
+    from ferryman.scaffold import COMMANDS as SCAFFOLD_COMMANDS  # daemon-independent: always present
+
+    found.update(SCAFFOLD_COMMANDS)
+    from ferryman.rewind import COMMANDS as REWIND_COMMANDS
+
+    found.update(REWIND_COMMANDS)
+    from ferryman.audit import COMMANDS as AUDIT_COMMANDS
+
+    found.update(AUDIT_COMMANDS)
     try:
         from ferryman.daemon.cli import COMMANDS
     except ImportError:
@@ -143,8 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
         return int(handler(args))
-    except ConfigError as exc:
-        print(f"ferryman: config error: {redact(str(exc))}", file=sys.stderr)
+    except ConfigError as exc:  # one line per problem when there are several
+        for line in redact(str(exc)).splitlines() or [""]:
+            print(f"ferryman: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except StateUnavailable as exc:  # an outage: one line, no traceback; systemd retries later
         print(f"ferryman: {redact(str(exc))}", file=sys.stderr)
@@ -174,15 +202,21 @@ def load(args: argparse.Namespace, *, systems: bool = True) -> Any:
     from ferryman import logs
     from ferryman.config import load_config
 
-    config = load_config(args.config, systems=systems)
+    # commands that only read need no secrets: their references may stay unresolved
+    config = load_config(args.config, systems=systems, secrets=not _reads_only(args))
     logs.configure(args.log_level or config.log.level, args.log_format or config.log.format)
     return config
 
 
 def open_store(config: Any) -> Any:
+    """The state store; for a config loaded to read only (``status``, ``dlq list``), a
+    database that does not exist yet is not created: it means "no runs yet"."""
     from ferryman.state import StateStore
 
-    return StateStore.open(config.state.resolved_url(), instance=config.instance)
+    url = config.state.resolved_url()
+    if getattr(config, "read_only", False):
+        return _open_existing_store(url, config.instance)
+    return StateStore.open(url, instance=config.instance)
 
 
 def services(config: Any, store: Any) -> dict[str, Any]:
@@ -214,61 +248,111 @@ def cmd_sync(args: argparse.Namespace) -> int:
 async def _sync(args: argparse.Namespace, config: Any, store: Any) -> int:
     import asyncio
 
-    from ferryman.engine import Engine
+    from ferryman import plan_report, terminal
+    from ferryman.engine import COUNTS, Engine
 
     engine = Engine(config, store, services=services(config, store))
-    bar = None
-    progress = None
-    if sys.stderr.isatty() and not args.no_progress and not args.dry_run:
-        from tqdm import tqdm
+    out = terminal.Output()  # stdout's reader may leave (`| head`): the run goes on, recorded as it ends
+    stop = asyncio.Event()
+    # a two-way run reports no progress (run_two_way takes no callback): no bar stuck at 0
+    one_way = config.pipeline(args.pipeline).direction != "both"
+    shown = sys.stderr.isatty() and not args.no_progress and not args.dry_run and one_way
+    bar = terminal.Progress(args.pipeline, sys.stderr) if shown else None
 
-        bar = tqdm(desc=args.pipeline, unit=" rec", file=sys.stderr, dynamic_ncols=True)
+    def print_action(planned: plan_report.PlannedAction) -> None:
+        if planned.action == "skip" and not args.verbose:
+            return
+        for line in plan_report.describe(planned):
+            if not out.line(line):
+                stop.set()  # a dry run nobody reads any more: stop after the page in hand
+                return
 
-        def progress(n: int, counts: dict[str, int]) -> None:
-            bar.update(n)
-            bar.set_postfix(
-                created=counts["created"],
-                updated=counts["updated"],
-                skipped=counts["skipped"],
-                dead=counts["dead_lettered"],
-                refresh=False,
-            )
-
-    def echo(line: str) -> None:
-        print(line, flush=True)
+    report: plan_report.DryRunReport | None = None
+    if args.dry_run:
+        # text streams each action as it is planned; JSON is one document at the end
+        report = plan_report.DryRunReport(
+            args.pipeline,
+            listener=None if args.json else print_action,
+            keep=args.json,
+            keep_skips=args.verbose,
+        )
 
     try:
-        while True:
-            result = await engine.run(args.pipeline, full=args.full, dry_run=args.dry_run, progress=progress, echo=echo)
-            if result.outcome == "busy" and args.wait:
-                await asyncio.sleep(1.0)
-                continue
-            break
+        # log lines above the bar; and a stderr whose reader left (`2>&1 | head`) must not end the run
+        with bar if bar is not None else terminal.run_logs(sys.stderr):
+            while True:
+                result = await engine.run(
+                    args.pipeline,
+                    full=args.full,
+                    dry_run=args.dry_run,
+                    stop=stop,
+                    progress=bar.update if bar is not None else None,
+                    report=report,
+                )
+                if result.outcome == "busy" and args.wait:
+                    await asyncio.sleep(1.0)
+                    continue
+                break
     finally:
-        if bar is not None:
-            bar.close()
         await engine.aclose()
-    if args.dry_run:
-        print(f"plan: {result.summary()}")
-    else:
-        print(result.summary())
-        if result.counts.get("dead_lettered"):
-            print(
-                f"  {result.counts['dead_lettered']} record(s) dead-lettered: see `ferryman dlq list --pipeline {args.pipeline}`"
+    grouped = sys.stdout.isatty()  # 12,345 for a person; 12345 for a script that greps
+    counts = {k: result.counts.get(k, 0) for k in COUNTS}
+    facts = {
+        "outcome": result.outcome,
+        "message": result.message,
+        "seconds": round(result.seconds, 3),
+    }
+    if args.json and report is not None:
+        out.line(terminal.to_json(report.to_json(**facts, read=counts["read"])))
+    elif args.json:
+        cursor = result.cursor
+        out.line(
+            terminal.to_json(
+                {
+                    "pipeline": args.pipeline,
+                    **facts,
+                    "run_id": result.run_id,
+                    "counts": counts,
+                    "not_before": result.not_before,
+                    "cursor": {"updated_at": cursor.updated_at, "key": cursor.key} if cursor is not None else None,
+                }
             )
-        if result.counts.get("withheld"):
-            print(
-                f"  {result.counts['withheld']} delete(s) withheld: the source deleted them and deletes.enabled is "
+        )
+    summary = terminal.run_summary(
+        args.pipeline,
+        result.outcome,
+        {"read": counts["read"]} if report is not None else counts,
+        result.seconds,
+        result.message,
+        style=terminal.Style.for_stream(sys.stdout),
+        grouped=grouped,
+    )
+    fmt = terminal.number if grouped else str
+    if args.json:
+        pass  # the document above says it all
+    elif report is not None:
+        out.line(f"plan: {plan_report.summary_line(report.summary(), grouped=grouped)}")
+        out.line(summary)
+    else:
+        out.line(summary)
+        if counts["dead_lettered"]:
+            out.line(
+                f"  {fmt(counts['dead_lettered'])} record(s) dead-lettered: see `ferryman dlq list --pipeline {args.pipeline}`"
+            )
+        if counts["withheld"]:
+            out.line(
+                f"  {fmt(counts['withheld'])} delete(s) withheld: the source deleted them and deletes.enabled is "
                 "off, so the target still has them"
             )
+    errors = terminal.Output(sys.stderr)
     if result.outcome == "busy":
-        print(f"ferryman: {args.pipeline} is {result.message}; use --wait to wait for it", file=sys.stderr)
+        errors.line(f"ferryman: {args.pipeline} is {result.message}; use --wait to wait for it")
     outage = getattr(store, "outage", None)
     if result.outcome == "failed" and outage is not None:
         # the run recorded its failure, but what failed it was the state database: an outage
         from ferryman.redact import redact
 
-        print(f"ferryman: {redact(str(outage))}", file=sys.stderr)
+        errors.line(f"ferryman: {redact(str(outage))}")
         return EXIT_TEMPFAIL
     return OUTCOME_EXIT.get(result.outcome, EXIT_FAILED)
 
@@ -279,39 +363,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         config = load(args)
         store = open_store(config)
         rows = status_rows(config, store)
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-        return EXIT_OK
-    from ferryman.redact import redact
+    from ferryman import terminal
+    from ferryman.status import render_status
+    from ferryman.timeutil import utcnow
 
-    for row in rows:
-        last = row["last_run"]
-        print(f"{row['pipeline']}  ({row['from']} -> {', '.join(row['to'])})")
-        if last:
-            shown = ("read", "created", "updated", "deleted", "skipped", "withheld", "dead_lettered")
-            counts = ", ".join(f"{k} {last[k]}" for k in shown if k != "withheld" or last.get(k))
-            print(f"  last run   {last['outcome']} at {last['started_at']} on {last['instance']} ({counts})")
-            if last.get("message"):
-                print(f"  message    {redact(last['message'])}")
-        else:
-            print("  last run   never")
-        print(f"  cursor     {row['cursor'] or '-'}")
-        print(f"  dead letters open: {row['dead_letters']}")
-        if row.get("running_on"):
-            print(f"  running on {row['running_on']}")
-        for hook in row["webhooks"]:
-            held = f", held back until {hook['not_before']}" if hook.get("not_before") else ""
-            why = f": {redact(hook['reason'])}" if hook.get("reason") else ""
-            print(
-                f"  webhook    {hook['system']} {hook['url']} {hook['state']}{why}{held} "
-                f"(pending {hook['pending']}, delivered {hook['delivered']}, dead {hook['dead']})"
-            )
-        for deferral in row["deferred"]:
-            print(
-                f"  deferred   {deferral['host']} until {deferral['not_before']}: {redact(deferral.get('reason') or '')}"
-            )
-    if not rows:
-        print("no pipelines configured")
+    out = terminal.Output()  # `ferryman status | head -1`: the reader may leave early
+    if args.json:
+        out.line(terminal.to_json(rows))
+        return EXIT_OK
+    for line in render_status(rows, now=utcnow(), style=terminal.Style.for_stream(sys.stdout)):
+        if not out.line(line):
+            break
     return EXIT_OK
 
 
@@ -334,54 +396,10 @@ def _light_status_rows(args: argparse.Namespace) -> list[dict[str, Any]] | None:
 
 
 def status_rows(config: Any, store: Any) -> list[dict[str, Any]]:
-    from ferryman.redact import redact
+    """The rows of ``status --json`` (and the daemon's ``GET /v1/status``): see :func:`ferryman.status.status_rows`."""
+    from ferryman.status import status_rows as rows
 
-    runs = store.last_runs()
-    dead = store.count_dead_letters()
-    deferrals = store.deferrals()
-    endpoints: dict[str, dict[str, Any]] = {}
-    if any(system.connector == "webhook" for system in config.systems.values()):
-        from ferryman.webhooks import endpoint_status
-
-        endpoints = {row["system"]: row for row in endpoint_status(config, store)}
-    rows = []
-    for name, pipeline in config.pipelines.items():
-        if pipeline.direction == "both":
-            sides = {"from": store.get_cursor(name, "a"), "to": store.get_cursor(name, "b")}
-            cursor_text = (
-                "; ".join(f"{side} {_fmt_time(c.updated_at)} {c.key}" for side, c in sides.items() if c) or None
-            )
-        else:
-            cursor = store.get_cursor(name)
-            cursor_text = f"{_fmt_time(cursor.updated_at)} {cursor.key}" if cursor else None
-        last = runs.get(name)
-        holder = store.lease_holder(name)
-        if last:
-            last = {k: (_fmt_time(v) if k.endswith("_at") or k == "not_before" else v) for k, v in last.items()}
-            if last.get("message"):
-                last["message"] = redact(last["message"])
-        rows.append(
-            {
-                "pipeline": name,
-                "from": pipeline.source,
-                "to": pipeline.to,
-                "enabled": pipeline.enabled,
-                "last_run": last,
-                "cursor": cursor_text,
-                "dead_letters": dead.get(name, 0),
-                "running_on": holder[0] if holder else None,
-                "webhooks": [endpoints[t.split(".", 1)[0]] for t in pipeline.to if t.split(".", 1)[0] in endpoints],
-                "deferred": [
-                    {
-                        "host": d["host"],
-                        "not_before": _fmt_time(d["not_before"]),
-                        "reason": redact(d.get("reason") or ""),
-                    }
-                    for d in deferrals
-                ],
-            }
-        )
-    return rows
+    return rows(config, store)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -389,61 +407,111 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = load(args)
     print(f"config {config.file}: ok ({len(config.systems)} systems, {len(config.pipelines)} pipelines)")
-    return asyncio.run(_check(config))
+    return asyncio.run(_check(config, offline=getattr(args, "offline", False)))
 
 
-async def _check(config: Any) -> int:
+async def _check(config: Any, *, offline: bool = False) -> int:
+    """Every system, then every pipeline; a pipeline whose system failed is not ok.
+    ``offline``: nothing is contacted and no state database is opened."""
     from ferryman.engine import Engine
     from ferryman.errors import FerrymanError
     from ferryman.redact import redact
 
-    store = open_store(config)
-    print(f"state {redact(store.url)}: ok (schema v{store.schema_version()})")
-    engine = Engine(config, store, services=services(config, store))
+    if offline:
+        store: Any = None
+        print(f"state {redact(config.state.resolved_url())}: not opened (--offline)")
+        engine = Engine(config, store, services={"config": config})
+    else:
+        store = open_store(config)
+        print(f"state {redact(store.url)}: ok (schema v{store.schema_version()})")
+        engine = Engine(config, store, services=services(config, store))
     failures = 0
+    failed_systems: set[str] = set()
     try:
         for name in config.systems:
             try:
                 connector = await engine.system(name)
+                if offline:
+                    print(f"system {name}: ok (not contacted: --offline)")
+                    continue
+                refused = await _refused(config.system_options(name))
+                if refused:
+                    raise _CheckFailed(refused)
                 await connector.check()
                 print(f"system {name}: ok")
-            except FerrymanError as exc:
+            except (FerrymanError, _CheckFailed) as exc:
                 failures += 1
+                failed_systems.add(name)
                 print(f"system {name}: FAILED: {redact(str(exc))}")
-        for name in config.pipelines:
+        for name, pipeline in config.pipelines.items():
             try:
                 notes = await engine.check_pipeline(name)
-                print(f"pipeline {name}: ok")
-                for note in notes:
-                    print(f"  note: {note}")
             except FerrymanError as exc:  # ConfigError included (its text names the key path)
                 failures += 1
                 print(f"pipeline {name}: FAILED: {redact(str(exc))}")
+                continue
+            down = sorted({ref.split(".", 1)[0] for ref in (pipeline.source, *pipeline.to)} & failed_systems)
+            if down:
+                failures += 1
+                print(f"pipeline {name}: FAILED: system {', '.join(down)} failed its check (above)")
+                continue
+            print(f"pipeline {name}: ok")
+            for note in notes:
+                print(f"  note: {note}")
     finally:
         await engine.aclose()
     return EXIT_FAILED if failures else EXIT_OK
 
 
 def cmd_connectors(args: argparse.Namespace) -> int:
-    from ferryman import plugins
+    from ferryman import plugins, terminal
     from ferryman.connector import Capability, capability_table
 
+    out = terminal.Output()  # `ferryman connectors | head`: the reader may leave early
+    if getattr(args, "json", False):
+        found: list[dict[str, Any]] = []
+        for name, plugin in plugins.connectors().items():
+            entry: dict[str, Any] = {"connector": name, "summary": None, "error": None, "streams": None}
+            found.append(entry)
+            if plugin.obj is None:
+                entry["error"] = str(plugin.error)
+                continue
+            entry["summary"] = getattr(plugin.obj, "summary", None) or None
+            try:
+                described = plugin.obj.describe()
+            except NotImplementedError:  # streams depend on configuration: null, not an empty list
+                continue
+            entry["streams"] = [
+                {
+                    "stream": info.name,
+                    "record": info.record_type.kind,
+                    "reference": info.reference,
+                    "capabilities": [c.value for c in Capability if info.can(c)],
+                }
+                for info in described.values()
+            ]
+        out.line(terminal.to_json(found))
+        return EXIT_OK
     caps = [c.value for c in Capability]
     header = f"{'connector':<16} {'stream':<22} {'record':<13}" + "".join(f"{c:<12}" for c in caps)
-    print(header)
-    print("-" * len(header))
+    lines = [header, "-" * len(header)]
     for name, plugin in plugins.connectors().items():
         if plugin.obj is None:
-            print(f"{name:<16} (failed to load: {plugin.error})")
+            lines.append(f"{name:<16} (failed to load: {plugin.error})")
             continue
         try:
             streams = plugin.obj.describe()
         except NotImplementedError:
-            print(f"{name:<16} (streams depend on configuration)  {plugin.obj.summary}")
+            lines.append(f"{name:<16} (streams depend on configuration)  {plugin.obj.summary}")
             continue
         for i, row in enumerate(capability_table(streams)):
             label = name if i == 0 else ""
-            print(f"{label:<16} {row['stream']:<22} {row['record']:<13}" + "".join(f"{row[c]:<12}" for c in caps))
+            lines.append(
+                f"{label:<16} {row['stream']:<22} {row['record']:<13}" + "".join(f"{row[c]:<12}" for c in caps)
+            )
+    for line in lines:
+        if not out.line(line):
+            break
     return EXIT_OK
 
 
@@ -480,7 +548,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if args.dlq_command == "list":
         letters = store.dead_letters(pipeline=args.pipeline, status=None if args.all else "open")
         if args.json:
-            print(json.dumps([{**vars_of(x)} for x in letters], indent=2, default=str))
+            from ferryman import terminal  # null for what is missing, Z times
+
+            terminal.Output().line(terminal.to_json([vars_of(x) for x in letters]))
             return EXIT_OK
         if not letters:
             print("no dead letters")
@@ -571,6 +641,142 @@ COMMANDS: dict[str, Any] = {
     "dlq": cmd_dlq,
     "sandbox": cmd_sandbox,
 }
+
+
+# -- starter files, read-only commands, check's probe -------------------------------------
+
+
+def _add_starter_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "init",
+        help="write a commented starter config (and with --systemd the units) from the installed examples",
+    )
+    p.add_argument(
+        "--connector",
+        dest="connectors",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="start from these examples (`ferryman example` lists them), put together; default: the main example",
+    )
+    p.add_argument("--dir", default=".", help="where to write ferryman.yaml (default: the current directory)")
+    p.add_argument(
+        "--systemd", action="store_true", help="also write the systemd units and their README to DIR/systemd/"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite files that exist")
+    p.set_defaults(handler=cmd_init)
+    p = sub.add_parser("example", help="print one example config (without NAME: list them)")
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.set_defaults(handler=cmd_example)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ferryman.starter import StarterError, write_starter
+
+    try:
+        written = write_starter(Path(args.dir), args.connectors, systemd=args.systemd, force=args.force)
+    except (StarterError, OSError) as exc:
+        print(f"ferryman: init: {exc}", file=sys.stderr)
+        return EXIT_USAGE if getattr(exc, "usage", False) else EXIT_FAILED
+    for path in written:
+        print(f"wrote {path}")
+    config = written[0]
+    print("next:")
+    print(f"  edit {config} (every secret is a ${{...}} reference: set the variables or credentials it names)")
+    print(f"  ferryman --config {config} check --offline    # validate without secrets or network")
+    print(f"  ferryman --config {config} check              # reach every system")
+    if args.systemd:
+        print(f"  {config.parent / 'systemd' / 'README.md'}: installing the units, step by step")
+    return EXIT_OK
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from ferryman.starter import StarterError, example_names, example_text
+
+    try:
+        if not args.name:
+            print("\n".join(example_names()))
+            return EXIT_OK
+        sys.stdout.write(example_text(args.name))
+    except StarterError as exc:
+        print(f"ferryman: example: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.usage else EXIT_FAILED
+    return EXIT_OK
+
+
+def _reads_only(args: argparse.Namespace) -> bool:
+    """Commands that read and change nothing: they need no secret and create no database."""
+    command = getattr(args, "command", None)
+    return (
+        command == "status"
+        or (command == "dlq" and getattr(args, "dlq_command", None) == "list")
+        or (command == "check" and bool(getattr(args, "offline", False)))
+    )
+
+
+def _open_existing_store(url: str, instance: str | None) -> Any:
+    """The state store at ``url`` if it exists (migrated as any command would), else an
+    empty one in memory: no database yet means no runs yet, and reading must not create one."""
+    from pathlib import Path
+
+    from ferryman.state import StateStore
+
+    if url.startswith("sqlite:"):
+        path = url[len("sqlite:///") :].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+        if path and path != ":memory:" and not Path(path).exists():
+            return StateStore.open("sqlite:///:memory:", instance=instance)
+        return StateStore.open(url, instance=instance)
+    store = StateStore(url, instance=instance)
+    if store.schema_version() == 0:  # a server database Ferryman never used
+        store.engine.dispose()
+        return StateStore.open("sqlite:///:memory:", instance=instance)
+    store.migrate()
+    return store
+
+
+class _CheckFailed(Exception):
+    """A system's check failed before Ferryman's HTTP client was asked (the probe)."""
+
+
+async def _refused(options: Any) -> str | None:
+    """Why the system's ``base_url`` cannot be reached at all (refused, unknown host), found
+    with one TCP connect instead of the client's retries; ``None`` when it answers, when that
+    takes long (the real check will tell) or when a proxy stands between."""
+    import asyncio
+    import contextlib
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    base_url = getattr(options, "base_url", None)
+    if not base_url:
+        return None
+    parts = urlsplit(str(base_url))
+    host = parts.hostname
+    if not host or parts.scheme not in ("http", "https"):
+        return None
+    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(host):
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
+    except ConnectionRefusedError:
+        return f"connection refused to {where}: is base_url right? ({base_url}; is the app running?)"
+    except socket.gaierror:
+        return f"cannot resolve host {host!r}: is base_url right? ({base_url})"
+    except (OSError, TimeoutError):
+        return None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover
