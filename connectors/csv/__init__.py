@@ -168,7 +168,7 @@ def _process_token() -> str:
 class _Sink:
     path: Path
     seed: bool  # start the partial from the published file (state knows it)
-    token: str = field(default_factory=_process_token)
+    token: str = field(default_factory=lambda: _process_token())  # looked up at each call
     fh: io.BufferedWriter | None = None
     updates_fh: io.BufferedWriter | None = None
     buffer: list[Record] = field(default_factory=list)
@@ -176,6 +176,11 @@ class _Sink:
     base_offset: int = 0
     has_updates: bool = False
     published_pending: bool = False
+    #: another process's partial files whose committed part this one copied: removed only
+    #: once a checkpoint naming this process's partial is committed (or the file published),
+    #: so a crash before that still finds the rows its state says were delivered
+    superseded: list[Path] = field(default_factory=list)
+    checkpoints_given: int = 0
 
     @property
     def partial(self) -> Path:
@@ -613,17 +618,17 @@ class CsvConnector(Connector):
             if committed.exists():
                 if committed != sink.partial:
                     # Another process committed it (a crash and restart, or a takeover): its
-                    # committed part becomes ours, and its files go, so a holder that stalled
-                    # and wakes up writes only to a file that nobody publishes.
+                    # committed part becomes ours, so a holder that stalled and wakes up
+                    # writes only to a file that nobody publishes. Its files go once our
+                    # own checkpoint is committed: until then the state still names them.
                     _copy_prefix(committed, sink.partial, int(checkpoint["offset"]))
                     _copy_prefix(updates, sink.updates_path, int(checkpoint.get("updates_offset", 0)))
                     _fsync_dir(sink.path.parent)
-                    committed.unlink(missing_ok=True)
-                    updates.unlink(missing_ok=True)
+                    sink.superseded = [committed, updates]
                 _truncate(sink.partial, int(checkpoint["offset"]))
                 _truncate(sink.updates_path, int(checkpoint.get("updates_offset", 0)))
                 for stale in sink.leftovers():
-                    if stale not in (sink.partial, sink.updates_path):
+                    if stale not in (sink.partial, sink.updates_path, committed, updates):
                         stale.unlink(missing_ok=True)
                 sink.fh = sink.partial.open("ab")
                 sink.updates_fh = sink.updates_path.open("ab")
@@ -692,6 +697,11 @@ class CsvConnector(Connector):
 
     async def checkpoint(self, stream: str) -> dict[str, Any] | None:
         sink = self._sink(stream)
+        # the engine commits each checkpoint before it asks for the next: by now the state
+        # names this process's partial, and the one copied at restore is no longer needed
+        if sink.checkpoints_given:
+            _drop(sink.superseded)
+        sink.checkpoints_given += 1
         if not sink.buffer and sink.fh is None:
             return {"state": "published"} if sink.published_pending or sink.seed else None
         self._flush(sink)
@@ -727,6 +737,7 @@ class CsvConnector(Connector):
             os.replace(sink.partial, sink.path)
         _fsync_dir(sink.path.parent)
         sink.updates_path.unlink(missing_ok=True)
+        _drop(sink.superseded)  # published: what they held is in the file now
         self._sinks[stream] = _Sink(sink.path, seed=True)
         return {"state": "published"}
 
@@ -786,6 +797,12 @@ def _truncate(path: Path, size: int) -> None:
         fh.truncate(size)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _drop(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+    paths.clear()
 
 
 def _copy_prefix(source: Path, dest: Path, size: int) -> None:

@@ -227,3 +227,37 @@ async def test_a_crash_while_publishing_compacted_rows_leaves_nothing_torn(
     assert again.outcome == "ok", again.message
     assert b"\x00" not in target.read_bytes()
     assert sorted((r["key"], r["subject"]) for r in published(tmp_path)) == [("1", "a2"), ("2", "b")]
+
+
+async def test_a_process_that_took_over_and_died_before_committing_loses_no_committed_row(
+    tmp_path: Path, default_state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Partials are per process. One process commits rows to its partial; a second copies
+    them at restore (a restart, a takeover) and dies before committing anything; a third
+    still finds the partial the state names, and publishes every committed row."""
+    import ferryman_connectors.csv as csv_connector
+
+    engine = setup(tmp_path, default_state_url, HEADER)
+    connector = await engine.system("out")
+
+    def as_process(token: str) -> None:
+        monkeypatch.setattr(csv_connector, "_process_token", lambda: token)
+
+    as_process("first")
+    await connector.restore("tickets", None)
+    for i in range(3):
+        stamp = parse_datetime(f"2026-01-01T00:00:{i:02d}Z")
+        await connector.create(
+            "tickets", Ticket(key=str(i), updated_at=stamp, subject=f"s{i}", status="open", requester_email="x@e.com")
+        )
+    committed = await connector.checkpoint("tickets")  # the state now names the first partial
+    assert committed is not None and committed["token"] == "first"
+    as_process("second")
+    await connector.restore("tickets", committed)  # copies, then "dies": nothing committed
+    assert (tmp_path / "out" / "tickets.csv.partial.first").exists(), "still named by the state"
+    as_process("third")
+    await connector.restore("tickets", committed)
+    assert await connector.finish("tickets") == {"state": "published"}
+    assert sorted(r["key"] for r in published(tmp_path)) == ["0", "1", "2"]
+    assert not list((tmp_path / "out").glob("*.partial*")), "published: no partial is needed any more"
+    await engine.aclose()
