@@ -199,6 +199,7 @@ def _can_build_wheels(python: Path) -> bool:
     return subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow  # a throwaway venv, an install and a pytest run (about 7 s): make test-slow
 def test_the_scaffold_installs_and_passes_the_contract_and_hostile_kits(tmp_path: Path) -> None:
     started = time.monotonic()
     package = tmp_path / "ferryman-acme"

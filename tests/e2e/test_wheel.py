@@ -117,6 +117,7 @@ def test_the_wheel_carries_the_connectors_and_lists_them(wheel: Path, tmp_path: 
     assert where.stdout.startswith(str(target)), "the test must exercise the wheel, not the checkout"
 
 
+@pytest.mark.slow  # builds and installs into a fresh venv (about 10 s): make test-slow
 def test_a_fresh_venv_from_the_wheel_alone_inits_checks_and_shows_examples(wheel: Path, tmp_path: Path) -> None:
     """No checkout in reach: a venv without system site-packages (dependencies from the
     package index pip is configured with), run from an unrelated directory, with no
@@ -187,6 +188,7 @@ def test_a_fresh_venv_from_the_wheel_alone_inits_checks_and_shows_examples(wheel
     assert again.returncode == 1 and f"{config} already exists" in again.stderr
 
 
+@pytest.mark.slow  # builds the sdist and a wheel from it (about 12 s): make test-slow
 def test_the_sdist_builds_the_same_wheel_and_carries_its_tests(tmp_path: Path) -> None:
     """Build the sdist from a copy of the tree (a build writes egg-info beside the sources),
     build a wheel from the unpacked sdist, and run the tests that read the shipped files

@@ -200,7 +200,12 @@ def stall_and_resume(
     return victim_name, survivor_name, runs
 
 
-@pytest.mark.parametrize("resume_after_finish", [False, True], ids=["resumed-while-taken", "resumed-after-release"])
+# each order of SIGCONT once per target in make test, the other in make test-slow (each takes 15-25 s)
+@pytest.mark.parametrize(
+    "resume_after_finish",
+    [False, pytest.param(True, marks=pytest.mark.slow)],
+    ids=["resumed-while-taken", "resumed-after-release"],
+)
 def test_a_stalled_holder_writes_no_duplicate_csv_rows(
     tmp_path: Path, state_url: str, sockets: Path, resume_after_finish: bool
 ) -> None:
@@ -224,7 +229,11 @@ def test_a_stalled_holder_writes_no_duplicate_csv_rows(
     assert not list((tmp_path / "out").glob("*.partial*")), "no partial file left behind"
 
 
-@pytest.mark.parametrize("resume_after_finish", [False, True], ids=["resumed-while-taken", "resumed-after-release"])
+@pytest.mark.parametrize(
+    "resume_after_finish",
+    [pytest.param(False, marks=pytest.mark.slow), True],
+    ids=["resumed-while-taken", "resumed-after-release"],
+)
 def test_a_stalled_holder_creates_no_duplicate_records_in_an_app(
     tmp_path: Path, state_url: str, sockets: Path, app: int, resume_after_finish: bool
 ) -> None:
