@@ -160,8 +160,8 @@ async def _edit_both_sides() -> tuple[str, str, str, str]:
     """Change one linked contact's phone in each app, through the apps' own APIs."""
     from ferryman.config import load_config
     from ferryman.engine import Engine
+    from ferryman.sdk.readloop import collect
     from ferryman.state import StateStore
-    from ferryman.testing import collect
 
     config = load_config(OUT / "ferryman.yaml")
     store = StateStore.open(config.state.resolved_url())
@@ -183,8 +183,8 @@ async def _edit_both_sides() -> tuple[str, str, str, str]:
 async def _phones(email_a: str, email_b: str) -> dict[str, Any]:
     from ferryman.config import load_config
     from ferryman.engine import Engine
+    from ferryman.sdk.readloop import collect
     from ferryman.state import StateStore
-    from ferryman.testing import collect
 
     config = load_config(OUT / "ferryman.yaml")
     engine = Engine(config, StateStore.open(config.state.resolved_url()))

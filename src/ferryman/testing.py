@@ -48,7 +48,7 @@ from typing import Any
 import pytest
 
 from ferryman import plugins
-from ferryman.connector import Capability, Connector, Page, StreamInfo, SystemContext
+from ferryman.connector import Capability, Connector, StreamInfo, SystemContext
 from ferryman.cursor import Cursor, due, is_older, record_order
 from ferryman.errors import (
     AuthError,
@@ -59,6 +59,7 @@ from ferryman.errors import (
     RecordRejected,
 )
 from ferryman.records import RECORD_TYPES, Record, fingerprint
+from ferryman.sdk.readloop import collect  # kept importable from here for tests and connector authors
 
 __all__ = ["ConnectorContract", "ContractSetup", "HostileContract", "NoSimulator", "collect", "need_simulator"]
 
@@ -109,15 +110,6 @@ def need_simulator(sandbox: Any, what: str) -> Any:
 
 def _resolve(value: Any, group: Callable[[str], Any]) -> Any:
     return group(value) if isinstance(value, str) else value
-
-
-async def collect(pages: AsyncIterator[Page]) -> tuple[list[Record], list[Any]]:
-    records: list[Record] = []
-    rejects: list[Any] = []
-    async for page in pages:
-        records.extend(page.records)
-        rejects.extend(page.rejects)
-    return records, rejects
 
 
 class ConnectorContract:

@@ -46,6 +46,7 @@ __all__ = [
     "MAX_PAGES",
     "Fetched",
     "PageGuard",
+    "collect",
     "keyset_read",
     "max_pages",
     "whole_list_pages",
@@ -157,6 +158,16 @@ async def keyset_read(
             guard.reset()  # a new query: its floor may re-include the last step's records
         else:
             page_number += 1
+
+
+async def collect(pages: AsyncIterator[Page]) -> tuple[list[Record], list[Reject]]:
+    """Every record and reject of a read, in order (for a whole read held in memory)."""
+    records: list[Record] = []
+    rejects: list[Reject] = []
+    async for page in pages:
+        records.extend(page.records)
+        rejects.extend(page.rejects)
+    return records, rejects
 
 
 def whole_list_pages(
