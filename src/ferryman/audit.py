@@ -748,30 +748,10 @@ COMMANDS: dict[str, Callable[[Any, str], None]] = {"audit": _register}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ferryman.audit [-c CONFIG] PIPELINE ...`` (until ``ferryman audit`` is wired)."""
-    from ferryman.redact import redact
+    """``python -m ferryman.audit [-c CONFIG] PIPELINE ...``: ``ferryman audit``, with its errors and exit codes."""
+    from ferryman.cli import main_for
 
-    parser = argparse.ArgumentParser(
-        prog="python -m ferryman.audit",
-        description=DESCRIPTION,
-        epilog=EXIT_STATUS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-c", "--config", help="YAML config file (default: $FERRYMAN_CONFIG)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log.level")
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], help="override log.format")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.command = "audit"
-    try:
-        return run(args)
-    except ConfigError as exc:
-        for line in redact(str(exc)).splitlines() or [""]:
-            print(f"ferryman: config error: {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    except StateUnavailable as exc:
-        print(f"ferryman: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_TEMPFAIL
+    return main_for("audit", argv)
 
 
 if __name__ == "__main__":

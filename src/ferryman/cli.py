@@ -157,6 +157,18 @@ def _extra_commands() -> dict[str, Any]:
     return found
 
 
+def main_for(command: str, argv: Sequence[str] | None = None) -> int:
+    """``python -m ferryman.MODULE [-c CONFIG] ARGS``: ``ferryman [-c CONFIG] COMMAND ARGS``, so a
+    command run as a module has the same error handling and exit codes as through ``ferryman``."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config")
+    pre.add_argument("--log-level")
+    pre.add_argument("--log-format")
+    given, rest = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in vars(given).items() if v is not None]
+    return main([*options, command, *rest])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)

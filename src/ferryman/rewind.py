@@ -404,37 +404,10 @@ COMMANDS: dict[str, Callable[[Any, str], None]] = {"rewind": _register}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone: ``python -m ferryman.rewind [--config FILE] PIPELINE --to TIME ...``."""
-    from ferryman.errors import ConfigError, StateError, StateUnavailable
-    from ferryman.redact import redact
+    """``python -m ferryman.rewind [-c CONFIG] PIPELINE ...``: ``ferryman rewind``, with its errors and exit codes."""
+    from ferryman.cli import main_for
 
-    parser = argparse.ArgumentParser(
-        prog="python -m ferryman.rewind",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "-c", "--config", help="YAML config file (default: $FERRYMAN_CONFIG or /etc/ferryman/ferryman.yaml)"
-    )
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log.level")
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], help="override log.format")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.command = "rewind"
-    # the errors `ferryman`'s main translates, the same way
-    try:
-        return run(args)
-    except ConfigError as exc:
-        for line in redact(str(exc)).splitlines() or [""]:
-            print(f"ferryman: config error: {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    except StateUnavailable as exc:
-        print(f"ferryman: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_TEMPFAIL
-    except StateError as exc:
-        print(f"ferryman: state database: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
+    return main_for("rewind", argv)
 
 
 if __name__ == "__main__":
