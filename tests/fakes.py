@@ -27,6 +27,8 @@ class MemoryOptions(ConnectorOptions):
     api_key: Secret | None = None
     fail_auth: bool = False
     reject_subjects: list[str] = Field(default_factory=list)
+    #: subjects an update is refused for (a validation error the app finds on update only)
+    reject_update_subjects: list[str] = Field(default_factory=list)
     ordered: bool = True
     #: the step of the fake's updated_at: microseconds (exact), or "seconds" like most APIs
     precision: str = "microseconds"
@@ -97,6 +99,9 @@ class MemoryConnector(Connector):
         return stored
 
     async def update(self, stream: str, key: str, record: Record) -> Record:
+        self._check_auth()
+        if getattr(record, "subject", None) in self.options.reject_update_subjects:
+            raise RecordRejected("subject refused by the app on update (HTTP 422)", system=self.name, status=422)
         stored = record.model_copy(update={"key": key, "updated_at": utcnow(), "extra": {}})
         self.data.setdefault(stream, {})[key] = stored
         self._log("update", stream, key)

@@ -52,9 +52,12 @@ from ferryman.timeutil import ZoneName, parse_duration
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "UNRESOLVED_SECRET",
+    "AuditScheduleConfig",
     "ConfigProblems",
     "ConflictPolicy",
     "FerrymanConfig",
+    "HistoryConfig",
+    "JournalConfig",
     "PipelineConfig",
     "Secret",
     "SystemConfig",
@@ -106,6 +109,31 @@ class StateConfig(_Model):
             return self.url
         base = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "./var"
         return f"sqlite:///{Path(base) / 'ferryman.db'}"
+
+
+class HistoryConfig(_Model):
+    """What Ferryman remembers about single records, for ``ferryman explain`` and the
+    conflict journal (``ferryman conflicts``). Payloads are never stored: events keep
+    fingerprints, field names and reasons; the journal keeps the values a sync overwrote,
+    with secret fields and ``journal.redact`` fields masked."""
+
+    events: Literal["changes", "all", "off"] = Field(
+        default="changes",
+        description="per-record events for `ferryman explain`: 'changes' records every decision except "
+        "an unchanged record skipped (one row per record per run would grow with every scheduled run); "
+        "'all' records those skips too; 'off' records nothing",
+    )
+    retention: Duration = Field(default=timedelta(days=30), description="events older than this are deleted")
+    journal_retention: Duration = Field(
+        default=timedelta(days=180), description="conflict-journal entries older than this are deleted"
+    )
+
+    @field_validator("retention", "journal_retention")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(hours=1):
+            raise ValueError("must be at least 1h")
+        return value
 
 
 class LogConfig(_Model):
@@ -224,6 +252,40 @@ class ReferenceConfig(_Model):
         return self.to or self.source
 
 
+class JournalConfig(_Model):
+    """The conflict journal of one pipeline: values a sync overwrote in a record that had
+    changed since the last sync, kept so that ``ferryman conflicts restore`` can write them
+    back. Two-way pipelines journal every conflict a policy resolves (both sides were read,
+    so this costs nothing)."""
+
+    enabled: bool = True
+    check_target: bool = Field(
+        default=False,
+        description="one-way pipelines: before an update, read the target's record (one extra request per "
+        "update) and journal the values the update overwrites when it changed there since the last sync",
+    )
+    redact: list[str] = Field(
+        default_factory=list, description="fields whose values are masked in the journal (never restorable)"
+    )
+
+
+class AuditScheduleConfig(_Model):
+    """``ferryman audit`` run by the daemon on a schedule, its findings exported as
+    ``ferryman_audit_*`` gauges so that a silent loss becomes an alert."""
+
+    every: Duration = Field(description="how often the daemon audits this pipeline (e.g. 1d)")
+    sample: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="audit a random sample of this many source records"
+    )
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: timedelta) -> timedelta:
+        if value < timedelta(minutes=1):
+            raise ValueError("must be at least 1m")
+        return value
+
+
 class PipelineConfig(_Model):
     """``from: system.stream`` to one or more ``system.stream`` targets."""
 
@@ -253,6 +315,8 @@ class PipelineConfig(_Model):
     )
     loop_breaker: LoopBreakerConfig = Field(default_factory=LoopBreakerConfig)
     allow_emails: bool = Field(default=False, description="let target apps email customers about our writes")
+    journal: JournalConfig = Field(default_factory=JournalConfig)
+    audit: AuditScheduleConfig | None = None
     enabled: bool = True
 
     @field_validator("to", mode="before")
@@ -312,6 +376,7 @@ class FerrymanConfig(_Model):
     instance: str | None = Field(default=None, description="this instance's name; default the host name")
     state: StateConfig = Field(default_factory=StateConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     systems: dict[str, SystemConfig] = Field(default_factory=dict)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)

@@ -36,11 +36,13 @@ from ferryman.errors import (
     PagingError,
     RecordRejected,
     RetriableError,
+    StateError,
     StateUnavailable,
     ValidationFailed,
 )
+from ferryman.journal import RunJournal
 from ferryman.mapping import FieldMapping
-from ferryman.planning import Action, plan_one_way
+from ferryman.planning import Action, overwritten, plan_one_way
 from ferryman.records import Record, fingerprint
 from ferryman.redact import redact
 from ferryman.sdk.readloop import MAX_PAGES, PageGuard
@@ -59,6 +61,7 @@ REFERENCE_RETRIES = 200  # records waiting for a reference, delivered again at t
 PROBE_CHECKPOINT = "~probe"  # where a pipeline's delete probe left off (the checkpoints table)
 LOOKUP_INDEX_PAGES = 200  # a target this small (in pages) is read once for lookups, not searched per record
 LOOKUP_PAGE = 1000  # the page size of such a read of a file target in a dry run
+PRUNE_EVERY = 600.0  # seconds between two prunings of the record history by one process
 
 __all__ = ["Engine", "RunResult"]
 
@@ -165,6 +168,7 @@ class Engine:
         self.services.setdefault("state", store)
         self._systems: dict[str, Connector] = {}
         self._open_lock = asyncio.Lock()
+        self._pruned_at: float | None = None
 
     # -- state ------------------------------------------------------------------------
     async def _state(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -328,6 +332,8 @@ class Engine:
                     self.store.finish_run, result.run_id, result.outcome, result.message, result.not_before
                 )
             metrics.inc("ferryman_runs_total", pipeline=name, outcome=result.outcome)
+            if not dry_run:
+                await self._prune_history()
             cursor = await self._state(self.store.get_cursor, name)
             result.cursor = cursor
             if cursor is not None:
@@ -364,6 +370,7 @@ class Engine:
         report: DryRunReport | None,
     ) -> None:
         src_ref = pipeline.source
+        journal = RunJournal(self.config.history, pipeline.journal)
         if not dry_run:
             for target in targets:
                 await self._reconcile_intents(name, src_ref, target)
@@ -423,6 +430,13 @@ class Engine:
                         )
                     )
                     page_counts["dead_lettered"] += 1
+                    journal.event(
+                        commit.events,
+                        src_ref,
+                        reject.key or reject.ref,
+                        "dead-letter",
+                        detail=f"invalid in {src_ref}: {reject.reason}",
+                    )
                     bound_reason = redact(reject.reason)
                     log.warning("record.dead_lettered", pipeline=name, ref=reject.ref, reason=bound_reason)
                 if report is not None and dry_run:
@@ -572,6 +586,8 @@ class Engine:
     ) -> str | None:
         """Plan and write one page to one target; returns why the run must halt, if it must."""
         letters_before = len(commit.dead_letters)
+        events_before, conflicts_before = len(commit.events), len(commit.conflicts)
+        journal = RunJournal(self.config.history, pipeline.journal)
         items: list[tuple[Record, str]] = []
         pairs: list[tuple[Record, Record]] = []  # (source, mapped) where references wait to be translated
         for record in records:
@@ -629,6 +645,21 @@ class Engine:
         connector, stream = target.connector, target.stream
         new_links: list[Link] = []
         unlinks: list[str] = []
+        in_hand: Action | None = None  # the action being written, for the event of a failure
+
+        def event(action: Action, what: str, detail: str, **more: Any) -> None:
+            journal.event(
+                commit.events,
+                src_ref,
+                action.src_key,
+                what,
+                target=target.ref,
+                target_key=more.pop("target_key", action.dst_key),
+                fingerprint=action.fingerprint,
+                detail=detail,
+                **more,
+            )
+
         # Creates go one at a time, each behind its own intent, and each confirmed create's
         # link is made durable in the same small transaction that notes the next intent: a
         # crash (or an answer we cannot read) leaves at most one create in doubt, never a page.
@@ -654,16 +685,19 @@ class Engine:
             for action in actions:
                 if action.op == "skip":
                     counts["skipped"] += 1
+                    event(action, "skip", action.reason or "unchanged since the last write")
                     if action.src_key in target.waiting:  # the target has this version already
                         commit.settled.setdefault(target.ref, []).append(action.src_key)
                     continue
                 if action.op == "withhold":
                     counts["withheld"] += 1
+                    event(action, "withhold", action.reason or f"deleted in {src_ref}; deletes.enabled is off")
                     continue
                 # no write once this run may have lost its lease (it stalled past a share of
                 # state.lease_ttl without renewing): the new holder may be writing the same records
                 await self._fence(name)
                 assert action.record is not None or action.op in ("delete", "unlink")
+                in_hand = action
                 try:
                     if action.op == "create" and target.lookup:
                         assert action.record is not None
@@ -678,6 +712,12 @@ class Engine:
                             if found_fp == action.fingerprint:
                                 new_links.append(Link(action.src_key, found_key, action.fingerprint, found_fp))
                                 counts["skipped"] += 1
+                                event(
+                                    action,
+                                    "link",
+                                    f"found in {target.ref} as {found_key} (its link was lost); already up to date",
+                                    target_key=found_key,
+                                )
                                 continue
                             action = Action("update", action.src_key, action.record, action.fingerprint, found_key)
                     if action.op == "create":
@@ -717,22 +757,52 @@ class Engine:
                                 in_flight = (intent_id, src_ref, link)
                             commit.resolved_intents.append(intent_id)
                         counts["created"] += 1
+                        event(action, "create", f"created as {stored.key}", target_key=stored.key)
                     elif action.op == "update":
                         assert action.record is not None and action.dst_key is not None
+                        before = await self._before_update(journal, target, action, links.get(action.src_key))
                         stored = await connector.update(stream, action.dst_key, action.record)
                         new_links.append(
                             Link(action.src_key, stored.key, action.fingerprint, _stored_fp(stored, action))
                         )
                         counts["updated"] += 1
+                        changed, overwrote = before if before is not None else (None, None)
+                        event(
+                            action,
+                            "update",
+                            action.reason or f"updated {action.dst_key}",
+                            fields=list(changed[1]) if changed is not None else None,
+                        )
+                        if overwrote is not None:
+                            journal.conflict(
+                                commit.conflicts,
+                                system=target.ref,
+                                side="target",
+                                record_key=action.dst_key,
+                                src_key=action.src_key,
+                                policy="source_wins",
+                                reason=f"changed in {target.ref} since the last sync; the update from {src_ref} "
+                                "overwrote it (one-way pipelines: the source wins)",
+                                lost=overwrote[0],
+                                won=overwrote[1],
+                            )
                     elif action.op == "delete":
                         assert action.dst_key is not None
                         await connector.delete(stream, action.dst_key)
                         unlinks.append(action.src_key)
                         counts["deleted"] += 1
                         counts["_deletes_in_run"] = counts.get("_deletes_in_run", 0) + 1
+                        event(action, "delete", action.reason or f"deleted in {src_ref}")
                     elif action.op == "unlink":
                         unlinks.append(action.src_key)
                         counts["_deletes_in_run"] = counts.get("_deletes_in_run", 0) + 1
+                        event(
+                            action,
+                            "unlink",
+                            action.reason
+                            or f"deleted in {src_ref}; {target.ref} keeps its record (deletes.action: unlink)",
+                        )
+                    in_hand = None
                     if action.src_key in target.waiting and action.op in ("create", "update"):
                         commit.settled.setdefault(target.ref, []).append(action.src_key)
                 except RecordRejected as exc:
@@ -752,17 +822,33 @@ class Engine:
                     log.warning(
                         "record.dead_lettered", pipeline=name, target=target.ref, key=action.src_key, reason=reason
                     )
-        except BaseException:
+        except BaseException as exc:
             failed = True
+            if in_hand is not None and isinstance(exc, Exception):
+                event(in_hand, "error", f"{in_hand.op} failed, the run stopped: {exc}")
             raise
         finally:
+            for letter in commit.dead_letters[letters_before:]:
+                journal.event(
+                    commit.events,
+                    src_ref,
+                    letter.src_key,
+                    "dead-letter",
+                    target=letter.dst,
+                    detail=f"{letter.kind}: {letter.reason}",
+                )
             commit.links.setdefault((src_ref, target.ref), []).extend(new_links)
             if unlinks:
                 commit.unlinks.setdefault((src_ref, target.ref), []).extend(unlinks)
             if failed and use_intents and (new_links or unlinks or commit.resolved_intents):
                 # a failure cut the page short: keep what was confirmed, the cursor stays put
                 partial = PageCommit(
-                    name, links={(src_ref, target.ref): new_links}, resolved_intents=list(commit.resolved_intents)
+                    name,
+                    links={(src_ref, target.ref): new_links},
+                    resolved_intents=list(commit.resolved_intents),
+                    events=commit.events[events_before:],
+                    conflicts=commit.conflicts[conflicts_before:],
+                    run_id=commit.run_id,
                 )
                 if unlinks:
                     partial.unlinks = {(src_ref, target.ref): unlinks}
@@ -770,7 +856,50 @@ class Engine:
                 commit.links.pop((src_ref, target.ref), None)
                 commit.unlinks.pop((src_ref, target.ref), None)
                 commit.resolved_intents.clear()
+                del commit.events[events_before:]
+                del commit.conflicts[conflicts_before:]
         return None
+
+    async def _prune_history(self) -> None:
+        """Delete events and journal entries past ``history`` retention: after a run, at
+        most once per :data:`PRUNE_EVERY` per process (two indexed deletes). A failure is
+        logged, never the run's: the history is bounded again after the next run."""
+        now = time.monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        history = self.config.history
+        try:
+            events, entries = await self._state(self.store.history.prune, history.retention, history.journal_retention)
+        except StateError as exc:
+            log.warning("history.prune_failed", error=redact(str(exc)))
+            return
+        if events or entries:
+            log.info("history.pruned", events=events, conflicts=entries)
+
+    async def _before_update(
+        self, journal: RunJournal, target: _Target, action: Action, link: Link | None
+    ) -> tuple[tuple[dict[str, Any], dict[str, Any]], tuple[dict[str, Any], dict[str, Any]] | None] | None:
+        """With ``journal.check_target``: read what ``target`` holds under the record's key
+        before an update overwrites it. Returns ``(changed, overwrote)``: the fields the
+        update changes as ``(lost, won)``, and the same again when the record had changed in
+        the target since our last write there (for the conflict journal), else ``None``.
+        ``None`` when not checked: the option is off, the target cannot be read by key, or
+        the record is gone (the update then answers for itself). A read that fails fails
+        the write: an overwrite we were asked to journal never goes unjournaled."""
+        if not journal.check_target or action.dst_key is None or action.record is None:
+            return None
+        if not target.info.can(Capability.READ):
+            return None
+        try:
+            current = await target.connector.get(target.stream, action.dst_key)
+        except (NotImplementedError, NotSupportedError):
+            return None
+        if current is None:
+            return None
+        changed = overwritten(current, action.record)
+        moved = link is not None and link.dst_fp is not None and fingerprint(current) != link.dst_fp
+        return changed, (changed if moved else None)
 
     async def _report(
         self,
@@ -1171,6 +1300,14 @@ class Engine:
                     )
                     continue
                 commit = PageCommit(name)
+                RunJournal(self.config.history, pipeline.journal).event(
+                    commit.events,
+                    pipeline.source,
+                    letter.src_key or letter.ref,
+                    "replay",
+                    target=letter.dst,
+                    detail=f"dead letter #{letter.id} ({letter.kind}) delivered again",
+                )
                 counts = _counts()
                 unchecked: str | None = None
                 for target in chosen:

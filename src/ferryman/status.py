@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "CursorView", "StatusReader", "render_status", "run_as_seen", "status_rows"]
 
 #: the state schema this reader understands (``ferryman.state.migrations.LATEST``)
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: columns that SQLAlchemy's ``UtcDateTime`` stores on SQLite as naive UTC text
 _TIME_COLUMNS = frozenset(

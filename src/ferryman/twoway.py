@@ -34,7 +34,9 @@ from ferryman.config import ConflictPolicy, PipelineConfig
 from ferryman.connector import Capability, Connector, StreamInfo
 from ferryman.cursor import Cursor, OrderGuard, newest, read_from
 from ferryman.errors import FerrymanError, RecordRejected, ValidationFailed
+from ferryman.journal import RunJournal
 from ferryman.mapping import FieldMapping
+from ferryman.planning import overwritten
 from ferryman.records import Record, fingerprint
 from ferryman.redact import redact
 from ferryman.state import Link, NewDeadLetter, PageCommit
@@ -79,6 +81,10 @@ class PairAction:
     a_record: Record | None = None
     b_record: Record | None = None
     link: Link | None = None
+    #: a conflict a policy resolved: the decision in words (kept in the record's history)
+    decision: str = ""
+    #: per side written ("a"/"b"): the values the write replaces, as (lost, won) (the journal)
+    lost: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -99,6 +105,25 @@ def _winner(policy: ConflictPolicy, a: Record, b: Record) -> Literal["a", "b"] |
     if policy == "newest_wins":
         return "b" if b.updated_at > a.updated_at else "a"
     return None  # manual
+
+
+def decision(policy: Policy, a: Record, b: Record, *, first: bool) -> str:
+    """A conflict a policy resolves, in words: which rule kept which side."""
+    what = "both sides held different content when first matched" if first else "both sides changed since the last sync"
+    main = _winner(policy.conflict, a, b)
+    if a.deleted or b.deleted:
+        what = "deleted on one side, edited on the other"
+    text = f"{what}; {policy.conflict} kept the {'from' if main == 'a' else 'to'}-side's version"
+    if policy.conflict == "newest_wins":
+        text += f" (from-side changed {format_utc(a.updated_at)}, to-side {format_utc(b.updated_at)})"
+    if policy.conflict_fields:
+        text += "; per field: " + ", ".join(f"{n}: {p}" for n, p in sorted(policy.conflict_fields.items()))
+    return text
+
+
+def _content(record: Record) -> dict[str, Any]:
+    """A record's content fields (those its fingerprint covers), in JSON form."""
+    return record.model_dump(mode="json", exclude=set(record.fingerprint_exclude))
 
 
 def merge_fields(policy: Policy, a_shaped: Record, b: Record, a_raw: Record) -> Record | None:
@@ -192,6 +217,8 @@ def plan_pairs(
                         )
                     )
             elif policy.deletes_enabled:
+                # the edit on the losing side is lost with its record: journaled whole
+                edited = "b" if side == "a" else "a"
                 actions.append(
                     PairAction(
                         "delete_b" if side == "a" else "delete_a",
@@ -199,6 +226,8 @@ def plan_pairs(
                         b_key,
                         reason="delete wins over edit",
                         link=link,
+                        decision=decision(policy, a, b, first=link is None),
+                        lost={edited: (_content(b if edited == "b" else a), {})},
                     )
                 )
             else:
@@ -220,6 +249,12 @@ def plan_pairs(
             return
         merged_fp = fingerprint(merged)
         to_b, to_a = merged_fp != b_fp, merged_fp != a_fp
+        why = decision(policy, a, b, first=link is None)
+        lost: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        if to_b:
+            lost["b"] = overwritten(b, merged)
+        if to_a:
+            lost["a"] = overwritten(a, reverse(merged))
         if to_b and to_a:
             # one action for both writes: the link is committed only when both sides hold the
             # merge, never with one side written and the other still marked as agreed
@@ -234,6 +269,8 @@ def plan_pairs(
                     b_fp=merged_fp,
                     reason="conflict resolved",
                     link=link,
+                    decision=why,
+                    lost=lost,
                 )
             )
         elif to_b:
@@ -247,6 +284,8 @@ def plan_pairs(
                     b_fp=merged_fp,
                     reason="conflict resolved",
                     link=link,
+                    decision=why,
+                    lost=lost,
                 )
             )
         elif to_a:
@@ -260,6 +299,8 @@ def plan_pairs(
                     b_fp=b_fp,
                     reason="conflict resolved",
                     link=link,
+                    decision=why,
+                    lost=lost,
                 )
             )
 
@@ -575,7 +616,8 @@ async def run_two_way(
                 await _report(report, x, a, b, a_changed, b_changed)
         return
 
-    finished = await _execute(engine, name, a, b, actions, dead, result, forward, stop)
+    journal = _History(RunJournal(engine.config.history, pipeline.journal), a.ref, b.ref, pipeline.conflict)
+    finished = await _execute(engine, name, a, b, actions, dead, result, forward, journal, stop)
     if not finished:
         result.outcome = "stopped"
         result.message = "stopped after committing the chunk in hand; the next run continues"
@@ -593,12 +635,45 @@ async def run_two_way(
         dead_letters=dead,
         counts={"read": len(a_changed) + len(b_changed), "dead_lettered": len(dead)},
     )
+    journal.letters(commit)
+    _echoes(journal, commit, actions, links, a_changed, b_changed)
     for side in (a, b):
         if side.transactional:
             commit.checkpoints[side.ref] = await side.connector.checkpoint(side.stream)
     await engine._state(store.commit_page, commit)
     await engine._publish(name, (a, b))
     result.counts["dead_lettered"] += len(dead)
+
+
+def _echoes(
+    journal: _History,
+    commit: PageCommit,
+    actions: list[PairAction],
+    links: dict[str, Link],
+    a_changed: dict[str, Record],
+    b_changed: dict[str, Record],
+) -> None:
+    """Events for linked records this run read and left alone: read back as they were last
+    written, our own write coming back (or a re-read of the overlap)."""
+    if not journal.run.records_events:
+        return
+    acted = {x.a_key for x in actions} | {x.b_key for x in actions}
+    for link in links.values():
+        sides = [
+            side
+            for key, changed, side in ((link.src_key, a_changed, "from"), (link.dst_key, b_changed, "to"))
+            if key in changed and key not in acted
+        ]
+        if sides:
+            journal.pair(
+                commit,
+                "echo",
+                link.src_key,
+                link.dst_key,
+                fp=link.src_fp,
+                detail=f"read from the {' and '.join(sides)}-side as last written "
+                "(our own write, or a re-read): nothing to do",
+            )
 
 
 async def _report(
@@ -704,6 +779,57 @@ def _count(counts: dict[str, int], op: str) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
+@dataclass(slots=True)
+class _History:
+    """The history of one two-way run: events keyed by the from-side key where the pair has
+    one (``explain`` finds them by either side's key: the other is the target key)."""
+
+    run: RunJournal
+    a: str
+    b: str
+    policy: str
+
+    def pair(
+        self,
+        commit: PageCommit,
+        action: str,
+        a_key: str | None,
+        b_key: str | None,
+        *,
+        target: str | None = None,
+        fp: str | None = None,
+        fields: list[str] | None = None,
+        detail: str | None = None,
+    ) -> None:
+        source, key = (self.a, a_key) if a_key else (self.b, b_key)
+        self.run.event(
+            commit.events,
+            source,
+            key,
+            action,
+            target=target,
+            target_key=b_key,
+            fingerprint=fp,
+            fields=fields,
+            detail=detail,
+        )
+
+    def letters(self, commit: PageCommit) -> None:
+        """Events for the dead letters of ``commit`` a write or a mapping made (conflicts and
+        loops have their own events already)."""
+        for letter in commit.dead_letters:
+            if letter.kind in ("conflict", "loop"):
+                continue
+            self.run.event(
+                commit.events,
+                letter.src,
+                letter.src_key or letter.ref,
+                "dead-letter",
+                target=letter.dst,
+                detail=f"{letter.kind}: {letter.reason}",
+            )
+
+
 async def _execute(
     engine: Engine,
     name: str,
@@ -713,6 +839,7 @@ async def _execute(
     dead: list[NewDeadLetter],
     result: RunResult,
     forward: FieldMapping,
+    journal: _History,
     stop: asyncio.Event | None = None,
 ) -> bool:
     """Write the plan chunk by chunk; False when ``stop`` ended it early."""
@@ -745,7 +872,7 @@ async def _execute(
                 # no write once this run may have lost its lease (see StateStore.self_fence)
                 await engine._fence(name)
                 try:
-                    await _apply(x, a, b, forward, new_links, unlinks, dead, counts)
+                    await _apply(x, a, b, forward, new_links, unlinks, dead, counts, journal, commit)
                 except RecordRejected as exc:
                     reason = redact(str(exc))
                     target = b.ref if x.op.endswith("_b") else a.ref
@@ -769,6 +896,7 @@ async def _execute(
                 commit.unlinks[pair] = unlinks
             commit.dead_letters = list(dead)
             dead.clear()
+            journal.letters(commit)
             commit.counts = {
                 k: v for k, v in counts.items() if k in ("created", "updated", "deleted", "skipped", "dead_lettered")
             }
@@ -790,25 +918,76 @@ async def _apply(
     unlinks: list[str],
     dead: list[NewDeadLetter],
     counts: dict[str, int],
+    journal: _History,
+    commit: PageCommit,
 ) -> None:
     def bump(key: str) -> None:
         counts[key] = counts.get(key, 0) + 1
+
+    def wrote(side: _Side, stored_key: str | None = None, *, created: bool = False) -> None:
+        """The history of a write to ``side`` that succeeded: the decision (a conflict a
+        policy resolved, with the journal of what it overwrote), then the write itself."""
+        label = "from" if side is a else "to"
+        a_key = stored_key if (created and side is a) else x.a_key
+        b_key = stored_key if (created and side is b) else x.b_key
+        if x.decision and side.label in x.lost:
+            lost, won = x.lost[side.label]
+            journal.run.conflict(
+                commit.conflicts,
+                system=side.ref,
+                side=label,
+                record_key=(x.a_key if side is a else x.b_key) or "?",
+                src_key=x.a_key,
+                policy=journal.policy,
+                reason=x.decision,
+                lost=lost,
+                won=won,
+            )
+        what = "create" if created else "delete" if x.op.startswith("delete") else "update"
+        fields = list(x.lost[side.label][1]) if side.label in x.lost and what == "update" else None
+        verb = {"create": f"created in {side.ref} as {stored_key}", "update": f"updated in {side.ref}"}.get(
+            what, f"deleted in {side.ref}"
+        )
+        journal.pair(
+            commit,
+            what,
+            a_key,
+            b_key,
+            target=side.ref,
+            fp=x.a_fp or x.b_fp,
+            fields=fields,
+            detail=f"{verb}{': ' + x.reason if x.reason and not x.decision else ''}",
+        )
+
+    if x.decision:
+        journal.pair(commit, "conflict", x.a_key, x.b_key, fp=x.a_fp or x.b_fp, detail=x.decision)
 
     link = x.link
     count = link.write_count if link else 1
     window = link.window_start if link else utcnow()
     if x.op == "skip":
         bump("skipped")
+        held = x.reason == "deletes are not enabled"
+        journal.pair(commit, "withhold" if held else "skip", x.a_key, x.b_key, detail=x.reason)
     elif x.op == "link":
         assert x.a_key and x.b_key
         new_links.append(
             Link(x.a_key, x.b_key, x.a_fp, x.b_fp, link.write_count if link else 0, link.window_start if link else None)
         )
         bump("skipped")
+        journal.pair(commit, "link", x.a_key, x.b_key, fp=x.a_fp, detail=x.reason)
     elif x.op == "unlink":
         assert x.a_key
         unlinks.append(x.a_key)
+        journal.pair(commit, "unlink", x.a_key, x.b_key, detail=x.reason)
     elif x.op in ("conflict", "loop"):
+        journal.pair(
+            commit,
+            "manual" if x.op == "conflict" else "loop",
+            x.a_key,
+            x.b_key,
+            detail=f"{x.reason}; dead-lettered for `ferryman dlq resolve`",
+        )
         payload = {
             "from": x.a_record.model_dump(mode="json") if x.a_record else None,
             "to": x.b_record.model_dump(mode="json") if x.b_record else None,
@@ -827,6 +1006,7 @@ async def _apply(
         stored = await b.connector.create(b.stream, x.write)
         new_links.append(Link(x.a_key, stored.key, x.a_fp, fingerprint(stored), 1, utcnow()))
         bump("created")
+        wrote(b, stored.key, created=True)
     elif x.op == "create_a":
         assert x.write is not None and x.b_key
         stored = await a.connector.create(a.stream, x.write)
@@ -834,16 +1014,19 @@ async def _apply(
             unlinks.append(x.replaces_a)
         new_links.append(Link(stored.key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, 1, utcnow()))
         bump("created")
+        wrote(a, stored.key, created=True)
     elif x.op == "update_b":
         assert x.write is not None and x.a_key and x.b_key
         stored = await b.connector.update(b.stream, x.b_key, x.write)
         new_links.append(Link(x.a_key, x.b_key, x.a_fp, fingerprint(stored), count, window))
         bump("updated")
+        wrote(b)
     elif x.op == "update_a":
         assert x.write is not None and x.a_key and x.b_key
         stored = await a.connector.update(a.stream, x.a_key, x.write)
         new_links.append(Link(x.a_key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, count, window))
         bump("updated")
+        wrote(a)
     elif x.op == "update_both":
         assert x.write is not None and x.write_a is not None and x.a_key and x.b_key
         stored_b = await b.connector.update(b.stream, x.b_key, x.write)
@@ -852,16 +1035,20 @@ async def _apply(
             Link(x.a_key, x.b_key, fingerprint(forward.apply(stored_a)), fingerprint(stored_b), count, window)
         )
         counts["updated"] = counts.get("updated", 0) + 2
+        wrote(b)
+        wrote(a)
     elif x.op == "delete_b":
         assert x.a_key and x.b_key
         await b.connector.delete(b.stream, x.b_key)
         unlinks.append(x.a_key)
         bump("deleted")
+        wrote(b)
     elif x.op == "delete_a":
         assert x.a_key and x.b_key
         await a.connector.delete(a.stream, x.a_key)
         unlinks.append(x.a_key)
         bump("deleted")
+        wrote(a)
 
 
 async def _reconcile(engine: Engine, name: str, a: _Side, b: _Side) -> None:

@@ -33,6 +33,7 @@ from ferryman.holders import holder_is_dead as _holder_is_dead
 from ferryman.holders import start_token as _start_token
 from ferryman.redact import redact, redact_url
 from ferryman.state import migrations
+from ferryman.state.history import Conflict, Event, History, NewConflict, NewEvent
 from ferryman.state.models import (
     CheckpointRow,
     CursorRow,
@@ -48,7 +49,20 @@ from ferryman.state.models import (
 from ferryman.status import run_as_seen
 from ferryman.timeutil import UTC, from_db_time, sqlite_text, utcnow
 
-__all__ = ["DeadLetter", "Link", "PageCommit", "SlotClaim", "StateStore", "default_instance_name", "host_id"]
+__all__ = [
+    "Conflict",
+    "DeadLetter",
+    "Event",
+    "History",
+    "Link",
+    "NewConflict",
+    "NewEvent",
+    "PageCommit",
+    "SlotClaim",
+    "StateStore",
+    "default_instance_name",
+    "host_id",
+]
 
 T_CURSORS = CursorRow.__table__  # type: ignore[attr-defined]
 T_LINKS = LinkRow.__table__  # type: ignore[attr-defined]
@@ -210,6 +224,8 @@ class PageCommit:
     settled: dict[str, list[str]] = field(default_factory=dict)  # dst -> src keys delivered after a reference wait
     run_id: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    events: list[NewEvent] = field(default_factory=list)  # for `ferryman explain` (history.events)
+    conflicts: list[NewConflict] = field(default_factory=list)  # the conflict journal
 
 
 class StateStore:
@@ -233,6 +249,8 @@ class StateStore:
         except OSError as exc:  # the directory of an SQLite file could not be made
             raise StateUnavailable(f"cannot create its directory: {exc.strerror or exc}", where=self.where) from None
         self.dialect = self.engine.dialect.name
+        #: per-record events and the conflict journal (:mod:`ferryman.state.history`)
+        self.history = History(self.engine)
         #: the leases this process holds, by pipeline (see :meth:`self_fence`)
         self.tenures: dict[str, Tenure] = {}
         self._pool: StatePool | None = None
@@ -581,6 +599,8 @@ class StateStore:
                 self._set_cursor(conn, commit.pipeline, commit.side, commit.cursor)
             for side, cursor in commit.cursors.items():
                 self._set_cursor(conn, commit.pipeline, side, cursor)
+            if commit.events or commit.conflicts:
+                self.history.write(conn, commit.pipeline, commit.run_id, commit.events, commit.conflicts)
             if commit.run_id is not None and commit.counts:
                 conn.execute(
                     sa.update(T_RUNS)

@@ -198,6 +198,47 @@ def _v6_lease_generation(op: Operations) -> None:
         batch.add_column(sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"))
 
 
+def _v7_history(op: Operations) -> None:
+    # per-record events for `ferryman explain`, and the conflict journal
+    op.create_table(
+        "record_events",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("pipeline", sa.String(200), nullable=False),
+        sa.Column("run_id", sa.Integer, nullable=True),
+        sa.Column("at", UtcDateTime(), nullable=False),
+        sa.Column("source", sa.String(200), nullable=False),
+        sa.Column("src_key", sa.String(500), nullable=False),
+        sa.Column("target", sa.String(200), nullable=True),
+        sa.Column("target_key", sa.String(500), nullable=True),
+        sa.Column("action", sa.String(30), nullable=False),
+        sa.Column("fingerprint", sa.String(64), nullable=True),
+        sa.Column("fields", sa.String, nullable=True),
+        sa.Column("detail", sa.String, nullable=True),
+    )
+    op.create_index("ix_record_events_key", "record_events", ["pipeline", "src_key"])
+    op.create_index("ix_record_events_target_key", "record_events", ["pipeline", "target_key"])
+    op.create_index("ix_record_events_at", "record_events", ["at"])
+    op.create_table(
+        "conflicts",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("pipeline", sa.String(200), nullable=False),
+        sa.Column("run_id", sa.Integer, nullable=True),
+        sa.Column("at", UtcDateTime(), nullable=False),
+        sa.Column("system", sa.String(200), nullable=False),
+        sa.Column("side", sa.String(20), nullable=False),
+        sa.Column("record_key", sa.String(500), nullable=False),
+        sa.Column("src_key", sa.String(500), nullable=True),
+        sa.Column("policy", sa.String(40), nullable=False),
+        sa.Column("reason", sa.String, nullable=False),
+        sa.Column("lost", sa.String, nullable=False),
+        sa.Column("won", sa.String, nullable=False),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("restored_at", UtcDateTime(), nullable=True),
+    )
+    op.create_index("ix_conflicts_pipeline", "conflicts", ["pipeline", "status"])
+    op.create_index("ix_conflicts_at", "conflicts", ["at"])
+
+
 #: Step N brings the schema from version N-1 to N.
 STEPS: list[Callable[[Operations], None]] = [
     _v1_initial,
@@ -206,6 +247,7 @@ STEPS: list[Callable[[Operations], None]] = [
     _v4_slots,
     _v5_withheld,
     _v6_lease_generation,
+    _v7_history,
 ]
 
 LATEST = len(STEPS)

@@ -259,3 +259,55 @@ class SlotRow(SQLModel, table=True):
     instance: str = Field(max_length=200)
     claimed_at: datetime = _ts()
     run_id: int | None = None
+
+
+# -- history (schema v7) --------------------------------------------------------------------
+
+
+class RecordEventRow(SQLModel, table=True):
+    """One thing that happened to one source record in one run, for ``ferryman explain``.
+
+    Never a payload: the fingerprint of what was read (in the target's shape), the names of
+    the fields a write changed where they are known, and the reason or the target's answer.
+    Deleted after ``history.retention``."""
+
+    __tablename__ = "record_events"
+    __table_args__ = (
+        sa.Index("ix_record_events_key", "pipeline", "src_key"),
+        sa.Index("ix_record_events_target_key", "pipeline", "target_key"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline: str = Field(max_length=200)
+    run_id: int | None = None
+    at: datetime = _ts(index=True)
+    source: str = Field(max_length=200)  # system.stream the key belongs to
+    src_key: str = Field(max_length=500)
+    target: str | None = Field(default=None, max_length=200)  # system.stream written (None: the source itself)
+    target_key: str | None = Field(default=None, max_length=500)
+    action: str = Field(max_length=30)  # create | update | skip | echo | conflict | dead-letter | replay ...
+    fingerprint: str | None = Field(default=None, max_length=64)
+    fields: str | None = None  # JSON list of the field names a write changed, where known
+    detail: str | None = None  # why, or what the target answered (redacted)
+
+
+class ConflictRow(SQLModel, table=True):
+    """Values a sync overwrote in a record that had changed since the last sync: the losing
+    side of a conflict, restorable with ``ferryman conflicts restore``. Secret and
+    configured fields are stored masked. Deleted after ``history.journal_retention``."""
+
+    __tablename__ = "conflicts"
+    __table_args__ = (sa.Index("ix_conflicts_pipeline", "pipeline", "status"),)
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline: str = Field(max_length=200)
+    run_id: int | None = None
+    at: datetime = _ts(index=True)
+    system: str = Field(max_length=200)  # system.stream of the overwritten record
+    side: str = Field(max_length=20)  # from | to (two-way) | target (one-way)
+    record_key: str = Field(max_length=500)  # its key there
+    src_key: str | None = Field(default=None, max_length=500)  # the pipeline's source key, for explain
+    policy: str = Field(max_length=40)  # the rule that chose the winner: newest_wins, source_wins, update...
+    reason: str  # in words: "both sides changed; newest_wins kept the to-side's edit of 2026-..."
+    lost: str  # JSON {field: value}: what the losing side held (masked where secret)
+    won: str  # JSON {field: value}: what was written over it
+    status: str = Field(default="open", max_length=20)  # open | restored
+    restored_at: datetime | None = _ts(nullable=True)

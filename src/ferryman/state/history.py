@@ -1,0 +1,350 @@
+"""What happened to single records: the event table behind ``ferryman explain`` and the
+conflict journal behind ``ferryman conflicts``.
+
+A repository over two tables (``record_events``, ``conflicts``), used through
+:attr:`ferryman.state.StateStore.history`. Runs hand their events and journal entries to
+the page transaction (:class:`ferryman.state.PageCommit` ``events``/``conflicts``), which
+calls :meth:`History.write` inside it: an event is durable exactly when the page it
+describes is. Writes outside a run (a replay, a restore) use :meth:`History.add`.
+
+Nothing here stores a payload. Events keep fingerprints, field names and reasons (all
+redacted); journal entries keep the values a sync overwrote, with fields named like
+secrets and the pipeline's ``journal.redact`` fields masked (:func:`journal_values`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ferryman.redact import MASK, SECRET_FIELDS, redact, redact_obj
+from ferryman.state.models import ConflictRow, RecordEventRow
+from ferryman.timeutil import utcnow
+
+__all__ = [
+    "Conflict",
+    "Event",
+    "History",
+    "NewConflict",
+    "NewEvent",
+    "journal_values",
+]
+
+T_EVENTS = RecordEventRow.__table__  # type: ignore[attr-defined]
+T_CONFLICTS = ConflictRow.__table__  # type: ignore[attr-defined]
+
+#: how long a detail may be in the event table
+DETAIL_LIMIT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One decision or write about one source record, as a run reports it."""
+
+    source: str
+    src_key: str
+    action: str
+    target: str | None = None
+    target_key: str | None = None
+    fingerprint: str | None = None
+    fields: tuple[str, ...] | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event (see :class:`NewEvent`), with when and in which run."""
+
+    id: int
+    pipeline: str
+    run_id: int | None
+    at: datetime
+    source: str
+    src_key: str
+    action: str
+    target: str | None
+    target_key: str | None
+    fingerprint: str | None
+    fields: tuple[str, ...] | None
+    detail: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        from ferryman.timeutil import format_utc
+
+        return {
+            "id": self.id,
+            "run_id": self.run_id,
+            "at": format_utc(self.at),
+            "source": self.source,
+            "key": self.src_key,
+            "action": self.action,
+            "target": self.target,
+            "target_key": self.target_key,
+            "fingerprint": self.fingerprint,
+            "fields": list(self.fields) if self.fields is not None else None,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewConflict:
+    """Values about to be overwritten in ``system`` (a record there that had changed since
+    the last sync). ``lost``/``won`` are already masked (:func:`journal_values`)."""
+
+    system: str
+    side: str  # from | to | target
+    record_key: str
+    src_key: str | None
+    policy: str
+    reason: str
+    lost: Mapping[str, Any]
+    won: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A journal entry (see :class:`NewConflict`)."""
+
+    id: int
+    pipeline: str
+    run_id: int | None
+    at: datetime
+    system: str
+    side: str
+    record_key: str
+    src_key: str | None
+    policy: str
+    reason: str
+    lost: dict[str, Any]
+    won: dict[str, Any]
+    status: str
+    restored_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        from ferryman.timeutil import format_utc
+
+        return {
+            "id": self.id,
+            "pipeline": self.pipeline,
+            "run_id": self.run_id,
+            "at": format_utc(self.at),
+            "system": self.system,
+            "side": self.side,
+            "record_key": self.record_key,
+            "src_key": self.src_key,
+            "policy": self.policy,
+            "reason": self.reason,
+            "lost": self.lost,
+            "won": self.won,
+            "status": self.status,
+            "restored_at": format_utc(self.restored_at) if self.restored_at else None,
+        }
+
+
+def journal_values(values: Mapping[str, Any], masked: Iterable[str] = ()) -> dict[str, Any]:
+    """``values`` as the journal keeps them: fields named like secrets, and ``masked``
+    ones, replaced by ``***`` (a masked value is never restored); registered secrets
+    scrubbed from the rest."""
+    hide = {name.lower() for name in masked} | SECRET_FIELDS
+    return {
+        name: MASK if name.lower() in hide and value not in (None, "") else redact_obj(value)
+        for name, value in values.items()
+    }
+
+
+def _detail(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = redact(text)
+    return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 3] + "..."
+
+
+class History:
+    """The event table and the conflict journal of one state database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- writes ---------------------------------------------------------------------------
+    def write(
+        self,
+        conn: Connection,
+        pipeline: str,
+        run_id: int | None,
+        events: Sequence[NewEvent],
+        conflicts: Sequence[NewConflict] = (),
+    ) -> None:
+        """Insert ``events`` and ``conflicts`` in the caller's transaction (one statement
+        per table, however many rows)."""
+        now = utcnow()
+        if events:
+            conn.execute(
+                sa.insert(T_EVENTS),
+                [
+                    {
+                        "pipeline": pipeline,
+                        "run_id": run_id,
+                        "at": now,
+                        "source": e.source,
+                        "src_key": redact(e.src_key),
+                        "target": e.target,
+                        "target_key": redact(e.target_key) if e.target_key is not None else None,
+                        "action": e.action,
+                        "fingerprint": e.fingerprint,
+                        "fields": json.dumps(list(e.fields)) if e.fields is not None else None,
+                        "detail": _detail(e.detail),
+                    }
+                    for e in events
+                ],
+            )
+        for c in conflicts:
+            conn.execute(
+                sa.insert(T_CONFLICTS).values(
+                    pipeline=pipeline,
+                    run_id=run_id,
+                    at=now,
+                    system=c.system,
+                    side=c.side,
+                    record_key=redact(c.record_key),
+                    src_key=redact(c.src_key) if c.src_key is not None else None,
+                    policy=c.policy,
+                    reason=redact(c.reason),
+                    lost=json.dumps(redact_obj(dict(c.lost)), default=str, sort_keys=True),
+                    won=json.dumps(redact_obj(dict(c.won)), default=str, sort_keys=True),
+                    status="open",
+                )
+            )
+
+    def add(
+        self, pipeline: str, run_id: int | None, events: Sequence[NewEvent], conflicts: Sequence[NewConflict] = ()
+    ) -> None:
+        """:meth:`write` in a transaction of its own (a replay, a restore)."""
+        if not events and not conflicts:
+            return
+        with self.engine.begin() as conn:
+            self.write(conn, pipeline, run_id, events, conflicts)
+
+    def mark_restored(self, conflict_id: int) -> bool:
+        """Mark an open journal entry restored; False when it was not open (restored
+        already, by another command)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                sa.update(T_CONFLICTS)
+                .where(T_CONFLICTS.c.id == conflict_id, T_CONFLICTS.c.status == "open")
+                .values(status="restored", restored_at=utcnow())
+            ).rowcount
+        return bool(done)
+
+    def prune(self, events_older_than: timedelta, journal_older_than: timedelta) -> tuple[int, int]:
+        """Delete events and journal entries past their retention; (events, entries) deleted."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            events = conn.execute(sa.delete(T_EVENTS).where(T_EVENTS.c.at < now - events_older_than)).rowcount
+            entries = conn.execute(sa.delete(T_CONFLICTS).where(T_CONFLICTS.c.at < now - journal_older_than)).rowcount
+        return int(events or 0), int(entries or 0)
+
+    # -- reads ----------------------------------------------------------------------------
+    def events(self, pipeline: str, key: str, *, limit: int = 1000) -> list[Event]:
+        """The events of one record, oldest first: ``key`` is its source key, or a key it
+        has in a target (then the events of the source key(s) linked to it)."""
+        with self.engine.connect() as conn:
+            keys = {key}
+            keys.update(
+                row[0]
+                for row in conn.execute(
+                    sa.select(T_EVENTS.c.src_key)
+                    .where(T_EVENTS.c.pipeline == pipeline, T_EVENTS.c.target_key == key)
+                    .distinct()
+                )
+            )
+            rows = (
+                conn.execute(
+                    sa.select(T_EVENTS)
+                    .where(T_EVENTS.c.pipeline == pipeline, T_EVENTS.c.src_key.in_(sorted(keys)))
+                    .order_by(T_EVENTS.c.id.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            Event(
+                id=r["id"],
+                pipeline=r["pipeline"],
+                run_id=r["run_id"],
+                at=r["at"],
+                source=r["source"],
+                src_key=r["src_key"],
+                action=r["action"],
+                target=r["target"],
+                target_key=r["target_key"],
+                fingerprint=r["fingerprint"],
+                fields=tuple(json.loads(r["fields"])) if r["fields"] else None,
+                detail=r["detail"],
+            )
+            for r in reversed(rows)
+        ]
+
+    def conflicts(
+        self,
+        pipeline: str | None = None,
+        *,
+        status: str | None = "open",
+        key: str | None = None,
+        ids: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[Conflict]:
+        """Journal entries, newest first; ``key`` matches the overwritten record's key or
+        the pipeline's source key."""
+        query = sa.select(T_CONFLICTS).order_by(T_CONFLICTS.c.id.desc())
+        if pipeline:
+            query = query.where(T_CONFLICTS.c.pipeline == pipeline)
+        if status:
+            query = query.where(T_CONFLICTS.c.status == status)
+        if key is not None:
+            query = query.where(sa.or_(T_CONFLICTS.c.record_key == key, T_CONFLICTS.c.src_key == key))
+        if ids:
+            query = query.where(T_CONFLICTS.c.id.in_(list(ids)))
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            Conflict(
+                id=r["id"],
+                pipeline=r["pipeline"],
+                run_id=r["run_id"],
+                at=r["at"],
+                system=r["system"],
+                side=r["side"],
+                record_key=r["record_key"],
+                src_key=r["src_key"],
+                policy=r["policy"],
+                reason=r["reason"],
+                lost=json.loads(r["lost"]),
+                won=json.loads(r["won"]),
+                status=r["status"],
+                restored_at=r["restored_at"],
+            )
+            for r in rows
+        ]
+
+    def conflict(self, conflict_id: int) -> Conflict | None:
+        found = self.conflicts(status=None, ids=[conflict_id])
+        return found[0] if found else None
+
+    def count_open_conflicts(self) -> dict[str, int]:
+        """Open journal entries per pipeline."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(T_CONFLICTS.c.pipeline, sa.func.count())
+                .where(T_CONFLICTS.c.status == "open")
+                .group_by(T_CONFLICTS.c.pipeline)
+            ).all()
+        return {str(p): int(n) for p, n in rows}
