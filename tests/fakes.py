@@ -18,6 +18,9 @@ from ferryman.records import Contact, Record, Ticket
 from ferryman.timeutil import utcnow
 
 STORES: dict[str, dict[str, dict[str, Record]]] = {}
+#: writes in flight right now, per store (as (op, key)), and the most seen at once
+IN_FLIGHT: dict[str, list[tuple[str, str]]] = {}
+MOST_IN_FLIGHT: dict[str, int] = {}
 CALLS: dict[str, list[tuple[str, str, str]]] = {}
 _IDS: dict[str, itertools.count[int]] = {}
 
@@ -29,6 +32,10 @@ class MemoryOptions(ConnectorOptions):
     reject_subjects: list[str] = Field(default_factory=list)
     #: subjects an update is refused for (a validation error the app finds on update only)
     reject_update_subjects: list[str] = Field(default_factory=list)
+    #: seconds each create and update takes (an app's answer time): writes then overlap
+    write_delay: float = 0.0
+    #: subjects whose create fails as if the app were unreachable (after write_delay)
+    fail_create_subjects: list[str] = Field(default_factory=list)
     ordered: bool = True
     #: the step of the fake's updated_at: microseconds (exact), or "seconds" like most APIs
     precision: str = "microseconds"
@@ -87,8 +94,29 @@ class MemoryConnector(Connector):
                 return existing
         return None
 
+    async def _in_flight(self, op: str, key: str) -> None:
+        """Hold a write for ``write_delay`` seconds, counting the writes that overlap."""
+        if not self.options.write_delay:
+            return
+        import asyncio
+
+        store = self.options.store
+        now = IN_FLIGHT.setdefault(store, [])
+        assert all(k != key for _, k in now), f"two writes in flight for {key} in {store}"
+        now.append((op, key))
+        MOST_IN_FLIGHT[store] = max(MOST_IN_FLIGHT.get(store, 0), len(now))
+        try:
+            await asyncio.sleep(self.options.write_delay)
+        finally:
+            now.remove((op, key))
+
     async def create(self, stream: str, record: Record) -> Record:
         self._check_auth()
+        await self._in_flight("create", str(getattr(record, "subject", None) or getattr(record, "email", None)))
+        if getattr(record, "subject", None) in self.options.fail_create_subjects:
+            from ferryman.errors import RetriableError
+
+            raise RetriableError("connection reset by the app", system=self.name)
         if getattr(record, "subject", None) in self.options.reject_subjects:
             raise RecordRejected("subject refused by the app (HTTP 422)", system=self.name, status=422)
         table = self.data.setdefault(stream, {})
@@ -102,6 +130,7 @@ class MemoryConnector(Connector):
         self._check_auth()
         if getattr(record, "subject", None) in self.options.reject_update_subjects:
             raise RecordRejected("subject refused by the app on update (HTTP 422)", system=self.name, status=422)
+        await self._in_flight("update", key)
         stored = record.model_copy(update={"key": key, "updated_at": utcnow(), "extra": {}})
         self.data.setdefault(stream, {})[key] = stored
         self._log("update", stream, key)
@@ -120,6 +149,8 @@ def register() -> None:
 
 
 def reset() -> None:
+    IN_FLIGHT.clear()
+    MOST_IN_FLIGHT.clear()
     STORES.clear()
     CALLS.clear()
     _IDS.clear()

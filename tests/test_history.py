@@ -59,7 +59,7 @@ async def test_one_record_walked_through_create_skip_update_overwrite_dead_lette
     [created] = engine.store.history.events("p", "t1")
     assert created.action == "create" and created.target == "b.tickets" and created.run_id is not None
     dst_key = created.target_key
-    assert dst_key and created.detail == f"created as {dst_key}" and created.fingerprint
+    assert dst_key and created.detail is None and created.fingerprint
 
     assert (await engine.run("p", full=True)).outcome == "ok"  # read again, unchanged
     assert actions(engine, "t1") == ["create", "skip"]
@@ -95,8 +95,21 @@ async def test_one_record_walked_through_create_skip_update_overwrite_dead_lette
     assert outcome == "delivered"
     assert actions(accepting, "t1") == ["create", "skip", "update", "update", "dead-letter", "replay", "update"]
     assert fakes.STORES["b"]["tickets"][dst_key].subject == "fourth"
+    # `ferryman explain` prints each step, oldest first
+    from ferryman.explain import explain, render
+    from ferryman.terminal import Style
+
+    lines = render(
+        explain(accepting.store, "p", accepting.config.pipeline("p"), "t1", limit=100),
+        accepting.config,
+        style=Style(False),
+    )
+    printed = [word for line in lines for word in line.split()[4:5] if line.startswith("  20")]
+    assert printed == ["create", "skip", "update", "update", "dead-letter", "replay", "update"], lines
+    assert any("refused by the app on update" in line for line in lines)
+    assert any(line.strip().startswith("journal") and "source_wins" in line for line in lines), lines
     # found by the target's key too
-    assert [e.id for e in accepting.store.history.events("p", dst_key)] == [
+    assert [e.id for e in accepting.store.history.events("p", dst_key, by="target")] == [
         e.id for e in accepting.store.history.events("p", "t1")
     ]
 
@@ -159,7 +172,7 @@ async def test_two_way_conflicts_are_journaled_under_each_policy(tmp_path: Path,
     assert (entry.system, entry.side, entry.record_key, entry.src_key) == ("crm.contacts", "from", "c1", "c1")
     assert entry.lost == {"phone": "crm-edit"} and entry.won == {"phone": "desk-edit"}
     assert entry.policy == "newest_wins" and "kept the to-side's version" in entry.reason
-    history = engine.store.history.events("p", d1)  # by the desk's key
+    history = engine.store.history.events("p", d1, by="target")  # by the desk's key
     assert [e.action for e in history][-2:] == ["conflict", "update"]
     assert history[-1].target == "crm.contacts" and history[-1].fields == ("phone",)
 

@@ -69,6 +69,8 @@ DEFAULT_CONFIG_PATH = "/etc/ferryman/ferryman.yaml"
 ENV_PREFIX = "FERRYMAN_"
 
 DEFAULT_LEASE_TTL = timedelta(seconds=60)
+#: writes in flight per target app (see PipelineConfig.concurrency; bench/README.md, "push")
+DEFAULT_CONCURRENCY = 4
 
 Secret = SecretStr
 """Type of config fields that hold secrets: only references may fill them."""
@@ -275,7 +277,11 @@ class AuditScheduleConfig(_Model):
 
     every: Duration = Field(description="how often the daemon audits this pipeline (e.g. 1d)")
     sample: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="audit a random sample of this many source records"
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="stop each audit's source pass after this many records (as ferryman audit --sample): a "
+        "cheaper, partial audit of the first records the source returns; extras are then not checked",
     )
 
     @field_validator("every")
@@ -315,6 +321,13 @@ class PipelineConfig(_Model):
     )
     loop_breaker: LoopBreakerConfig = Field(default_factory=LoopBreakerConfig)
     allow_emails: bool = Field(default=False, description="let target apps email customers about our writes")
+    concurrency: int = Field(
+        default=DEFAULT_CONCURRENCY,
+        ge=1,
+        le=32,
+        description="writes to a target app in flight at once (never two for one record; inside the app's rate "
+        "limit); 1 where a target settles creates one at a time (no lookup by natural key) and for files",
+    )
     journal: JournalConfig = Field(default_factory=JournalConfig)
     audit: AuditScheduleConfig | None = None
     enabled: bool = True

@@ -11,6 +11,7 @@ again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,17 +26,14 @@ from ferryman.config import DEFAULT_LEASE_TTL, FerrymanConfig, PipelineConfig
 from ferryman.connector import Capability, Connector, StreamInfo, SystemContext
 from ferryman.cursor import Cursor, OrderGuard, newest, read_from
 from ferryman.errors import (
-    AuthError,
     ConfigError,
     DeferredError,
-    FatalError,
     FerrymanError,
     LeaseLost,
     NotSupportedError,
     OrderViolation,
     PagingError,
     RecordRejected,
-    RetriableError,
     StateError,
     StateUnavailable,
     ValidationFailed,
@@ -45,6 +43,9 @@ from ferryman.mapping import FieldMapping
 from ferryman.planning import Action, overwritten, plan_one_way
 from ferryman.records import Record, fingerprint
 from ferryman.redact import redact
+from ferryman.run.delivery import Delivery
+from ferryman.run.delivery import natural_value as _natural
+from ferryman.run.pages import read_ahead
 from ferryman.sdk.readloop import MAX_PAGES, PageGuard
 from ferryman.state import Link, NewDeadLetter, PageCommit, StateStore
 from ferryman.timeutil import format_utc, utcnow
@@ -408,104 +409,110 @@ class Engine:
         # keys a full pass saw: a linked key it did not see is probed for a hidden delete
         seen: set[str] | None = set() if since is None and pipeline.deletes.probe else None
         try:
-            async for page in source.read(src_info.name, since, pipeline.page_size):
-                pages.fetched(None)
-                if seen is not None:
-                    seen.update(r.key for r in page.records)
-                if order is not None:
-                    order.check(page.records, f"page {pages.pages} of {pipeline.source}")
-                commit = PageCommit(name, run_id=result.run_id)
-                page_counts = _counts()
-                page_counts["read"] = len(page.records)
-                for reject in page.rejects:
-                    commit.dead_letters.append(
-                        NewDeadLetter(
-                            src_ref,
-                            None,
-                            reject.ref,
-                            reject.reason,
-                            src_key=reject.key,
-                            kind="invalid",
-                            payload=reject.raw,
-                        )
-                    )
-                    page_counts["dead_lettered"] += 1
-                    journal.event(
-                        commit.events,
-                        src_ref,
-                        reject.key or reject.ref,
-                        "dead-letter",
-                        detail=f"invalid in {src_ref}: {reject.reason}",
-                    )
-                    bound_reason = redact(reject.reason)
-                    log.warning("record.dead_lettered", pipeline=name, ref=reject.ref, reason=bound_reason)
-                if report is not None and dry_run:
+            reading = read_ahead(source.read(src_info.name, since, pipeline.page_size))
+            async with contextlib.aclosing(reading):
+                async for page in reading:
+                    pages.fetched(None)
+                    if seen is not None:
+                        seen.update(r.key for r in page.records)
+                    if order is not None:
+                        order.check(page.records, f"page {pages.pages} of {pipeline.source}")
+                    commit = PageCommit(name, run_id=result.run_id)
+                    page_counts = _counts()
+                    page_counts["read"] = len(page.records)
                     for reject in page.rejects:
-                        report.action(
-                            "dead-letter", None, key=reject.key, source=src_ref, reason=f"{reject.ref}: {reject.reason}"
-                        )
-                for target in targets:
-                    halted = await self._deliver(
-                        name, pipeline, src_ref, target, page.records, commit, page_counts, dry_run, report
-                    )
-                    if halted:
-                        break
-                if halted:
-                    result.outcome = "halted"
-                    result.message = halted
-                    log.error("run.halted", pipeline=name, reason=halted)
-                    await commit_page(commit, page_counts)
-                    break
-                if page.records:
-                    page_max = newest(page.records)
-                    if best is None or page_max > best:
-                        best = page_max
-                if src_info.ordered and best is not None:
-                    commit.cursor = best
-                commit.resolved_refs = [r.key for r in page.records]
-                for target in targets:
-                    if target.transactional and not dry_run:
-                        commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
-                await commit_page(commit, page_counts)
-                if progress:
-                    progress(len(page.records), result.counts, page.total)
-                ttl = self.config.state.lease_ttl
-                if not dry_run and time.monotonic() - last_lease > ttl.total_seconds() / 3:
-                    # renewed, never taken again: a lease that moved while this run stalled
-                    # stays with its new holder, even one that has finished and let it go
-                    if not await self._state(self.store.renew_lease, name, ttl):
-                        holder = await self._state(self.store.lease_holder, name)
-                        raise LeaseLost(
-                            f"pipeline {name}: its lease passed to {holder[0] if holder else 'another instance'} "
-                            "during the run (it stalled past state.lease_ttl); stopping after the last commit"
-                        )
-                    last_lease = time.monotonic()
-                # Give the event loop a turn between pages: in the daemon, signals, the
-                # watchdog and the control API wait on it, and a run whose connectors do
-                # no network I/O (CSV to CSV) would otherwise hold it for the whole run.
-                await asyncio.sleep(0)
-                if stop is not None and stop.is_set():
-                    result.outcome = "stopped"
-                    result.message = "stopped after committing the page in hand"
-                    break
-            else:
-                if not src_info.ordered and best is not None and not dry_run:
-                    # an unordered source only moves its cursor after a complete pass
-                    await commit_page(PageCommit(name, cursor=best), _counts())
-                if pipeline.deletes.probe and not dry_run and src_info.can(Capability.READ):
-                    gone = await self._probe_deletes(name, pipeline, source, src_info, targets, seen)
-                    if gone:
-                        commit = PageCommit(name, run_id=result.run_id)
-                        page_counts = _counts()
-                        for target in targets:
-                            halted = await self._deliver(
-                                name, pipeline, src_ref, target, gone, commit, page_counts, dry_run, report
+                        commit.dead_letters.append(
+                            NewDeadLetter(
+                                src_ref,
+                                None,
+                                reject.ref,
+                                reject.reason,
+                                src_key=reject.key,
+                                kind="invalid",
+                                payload=reject.raw,
                             )
-                            if halted:
-                                result.outcome, result.message = "halted", halted
-                                log.error("run.halted", pipeline=name, reason=halted)
-                                break
+                        )
+                        page_counts["dead_lettered"] += 1
+                        journal.event(
+                            commit.events,
+                            src_ref,
+                            reject.key or reject.ref,
+                            "dead-letter",
+                            detail=f"invalid in {src_ref}: {reject.reason}",
+                        )
+                        bound_reason = redact(reject.reason)
+                        log.warning("record.dead_lettered", pipeline=name, ref=reject.ref, reason=bound_reason)
+                    if report is not None and dry_run:
+                        for reject in page.rejects:
+                            report.action(
+                                "dead-letter",
+                                None,
+                                key=reject.key,
+                                source=src_ref,
+                                reason=f"{reject.ref}: {reject.reason}",
+                            )
+                    for target in targets:
+                        halted = await self._deliver(
+                            name, pipeline, src_ref, target, page.records, commit, page_counts, dry_run, report
+                        )
+                        if halted:
+                            break
+                    if halted:
+                        result.outcome = "halted"
+                        result.message = halted
+                        log.error("run.halted", pipeline=name, reason=halted)
                         await commit_page(commit, page_counts)
+                        break
+                    if page.records:
+                        page_max = newest(page.records)
+                        if best is None or page_max > best:
+                            best = page_max
+                    if src_info.ordered and best is not None:
+                        commit.cursor = best
+                    commit.resolved_refs = [r.key for r in page.records]
+                    for target in targets:
+                        if target.transactional and not dry_run:
+                            commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
+                    await commit_page(commit, page_counts)
+                    if progress:
+                        progress(len(page.records), result.counts, page.total)
+                    ttl = self.config.state.lease_ttl
+                    if not dry_run and time.monotonic() - last_lease > ttl.total_seconds() / 3:
+                        # renewed, never taken again: a lease that moved while this run stalled
+                        # stays with its new holder, even one that has finished and let it go
+                        if not await self._state(self.store.renew_lease, name, ttl):
+                            holder = await self._state(self.store.lease_holder, name)
+                            raise LeaseLost(
+                                f"pipeline {name}: its lease passed to {holder[0] if holder else 'another instance'} "
+                                "during the run (it stalled past state.lease_ttl); stopping after the last commit"
+                            )
+                        last_lease = time.monotonic()
+                    # Give the event loop a turn between pages: in the daemon, signals, the
+                    # watchdog and the control API wait on it, and a run whose connectors do
+                    # no network I/O (CSV to CSV) would otherwise hold it for the whole run.
+                    await asyncio.sleep(0)
+                    if stop is not None and stop.is_set():
+                        result.outcome = "stopped"
+                        result.message = "stopped after committing the page in hand"
+                        break
+                else:
+                    if not src_info.ordered and best is not None and not dry_run:
+                        # an unordered source only moves its cursor after a complete pass
+                        await commit_page(PageCommit(name, cursor=best), _counts())
+                    if pipeline.deletes.probe and not dry_run and src_info.can(Capability.READ):
+                        gone = await self._probe_deletes(name, pipeline, source, src_info, targets, seen)
+                        if gone:
+                            commit = PageCommit(name, run_id=result.run_id)
+                            page_counts = _counts()
+                            for target in targets:
+                                halted = await self._deliver(
+                                    name, pipeline, src_ref, target, gone, commit, page_counts, dry_run, report
+                                )
+                                if halted:
+                                    result.outcome, result.message = "halted", halted
+                                    log.error("run.halted", pipeline=name, reason=halted)
+                                    break
+                            await commit_page(commit, page_counts)
             publish = True
         except (OrderViolation, PagingError) as exc:
             failure = exc
@@ -586,8 +593,6 @@ class Engine:
     ) -> str | None:
         """Plan and write one page to one target; returns why the run must halt, if it must."""
         letters_before = len(commit.dead_letters)
-        events_before, conflicts_before = len(commit.events), len(commit.conflicts)
-        journal = RunJournal(self.config.history, pipeline.journal)
         items: list[tuple[Record, str]] = []
         pairs: list[tuple[Record, Record]] = []  # (source, mapped) where references wait to be translated
         for record in records:
@@ -642,222 +647,18 @@ class Engine:
                 await self._report(report, src_ref, target, actions, commit.dead_letters[letters_before:])
             return None
 
-        connector, stream = target.connector, target.stream
-        new_links: list[Link] = []
-        unlinks: list[str] = []
-        in_hand: Action | None = None  # the action being written, for the event of a failure
-
-        def event(action: Action, what: str, detail: str, **more: Any) -> None:
-            journal.event(
-                commit.events,
-                src_ref,
-                action.src_key,
-                what,
-                target=target.ref,
-                target_key=more.pop("target_key", action.dst_key),
-                fingerprint=action.fingerprint,
-                detail=detail,
-                **more,
-            )
-
-        # Creates go one at a time, each behind its own intent, and each confirmed create's
-        # link is made durable in the same small transaction that notes the next intent: a
-        # crash (or an answer we cannot read) leaves at most one create in doubt, never a page.
-        use_intents = not target.transactional
-        # A target that can find a record by natural key settles any create a crash left in
-        # doubt by looking it up, so its creates are noted page by page (one transaction).
-        # One that cannot gets one intent per create, made durable with the link of the
-        # create before it: a crash leaves at most one record in doubt, never a page.
-        one_at_a_time = use_intents and not target.info.can(Capability.FIND)
-        batch: dict[str, int] = {}
-        creates = [a for a in actions if a.op == "create"]
-        if use_intents and not one_at_a_time and creates:
-            ids = await self._state(
-                self.store.record_intents,
-                name,
-                target.ref,
-                [(a.src_key, a.fingerprint or "", a.record.model_dump_json() if a.record else "{}") for a in creates],
-            )
-            batch = {a.src_key: i for a, i in zip(creates, ids, strict=True)}
-        in_flight: tuple[int, str, Link] | None = None  # the last confirmed create, not yet durable
-        failed = False
-        try:
-            for action in actions:
-                if action.op == "skip":
-                    counts["skipped"] += 1
-                    event(action, "skip", action.reason or "unchanged since the last write")
-                    if action.src_key in target.waiting:  # the target has this version already
-                        commit.settled.setdefault(target.ref, []).append(action.src_key)
-                    continue
-                if action.op == "withhold":
-                    counts["withheld"] += 1
-                    event(action, "withhold", action.reason or f"deleted in {src_ref}; deletes.enabled is off")
-                    continue
-                # no write once this run may have lost its lease (it stalled past a share of
-                # state.lease_ttl without renewing): the new holder may be writing the same records
-                await self._fence(name)
-                assert action.record is not None or action.op in ("delete", "unlink")
-                in_hand = action
-                try:
-                    if action.op == "create" and target.lookup:
-                        assert action.record is not None
-                        found = await _lookup(target, action.record)
-                        if found is not None:  # made earlier, its link lost (state deleted, system renamed)
-                            found_key, found_fp = found
-                            log.info(
-                                "link.rebuilt", pipeline=name, target=target.ref, key=action.src_key, dst=found_key
-                            )
-                            if action.src_key in batch:  # no create after all
-                                commit.resolved_intents.append(batch.pop(action.src_key))
-                            if found_fp == action.fingerprint:
-                                new_links.append(Link(action.src_key, found_key, action.fingerprint, found_fp))
-                                counts["skipped"] += 1
-                                event(
-                                    action,
-                                    "link",
-                                    f"found in {target.ref} as {found_key} (its link was lost); already up to date",
-                                    target_key=found_key,
-                                )
-                                continue
-                            action = Action("update", action.src_key, action.record, action.fingerprint, found_key)
-                    if action.op == "create":
-                        assert action.record is not None
-                        intent_id = batch.pop(action.src_key, None)
-                        if one_at_a_time:
-                            intent_id = await self._state(
-                                self.store.step_intent,
-                                name,
-                                target.ref,
-                                confirm=in_flight,
-                                begin=(action.src_key, action.fingerprint or "", action.record.model_dump_json()),
-                            )
-                            in_flight = None
-                        try:
-                            stored = await connector.create(stream, action.record)
-                        except RecordRejected:
-                            if intent_id is not None:
-                                commit.resolved_intents.append(intent_id)  # refused: nothing was made
-                            raise
-                        except RetriableError as exc:
-                            if exc.unprocessed and intent_id is not None:
-                                commit.resolved_intents.append(intent_id)  # never reached the app
-                                raise
-                            raise _unknown_outcome(target, action.src_key, exc) from None
-                        except FerrymanError as exc:
-                            if isinstance(exc, AuthError | NotSupportedError) and intent_id is not None:
-                                commit.resolved_intents.append(intent_id)  # refused before acting
-                                raise
-                            raise _unknown_outcome(target, action.src_key, exc) from None
-                        link = Link(action.src_key, stored.key, action.fingerprint, _stored_fp(stored, action))
-                        new_links.append(link)
-                        if target.index is not None and (value := _natural(target, action.record)):
-                            target.index.setdefault(value, []).append((stored.key, link.dst_fp or ""))
-                        if intent_id is not None:
-                            if one_at_a_time:
-                                in_flight = (intent_id, src_ref, link)
-                            commit.resolved_intents.append(intent_id)
-                        counts["created"] += 1
-                        event(action, "create", f"created as {stored.key}", target_key=stored.key)
-                    elif action.op == "update":
-                        assert action.record is not None and action.dst_key is not None
-                        before = await self._before_update(journal, target, action, links.get(action.src_key))
-                        stored = await connector.update(stream, action.dst_key, action.record)
-                        new_links.append(
-                            Link(action.src_key, stored.key, action.fingerprint, _stored_fp(stored, action))
-                        )
-                        counts["updated"] += 1
-                        changed, overwrote = before if before is not None else (None, None)
-                        event(
-                            action,
-                            "update",
-                            action.reason or f"updated {action.dst_key}",
-                            fields=list(changed[1]) if changed is not None else None,
-                        )
-                        if overwrote is not None:
-                            journal.conflict(
-                                commit.conflicts,
-                                system=target.ref,
-                                side="target",
-                                record_key=action.dst_key,
-                                src_key=action.src_key,
-                                policy="source_wins",
-                                reason=f"changed in {target.ref} since the last sync; the update from {src_ref} "
-                                "overwrote it (one-way pipelines: the source wins)",
-                                lost=overwrote[0],
-                                won=overwrote[1],
-                            )
-                    elif action.op == "delete":
-                        assert action.dst_key is not None
-                        await connector.delete(stream, action.dst_key)
-                        unlinks.append(action.src_key)
-                        counts["deleted"] += 1
-                        counts["_deletes_in_run"] = counts.get("_deletes_in_run", 0) + 1
-                        event(action, "delete", action.reason or f"deleted in {src_ref}")
-                    elif action.op == "unlink":
-                        unlinks.append(action.src_key)
-                        counts["_deletes_in_run"] = counts.get("_deletes_in_run", 0) + 1
-                        event(
-                            action,
-                            "unlink",
-                            action.reason
-                            or f"deleted in {src_ref}; {target.ref} keeps its record (deletes.action: unlink)",
-                        )
-                    in_hand = None
-                    if action.src_key in target.waiting and action.op in ("create", "update"):
-                        commit.settled.setdefault(target.ref, []).append(action.src_key)
-                except RecordRejected as exc:
-                    reason = redact(str(exc))
-                    commit.dead_letters.append(
-                        NewDeadLetter(
-                            src_ref,
-                            target.ref,
-                            action.src_key,
-                            reason,
-                            src_key=action.src_key,
-                            kind="rejected",
-                            payload=action.record.model_dump(mode="json") if action.record else None,
-                        )
-                    )
-                    counts["dead_lettered"] += 1
-                    log.warning(
-                        "record.dead_lettered", pipeline=name, target=target.ref, key=action.src_key, reason=reason
-                    )
-        except BaseException as exc:
-            failed = True
-            if in_hand is not None and isinstance(exc, Exception):
-                event(in_hand, "error", f"{in_hand.op} failed, the run stopped: {exc}")
-            raise
-        finally:
-            for letter in commit.dead_letters[letters_before:]:
-                journal.event(
-                    commit.events,
-                    src_ref,
-                    letter.src_key,
-                    "dead-letter",
-                    target=letter.dst,
-                    detail=f"{letter.kind}: {letter.reason}",
-                )
-            commit.links.setdefault((src_ref, target.ref), []).extend(new_links)
-            if unlinks:
-                commit.unlinks.setdefault((src_ref, target.ref), []).extend(unlinks)
-            if failed and use_intents and (new_links or unlinks or commit.resolved_intents):
-                # a failure cut the page short: keep what was confirmed, the cursor stays put
-                partial = PageCommit(
-                    name,
-                    links={(src_ref, target.ref): new_links},
-                    resolved_intents=list(commit.resolved_intents),
-                    events=commit.events[events_before:],
-                    conflicts=commit.conflicts[conflicts_before:],
-                    run_id=commit.run_id,
-                )
-                if unlinks:
-                    partial.unlinks = {(src_ref, target.ref): unlinks}
-                await self._state(self.store.commit_page, partial)
-                commit.links.pop((src_ref, target.ref), None)
-                commit.unlinks.pop((src_ref, target.ref), None)
-                commit.resolved_intents.clear()
-                del commit.events[events_before:]
-                del commit.conflicts[conflicts_before:]
+        await Delivery(
+            self,
+            name,
+            src_ref,
+            target,
+            commit,
+            counts,
+            RunJournal(self.config.history, pipeline.journal),
+            links,
+            concurrency=pipeline.concurrency,
+            letters_before=letters_before,
+        ).deliver(actions)
         return None
 
     async def _prune_history(self) -> None:
@@ -1361,13 +1162,6 @@ class Engine:
         return out
 
 
-def _stored_fp(stored: Record, action: Action) -> str:
-    """The fingerprint of what the target now holds (free when it stored exactly our record)."""
-    if stored is action.record and action.fingerprint:
-        return action.fingerprint
-    return fingerprint(stored)
-
-
 def _counted(op: str) -> str:
     return {
         "create": "created",
@@ -1377,33 +1171,3 @@ def _counted(op: str) -> str:
         "skip": "skipped",
         "withhold": "withheld",
     }[op]
-
-
-def _natural(target: _Target, record: Record) -> str | None:
-    """The record's natural key value, folded as apps compare it (emails, names: no case)."""
-    value = getattr(record, target.info.natural_key or "", None)
-    return str(value).strip().casefold() or None if value not in (None, "") else None
-
-
-async def _lookup(target: _Target, record: Record) -> tuple[str, str] | None:
-    """The key and fingerprint of the target's record that is ``record`` by natural key: from
-    the index when the target was read whole, else (or when the index holds several) the
-    connector's own find()."""
-    if target.index is not None:
-        value = _natural(target, record)
-        if value is None:
-            return None
-        found = target.index.get(value, [])
-        if len(found) <= 1:
-            return found[0] if found else None
-    match = await target.connector.find(target.stream, record)
-    return (match.key, fingerprint(match)) if match is not None else None
-
-
-def _unknown_outcome(target: _Target, src_key: str, exc: Exception) -> FatalError:
-    """A create that may or may not have happened: the run stops, its intent is kept and
-    reconciled (looked up in the target) before anything is created again."""
-    return FatalError(
-        f"create of {src_key} in {target.ref}: the outcome is unknown ({redact(str(exc))}); the create is kept "
-        "as an intent and looked up in the target before anything is created again"
-    )

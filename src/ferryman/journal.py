@@ -49,20 +49,18 @@ class RunJournal:
     ) -> None:
         """Add one event to ``out`` unless the configuration leaves it out: nothing with
         ``history.events: off``, and an unchanged record's skip only with ``all``."""
-        if self.mode == "off" or key is None:
-            return
-        if action == "skip" and self.mode != "all":
+        if self.mode == "off" or key is None or (action == "skip" and self.mode != "all"):
             return
         out.append(
             NewEvent(
                 source,
                 key,
                 action,
-                target=target,
-                target_key=target_key,
-                fingerprint=fingerprint,
-                fields=tuple(fields) if fields is not None else None,
-                detail=detail,
+                target,
+                target_key,
+                fingerprint,
+                None if fields is None else tuple(fields),
+                detail,
             )
         )
 

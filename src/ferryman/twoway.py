@@ -782,7 +782,8 @@ def _count(counts: dict[str, int], op: str) -> None:
 @dataclass(slots=True)
 class _History:
     """The history of one two-way run: events keyed by the from-side key where the pair has
-    one (``explain`` finds them by either side's key: the other is the target key)."""
+    one (``explain`` finds them by either side's key: the to-side's through the link, or
+    as the target key of a write there)."""
 
     run: RunJournal
     a: str
@@ -802,13 +803,16 @@ class _History:
         detail: str | None = None,
     ) -> None:
         source, key = (self.a, a_key) if a_key else (self.b, b_key)
+        # the key in the side written (none for a decision that writes nothing); a pair's
+        # to-side key is also found through its link (see ferryman.explain)
+        written = a_key if target == self.a else b_key if target == self.b else None
         self.run.event(
             commit.events,
             source,
             key,
             action,
             target=target,
-            target_key=b_key,
+            target_key=written,
             fingerprint=fp,
             fields=fields,
             detail=detail,

@@ -1,4 +1,5 @@
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -144,3 +145,30 @@ def test_a_commit_is_fenced_by_the_pipelines_lease(state_url: str) -> None:
         )
     assert mine.get_cursor("p") == Cursor(T0, "k2")
     assert mine.links_for("a.t", "b.t", ["k3"]) == {}
+
+
+def test_reads_never_take_or_wait_for_the_sqlite_write_lock(tmp_path: Path) -> None:
+    """A run's reads (its links, its cursor) go on while another connection holds the write
+    lock: with a busy timeout of 0, a read that asked for the lock would fail at once."""
+    import sqlite3
+
+    from ferryman.errors import StateUnavailable
+    from ferryman.state.history import NewEvent
+
+    url = f"sqlite:///{tmp_path / 'state.db'}?timeout=0"
+    store = StateStore.open(url)
+    store.commit_page(
+        PageCommit("p", links={("a.t", "b.t"): [Link("k1", "d1", "f", "g")]}, events=[NewEvent("a.t", "k1", "create")])
+    )
+    writer = sqlite3.connect(str(tmp_path / "state.db"), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        assert store.links_for("a.t", "b.t", ["k1"])["k1"].dst_key == "d1"
+        assert store.get_cursor("p") is None
+        assert [e.action for e in store.history.events("p", "k1")] == ["create"]
+        with pytest.raises(StateUnavailable):  # while a write still needs the lock
+            store.commit_page(PageCommit("p", links={("a.t", "b.t"): [Link("k2", "d2", "f", "g")]}))
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        store.close()

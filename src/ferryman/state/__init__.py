@@ -64,6 +64,9 @@ __all__ = [
     "host_id",
 ]
 
+#: the execution option of a read-only connection (see StateStore._reading)
+READ_OPTION = "ferryman_read"
+
 T_CURSORS = CursorRow.__table__  # type: ignore[attr-defined]
 T_LINKS = LinkRow.__table__  # type: ignore[attr-defined]
 T_INTENTS = IntentRow.__table__  # type: ignore[attr-defined]
@@ -271,6 +274,11 @@ class StateStore:
                 self.outage = error
                 raise error
 
+    def _reading(self) -> Connection:
+        """A connection for reads only: on SQLite its transactions begin deferred, so a
+        read never takes (or waits for) the write lock."""
+        return self.engine.connect().execution_options(**{READ_OPTION: True})
+
     # -- schema ---------------------------------------------------------------------
     @classmethod
     def open(cls, url: str, *, instance: str | None = None, migrate: bool = True) -> StateStore:
@@ -282,7 +290,7 @@ class StateStore:
         return store
 
     def schema_version(self) -> int:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             if not sa.inspect(conn).has_table("ferryman_schema"):
                 return 0
             row = conn.execute(sa.select(T_SCHEMA.c.version)).first()
@@ -350,7 +358,7 @@ class StateStore:
 
     # -- cursors --------------------------------------------------------------------
     def get_cursor(self, pipeline: str, side: str = "forward") -> Cursor | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(
                 sa.select(T_CURSORS.c.updated_at, T_CURSORS.c.key).where(
                     T_CURSORS.c.pipeline == pipeline, T_CURSORS.c.side == side
@@ -384,7 +392,7 @@ class StateStore:
         if not src_keys:
             return found
         mark = "?" if self.dialect == "sqlite" else "%s"
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             for chunk in _chunks(list(dict.fromkeys(src_keys)), 500):
                 sql = _SELECT_LINKS.format(keys=", ".join([mark] * len(chunk))).replace("%s", mark)
                 for row in conn.exec_driver_sql(sql, (src, dst, *chunk)):
@@ -401,7 +409,7 @@ class StateStore:
             T_LINKS.c.write_count,
             T_LINKS.c.window_start,
         )
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             for chunk in _chunks(list(dict.fromkeys(dst_keys)), 500):
                 rows = conn.execute(
                     sa.select(*cols).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst, T_LINKS.c.dst_key.in_(chunk))
@@ -418,11 +426,11 @@ class StateStore:
         query = query.order_by(T_LINKS.c.src_key)
         if limit is not None:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [row[0] for row in conn.execute(query)]
 
     def count_links(self, src: str, dst: str) -> int:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return int(
                 conn.execute(
                     sa.select(sa.func.count()).select_from(T_LINKS).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst)
@@ -518,7 +526,7 @@ class StateStore:
             query = query.where(T_INTENTS.c.dst == dst)
         if state is not None:
             query = query.where(T_INTENTS.c.state == state)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def resolve_intent(
@@ -683,7 +691,7 @@ class StateStore:
 
     # -- checkpoints -------------------------------------------------------------------
     def get_checkpoint(self, pipeline: str, dst: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(
                 sa.select(T_CHECKPOINTS.c.data).where(T_CHECKPOINTS.c.pipeline == pipeline, T_CHECKPOINTS.c.dst == dst)
             ).first()
@@ -781,7 +789,7 @@ class StateStore:
             query = query.where(T_DLQ.c.status == status)
         if ids:
             query = query.where(T_DLQ.c.id.in_(list(ids)))
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(query).mappings().all()
         return [
             DeadLetter(
@@ -814,7 +822,7 @@ class StateStore:
             return int(conn.execute(sa.update(T_DLQ).where(T_DLQ.c.id.in_(list(ids))).values(**values)).rowcount)
 
     def count_dead_letters(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(
                 sa.select(T_DLQ.c.pipeline, sa.func.count()).where(T_DLQ.c.status == "open").group_by(T_DLQ.c.pipeline)
             )
@@ -860,14 +868,14 @@ class StateStore:
             )
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(sa.select(T_RUNS).where(T_RUNS.c.id == run_id)).mappings().first()
         return dict(row) if row else None
 
     def last_runs(self) -> dict[str, dict[str, Any]]:
         """The latest run of each pipeline, as status shows it: one still marked ``running``
         whose process is gone reads ``interrupted`` (see :func:`ferryman.status.run_as_seen`)."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = self._runs_with_leases(conn, latest=True)
         now = utcnow()
         return {run["pipeline"]: run_as_seen(run, *extra, now=now) for run, extra in rows}
@@ -905,7 +913,7 @@ class StateStore:
         query = sa.select(T_RUNS).order_by(T_RUNS.c.id.desc()).limit(limit)
         if pipeline:
             query = query.where(T_RUNS.c.pipeline == pipeline)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def close_stale_runs(self, pipeline: str) -> int:
@@ -954,7 +962,7 @@ class StateStore:
         if not hosts:
             return None
         now = utcnow()
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(
                 sa.select(T_HOSTS.c.host, T_HOSTS.c.not_before)
                 .where(T_HOSTS.c.host.in_(list(hosts)), T_HOSTS.c.not_before > now)
@@ -963,7 +971,7 @@ class StateStore:
         return (row[0], row[1]) if row else None
 
     def deferrals(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r) for r in conn.execute(sa.select(T_HOSTS).where(T_HOSTS.c.not_before > utcnow())).mappings()]
 
     # -- leases -----------------------------------------------------------------------
@@ -1151,11 +1159,11 @@ class StateStore:
         query = sa.select(T_SLOTS).order_by(T_SLOTS.c.pipeline, T_SLOTS.c.slot_at)
         if pipeline:
             query = query.where(T_SLOTS.c.pipeline == pipeline)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def lease_holder(self, pipeline: str) -> tuple[str, datetime] | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(
                 sa.select(T_LEASES.c.holder, T_LEASES.c.expires_at).where(
                     T_LEASES.c.pipeline == pipeline, T_LEASES.c.expires_at > self._db_now(conn)
@@ -1295,7 +1303,12 @@ def _make_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, *, applic
 
         @sa.event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A writer takes the write lock when it begins (a deferred BEGIN that writes
+            # later can fail with SQLITE_BUSY at once, past busy_timeout); a reader
+            # (StateStore._reading) begins deferred and never takes it: in WAL mode it
+            # reads its snapshot beside the writer instead of queueing behind it.
+            read = conn.get_execution_options().get(READ_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql"):

@@ -18,14 +18,14 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ferryman.redact import MASK, SECRET_FIELDS, redact, redact_obj
 from ferryman.state.models import ConflictRow, RecordEventRow
-from ferryman.timeutil import utcnow
+from ferryman.timeutil import sqlite_text, utcnow
 
 __all__ = [
     "Conflict",
@@ -42,8 +42,13 @@ T_CONFLICTS = ConflictRow.__table__  # type: ignore[attr-defined]
 #: how long a detail may be in the event table
 DETAIL_LIMIT = 500
 
+_INSERT_EVENT = (
+    "INSERT INTO record_events (pipeline, run_id, at, source, src_key, target, target_key, action, "
+    "fingerprint, fields, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)  # not frozen: a first pull makes one per record, and frozen costs per field
 class NewEvent:
     """One decision or write about one source record, as a run reports it."""
 
@@ -184,22 +189,29 @@ class History:
         per table, however many rows)."""
         now = utcnow()
         if events:
-            conn.execute(
-                sa.insert(T_EVENTS),
+            # at driver level, one executemany: a first pull creates a row per record, and
+            # SQLAlchemy's per-row parameter processing cost more than the insert itself.
+            # Keys are stored as the links table stores them; details (reasons, app answers)
+            # are redacted.
+            sqlite = conn.dialect.name == "sqlite"
+            at: Any = sqlite_text(now) if sqlite else now
+            sql = _INSERT_EVENT.replace("%s", "?") if sqlite else _INSERT_EVENT
+            conn.exec_driver_sql(
+                sql,
                 [
-                    {
-                        "pipeline": pipeline,
-                        "run_id": run_id,
-                        "at": now,
-                        "source": e.source,
-                        "src_key": redact(e.src_key),
-                        "target": e.target,
-                        "target_key": redact(e.target_key) if e.target_key is not None else None,
-                        "action": e.action,
-                        "fingerprint": e.fingerprint,
-                        "fields": json.dumps(list(e.fields)) if e.fields is not None else None,
-                        "detail": _detail(e.detail),
-                    }
+                    (
+                        pipeline,
+                        run_id,
+                        at,
+                        e.source,
+                        e.src_key,
+                        e.target,
+                        e.target_key,
+                        e.action,
+                        e.fingerprint,
+                        None if e.fields is None else json.dumps(e.fields),
+                        None if e.detail is None else _detail(e.detail),
+                    )
                     for e in events
                 ],
             )
@@ -250,19 +262,26 @@ class History:
         return int(events or 0), int(entries or 0)
 
     # -- reads ----------------------------------------------------------------------------
-    def events(self, pipeline: str, key: str, *, limit: int = 1000) -> list[Event]:
-        """The events of one record, oldest first: ``key`` is its source key, or a key it
-        has in a target (then the events of the source key(s) linked to it)."""
-        with self.engine.connect() as conn:
+    def events(
+        self, pipeline: str, key: str, *, by: Literal["source", "target"] = "source", limit: int = 1000
+    ) -> list[Event]:
+        """The events of one record, oldest first (the newest ``limit``). ``key`` is its
+        source key, or with ``by="target"`` a key it has in a target: then the events of
+        the source key(s) that were written there. (The two are kept apart: an app's ids
+        often collide with the other side's, ``1`` on both.)"""
+        with self.engine.connect().execution_options(ferryman_read=True) as conn:  # a read: no write lock
             keys = {key}
-            keys.update(
-                row[0]
-                for row in conn.execute(
-                    sa.select(T_EVENTS.c.src_key)
-                    .where(T_EVENTS.c.pipeline == pipeline, T_EVENTS.c.target_key == key)
-                    .distinct()
-                )
-            )
+            if by == "target":
+                keys = {
+                    row[0]
+                    for row in conn.execute(
+                        sa.select(T_EVENTS.c.src_key)
+                        .where(T_EVENTS.c.pipeline == pipeline, T_EVENTS.c.target_key == key)
+                        .distinct()
+                    )
+                }
+                if not keys:
+                    return []
             rows = (
                 conn.execute(
                     sa.select(T_EVENTS)
@@ -313,7 +332,7 @@ class History:
             query = query.where(T_CONFLICTS.c.id.in_(list(ids)))
         if limit:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
+        with self.engine.connect().execution_options(ferryman_read=True) as conn:  # a read: no write lock
             rows = conn.execute(query).mappings().all()
         return [
             Conflict(
@@ -341,7 +360,7 @@ class History:
 
     def count_open_conflicts(self) -> dict[str, int]:
         """Open journal entries per pipeline."""
-        with self.engine.connect() as conn:
+        with self.engine.connect().execution_options(ferryman_read=True) as conn:  # a read: no write lock
             rows = conn.execute(
                 sa.select(T_CONFLICTS.c.pipeline, sa.func.count())
                 .where(T_CONFLICTS.c.status == "open")
