@@ -17,7 +17,7 @@ from ferryman.config import load_config
 from ferryman.engine import Engine
 from ferryman.plan_report import DryRunReport
 from ferryman.records import Ticket, fingerprint
-from ferryman.state import StateStore
+from ferryman.state import PageCommit, StateStore
 from tests import fakes
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -294,3 +294,33 @@ async def test_a_file_target_is_not_published_past_a_refused_commit(tmp_path: Pa
     await again.aclose()
     keys = [line.split(",")[0] for line in (tmp_path / "out" / "tickets.csv").read_text().splitlines()[1:]]
     assert sorted(keys) == [f"t{i:05d}" for i in range(300)]  # every record exactly once
+
+
+async def test_links_made_by_an_older_fingerprint_version_write_nothing_and_are_refreshed(
+    tmp_path: Path, state_url: str
+) -> None:
+    """After an upgrade that changed the fingerprint algorithm, a full re-read finds every
+    record unchanged (compared in its link's version): no write to the target, and each
+    link now holds the current version's fingerprint."""
+    from ferryman.records import FINGERPRINTS, fingerprint_version
+    from ferryman.state import Link
+
+    seed(30)
+    engine = make_engine(tmp_path, state_url)
+    assert (await engine.run("p")).counts["created"] == 30
+    links = engine.store.links_for("a.tickets", "b.tickets", [f"t{i:05d}" for i in range(30)])
+    old = [
+        Link(k, x.dst_key, FINGERPRINTS[1](fakes.STORES["b"]["tickets"][x.dst_key]), x.dst_fp) for k, x in links.items()
+    ]
+    engine.store.commit_page(PageCommit("p", links={("a.tickets", "b.tickets"): old}))  # as version 1 left them
+
+    def writes() -> int:
+        return sum(1 for op, _, _ in fakes.CALLS.get("b", []) if op in ("create", "update", "delete"))
+
+    before = writes()
+    result = await engine.run("p", full=True)
+    assert result.outcome == "ok" and result.counts["skipped"] == 30
+    assert result.counts["updated"] == result.counts["created"] == 0
+    assert writes() == before, "the target was not written"
+    after = engine.store.links_for("a.tickets", "b.tickets", list(links))
+    assert {fingerprint_version(x.src_fp or "") for x in after.values()} == {2}

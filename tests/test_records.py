@@ -4,7 +4,17 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from ferryman.records import Contact, Invoice, Ticket, fingerprint
+from ferryman.records import (
+    FINGERPRINT_VERSION,
+    FINGERPRINTS,
+    Contact,
+    Invoice,
+    Ticket,
+    fingerprint,
+    fingerprint_version,
+    outdated,
+    same_content,
+)
 from ferryman.timeutil import format_utc, parse_datetime, parse_duration
 
 
@@ -94,9 +104,32 @@ def test_fingerprints_are_stable_across_versions() -> None:
     )
     invoice = Invoice(key="i1", updated_at=t0, amount=Decimal("1234.50"), currency="EUR")
     ticket = Ticket(key="t1", updated_at=t0, subject="Printer on fire", status="open")
-    assert fingerprint(contact) == "7fec0c32752a7059b3e0871dca240498"
-    assert fingerprint(invoice) == "dcae183378cd8bd3c71fe2c9c9fcf3d7"
-    assert fingerprint(ticket) == "650a894bbef50b9c68b642f8a749fca6"
+    # version 2 (what runs write now) and version 1 (what links made before hold): pinned both
+    assert fingerprint(contact) == "2:7fec0c32752a7059b3e0871dca240498"
+    assert fingerprint(invoice) == "2:dcae183378cd8bd3c71fe2c9c9fcf3d7"
+    assert fingerprint(ticket) == "2:650a894bbef50b9c68b642f8a749fca6"
+    v1 = FINGERPRINTS[1]
+    assert v1(contact) == "7fec0c32752a7059b3e0871dca240498"
+    assert v1(invoice) == "dcae183378cd8bd3c71fe2c9c9fcf3d7"
+    assert v1(ticket) == "650a894bbef50b9c68b642f8a749fca6"
+    closed = ticket.model_copy(update={"closed_at": t0})  # where the two versions' bytes differ
+    assert (fingerprint(closed), v1(closed)) == (
+        "2:2131cd023c4731c16df801936d5d5d7b",
+        "74cffbeb24294db56d7ae3c8bdf6b04b",
+    )
+
+
+def test_a_fingerprint_of_an_older_version_still_compares() -> None:
+    t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    ticket = Ticket(key="t1", updated_at=t0, subject="Printer on fire", status="open", closed_at=t0)
+    stored_v1 = FINGERPRINTS[1](ticket)
+    assert (fingerprint_version(stored_v1), fingerprint_version(fingerprint(ticket))) == (1, FINGERPRINT_VERSION)
+    assert same_content(ticket, stored_v1) and outdated(stored_v1)
+    assert same_content(ticket, fingerprint(ticket)) and not outdated(fingerprint(ticket))
+    edited = ticket.model_copy(update={"subject": "Printer fixed"})
+    assert not same_content(edited, stored_v1) and not same_content(edited, fingerprint(ticket))
+    assert not same_content(ticket, None)
+    assert not same_content(ticket, "9:" + "0" * 32), "an unknown (newer) version never compares equal"
 
 
 def test_sqlite_timestamp_text_round_trips_as_aware_utc() -> None:

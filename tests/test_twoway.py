@@ -380,3 +380,32 @@ async def test_an_edit_to_a_record_whose_create_was_interrupted_still_travels(
     result = await engine.run("sync")
     assert result.outcome == "ok", result.message
     assert live("crm")["someone@example.com"].title == "edited in the desk after the crash"
+
+
+async def test_links_of_an_older_fingerprint_version_are_not_changes(tmp_path: Path, state_url: str) -> None:
+    """Both sides' fingerprints as version 1 stored them: records read again on one side are
+    compared in their link's version, so they are not edits to carry to the other side."""
+    from ferryman.records import FINGERPRINTS
+    from ferryman.state import Link, PageCommit
+
+    from datetime import timedelta
+
+    an_hour_ago = utcnow() - timedelta(hours=1)  # outside the overlap: the CRM side is not re-read
+    for i in range(10):
+        when = an_hour_ago - timedelta(minutes=10 * i)  # the overlap re-reads c0 alone
+        fakes.put("crm", "contacts", Contact(key=f"c{i}", updated_at=when, email=f"p{i}@example.com"))
+    engine = engine_for(tmp_path, state_url)
+    assert (await engine.run("sync")).counts["created"] == 10
+    links = engine.store.links_for("crm.contacts", "desk.contacts", [f"c{i}" for i in range(10)])
+    desk = fakes.STORES["desk"]["contacts"]
+    old = [
+        Link(k, x.dst_key, FINGERPRINTS[1](desk[x.dst_key]), FINGERPRINTS[1](desk[x.dst_key])) for k, x in links.items()
+    ]
+    engine.store.commit_page(PageCommit("sync", links={("crm.contacts", "desk.contacts"): old}))
+    before = writes("crm") + writes("desk")
+    for key in list(desk):  # read again on one side only (touched, same content): not an edit
+        desk[key] = desk[key].model_copy(update={"updated_at": utcnow()})
+    result = await engine.run("sync")
+    assert result.outcome == "ok" and result.counts["read"] >= 10
+    assert result.counts["updated"] == result.counts["created"] == 0
+    assert writes("crm") + writes("desk") == before

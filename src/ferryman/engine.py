@@ -41,7 +41,7 @@ from ferryman.errors import (
 from ferryman.journal import RunJournal
 from ferryman.mapping import FieldMapping
 from ferryman.planning import Action, overwritten, plan_one_way
-from ferryman.records import Record, fingerprint
+from ferryman.records import Record, fingerprint, same_content
 from ferryman.redact import redact
 from ferryman.run.delivery import Delivery
 from ferryman.run.delivery import natural_value as _natural
@@ -699,7 +699,7 @@ class Engine:
         if current is None:
             return None
         changed = overwritten(current, action.record)
-        moved = link is not None and link.dst_fp is not None and fingerprint(current) != link.dst_fp
+        moved = link is not None and link.dst_fp is not None and not same_content(current, link.dst_fp)
         return changed, (changed if moved else None)
 
     async def _report(

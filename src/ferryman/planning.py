@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ferryman.records import Record
+from ferryman.records import Record, outdated, same_content
 from ferryman.state import Link
 
 Op = Literal["create", "update", "delete", "unlink", "skip", "withhold"]
@@ -19,6 +19,8 @@ class Action:
     fingerprint: str | None
     dst_key: str | None = None
     reason: str = ""
+    #: a skip whose link holds an older version's fingerprint: the link gets the current one
+    refresh: bool = False
 
 
 def plan_one_way(
@@ -49,8 +51,9 @@ def plan_one_way(
                 actions.append(Action(delete_action, record.key, record, fp, link.dst_key))
             continue
         if link is not None:
-            if link.src_fp == fp:
-                actions.append(Action("skip", record.key, None, fp, link.dst_key, "unchanged"))
+            if same_content(record, link.src_fp, fp):
+                refresh = outdated(link.src_fp)
+                actions.append(Action("skip", record.key, None, fp, link.dst_key, "unchanged", refresh=refresh))
             else:
                 actions.append(Action("update", record.key, record, fp, link.dst_key))
         elif record.key in blocked:

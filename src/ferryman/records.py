@@ -22,6 +22,7 @@ __all__ = [
     "RECORD_TYPES",
     "Contact",
     "Invoice",
+    "Money",
     "Organisation",
     "Record",
     "Reference",
@@ -176,18 +177,74 @@ def record_type(kind: str) -> type[Record]:
         raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(sorted(RECORD_TYPES))}") from None
 
 
+#: The fingerprint algorithm a run writes (its fingerprints start "2:"). Fingerprints an older
+#: version wrote (stored in links and intents) still compare: :func:`same_content` computes
+#: the record's fingerprint in the stored one's version, so a new algorithm never makes every
+#: record look changed (and rewritten in every target) once; links are refreshed as they go.
+FINGERPRINT_VERSION = 2
+
+
 def fingerprint(record: Record | dict[str, Any]) -> str:
-    """A stable digest of a record's content (not its key, timing or ``extra``).
+    """A stable digest of a record's content (not its key, timing or ``extra``), in the
+    current version (:data:`FINGERPRINT_VERSION`).
 
     Two systems holding the same content produce the same fingerprint, which is what
     lets the engine skip unchanged records and recognise its own writes coming back.
-    Records are serialised by pydantic's JSON serializer in field order (fixed per record
-    type; fingerprints are only compared between records of one type).
+    Version 2: orjson's bytes of the content fields in field order (fixed per record type;
+    fingerprints are only compared between records of one type), 2 µs a record against
+    4 for version 1's pydantic serializer. A plain dict (not a record) is digested as
+    version 1 always did.
     """
     if isinstance(record, Record):
-        # the serializer's own bytes: model_dump_json() is the same JSON, decoded to str and
-        # encoded back (a fingerprint per record read makes that ~0.8 us worth saving)
+        skip = record.fingerprint_exclude
+        blob = orjson.dumps({k: v for k, v in record.__dict__.items() if k not in skip}, default=_content_default)
+        return "2:" + hashlib.blake2b(blob, digest_size=16).hexdigest()
+    return _fingerprint_v1(record)
+
+
+def _content_default(value: Any) -> Any:
+    """What orjson cannot write itself, written as version 1 (pydantic's JSON) wrote it."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}")
+
+
+def _fingerprint_v1(record: Record | dict[str, Any]) -> str:
+    """Version 1: pydantic's JSON serializer's bytes (no prefix: the first version)."""
+    if isinstance(record, Record):
         blob = type(record).__pydantic_serializer__.to_json(record, exclude=record.fingerprint_exclude)  # type: ignore[arg-type]
     else:
         blob = orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+#: every version that can still be compared with, by number
+FINGERPRINTS = {1: _fingerprint_v1, 2: fingerprint}
+
+
+def fingerprint_version(fp: str) -> int:
+    """The version a stored fingerprint was made by ("2:..." -> 2; no prefix -> 1)."""
+    head, colon, _ = fp.partition(":")
+    return int(head) if colon and head.isdigit() else 1
+
+
+def same_content(record: Record, stored: str | None, current: str | None = None) -> bool:
+    """Whether ``record`` (whose current fingerprint is ``current``, computed when not
+    given) has the content a stored fingerprint describes, whatever version made it."""
+    if stored is None:
+        return False
+    current = current or fingerprint(record)
+    if stored == current:
+        return True
+    version = fingerprint_version(stored)
+    older = FINGERPRINTS.get(version) if version != FINGERPRINT_VERSION else None
+    return older is not None and older(record) == stored
+
+
+def outdated(fp: str | None) -> bool:
+    """A stored fingerprint of an older version (refreshed when its record is next seen)."""
+    return fp is not None and fingerprint_version(fp) != FINGERPRINT_VERSION

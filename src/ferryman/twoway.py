@@ -37,7 +37,7 @@ from ferryman.errors import FerrymanError, RecordRejected, ValidationFailed
 from ferryman.journal import RunJournal
 from ferryman.mapping import FieldMapping
 from ferryman.planning import overwritten
-from ferryman.records import Record, fingerprint
+from ferryman.records import Record, fingerprint, same_content
 from ferryman.redact import redact
 from ferryman.state import Link, NewDeadLetter, PageCommit
 from ferryman.timeutil import format_utc, utcnow
@@ -307,10 +307,12 @@ def plan_pairs(
     for link in links:
         a = a_changed.get(link.src_key)
         b = b_changed.get(link.dst_key)
-        a_fp = fingerprint(forward(a)) if a is not None else link.src_fp
+        a_shaped = forward(a) if a is not None else None
+        a_fp = fingerprint(a_shaped) if a_shaped is not None else link.src_fp
         b_fp = fingerprint(b) if b is not None else link.dst_fp
-        a_moved = a is not None and a_fp != link.src_fp
-        b_moved = b is not None and b_fp != link.dst_fp
+        # compared in the stored fingerprint's version (a link made before a new algorithm)
+        a_moved = a_shaped is not None and not same_content(a_shaped, link.src_fp, a_fp)
+        b_moved = b is not None and not same_content(b, link.dst_fp, b_fp)
         if not a_moved and not b_moved:
             continue  # our own writes coming back, or nothing new
         if link.src_key in quarantined:

@@ -145,6 +145,15 @@ class Delivery:
         """Skips and withheld deletes: counted and recorded, nothing written."""
         if action.op == "skip":
             self.counts["skipped"] += 1
+            link = self.links.get(action.src_key)
+            if action.refresh and link is not None and action.fingerprint:
+                # the same content under an older fingerprint version: the link says so in
+                # the current one from now on (the target is not written)
+                self.new_links.append(
+                    Link(
+                        link.src_key, link.dst_key, action.fingerprint, link.dst_fp, link.write_count, link.window_start
+                    )
+                )
             self._event(action, "skip", action.reason or "unchanged since the last write")
             if action.src_key in self.target.waiting:  # the target has this version already
                 self.commit.settled.setdefault(self.target.ref, []).append(action.src_key)
