@@ -385,10 +385,10 @@ async def test_an_edit_to_a_record_whose_create_was_interrupted_still_travels(
 async def test_links_of_an_older_fingerprint_version_are_not_changes(tmp_path: Path, state_url: str) -> None:
     """Both sides' fingerprints as version 1 stored them: records read again on one side are
     compared in their link's version, so they are not edits to carry to the other side."""
+    from datetime import timedelta
+
     from ferryman.records import FINGERPRINTS
     from ferryman.state import Link, PageCommit
-
-    from datetime import timedelta
 
     an_hour_ago = utcnow() - timedelta(hours=1)  # outside the overlap: the CRM side is not re-read
     for i in range(10):

@@ -28,18 +28,19 @@ Two-way pipelines are not audited yet.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ferryman.connector import Capability
+from ferryman.app import EXIT_BUSY, EXIT_DEFERRED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ferryman.errors import ConfigError, DeferredError, FerrymanError, StateUnavailable, ValidationFailed
-from ferryman.planning import Action, plan_one_way
-from ferryman.records import Record, fingerprint
-from ferryman.state import Link, PageCommit
+
+if TYPE_CHECKING:  # `ferryman --help` imports this module: SQLAlchemy and pydantic wait for a command
+    from ferryman.planning import Action
+    from ferryman.records import Record
+    from ferryman.state import Link
 
 __all__ = [
     "COMMANDS",
@@ -56,8 +57,8 @@ __all__ = [
 
 #: how many keys of each finding a report names
 FIRST = 10
-EXIT_CLEAN, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_DEFERRED, EXIT_BUSY = 0, 1, 2, 3, 5
-EXIT_TEMPFAIL, EXIT_CONFIG = 75, 78
+#: an audit that found nothing, and one that found differences
+EXIT_CLEAN, EXIT_DIFFERENCES = EXIT_OK, EXIT_FAILED
 KINDS = ("missing", "extra", "stale", "duplicated")
 
 EXIT_STATUS = """\
@@ -217,6 +218,9 @@ async def audit_pipeline(
     Targets that can be listed are read first (whole), then the source once, page by page;
     ``sample`` stops the source pass after that many records. ``keep_alive`` is awaited
     after every page (a repair renews its lease there)."""
+    import asyncio
+
+    from ferryman.connector import Capability
     from ferryman.engine import _natural
     from ferryman.sdk.readloop import MAX_PAGES, PageGuard
 
@@ -290,6 +294,9 @@ class _TargetState:
 async def _list_target(engine: Any, state: _TargetState, page_size: int, natural: Any) -> None:
     """Read a target whole, as the engine reads one for lookups: its live records by key
     and by natural key."""
+    import asyncio
+
+    from ferryman.records import fingerprint
     from ferryman.sdk.readloop import PageGuard
 
     target = state.target
@@ -343,6 +350,8 @@ async def _check_page(
     """Map and fingerprint a page for one target exactly as a run does, and compare with its
     links (and the target's listing)."""
     from ferryman.engine import _counts
+    from ferryman.records import fingerprint
+    from ferryman.state import PageCommit
 
     target, audit = state.target, state.audit
     items: list[tuple[Record, str]] = []
@@ -442,6 +451,8 @@ class RepairPlan:
 def _links_after(audit: TargetAudit) -> dict[str, Link]:
     """The links as the repair leaves them: lost records unlinked, stale and duplicated
     ones without their source fingerprint (so a run updates them through the link)."""
+    from ferryman.state import Link
+
     out: dict[str, Link] = {}
     unlink, refresh = set(audit.unlink), set(audit.refresh)
     for key, link in audit.links.items():
@@ -457,6 +468,8 @@ async def plan_repair(engine: Any, name: str, report: AuditReport) -> RepairPlan
     """The writes the repair run would make for what ``report`` found, planned by the
     engine's own :func:`plan_one_way` (creates, updates; deletes or withholds by
     ``deletes.enabled``), plus hand-made duplicates to delete."""
+    from ferryman.connector import Capability
+    from ferryman.planning import plan_one_way
     from ferryman.timeutil import utcnow
 
     pipeline = engine.config.pipeline(name)
@@ -505,6 +518,8 @@ async def plan_repair(engine: Any, name: str, report: AuditReport) -> RepairPlan
 def _strays_withheld(pipeline: Any, target: Any, audit: TargetAudit) -> str | None:
     """Why the hand-made duplicates in ``target`` are not deleted, or ``None`` to delete them:
     under the pipeline's delete rules, as a run's deletes are."""
+    from ferryman.connector import Capability
+
     if not audit.strays:
         return None
     if not pipeline.deletes.enabled:
@@ -524,6 +539,7 @@ async def apply_repair(engine: Any, name: str, report: AuditReport, plan: Repair
     """Carry the repair out; the caller holds the pipeline's lease. Returns the run's
     :class:`~ferryman.engine.RunResult`."""
     from ferryman.engine import Engine
+    from ferryman.state import PageCommit
 
     pipeline = engine.config.pipeline(name)
     src_ref = pipeline.source
@@ -588,7 +604,9 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``ferryman audit``."""
-    from ferryman.cli import load, open_store
+    import asyncio
+
+    from ferryman.app import load, open_store
 
     if args.yes and not args.repair:
         print("ferryman audit: --yes goes with --repair", file=sys.stderr)
@@ -616,8 +634,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, config: Any, store: Any) -> int:
+    import asyncio
+
     from ferryman import terminal
-    from ferryman.cli import services
+    from ferryman.app import services
     from ferryman.engine import Engine
     from ferryman.redact import redact
 
@@ -743,15 +763,15 @@ def _register(sub: Any, name: str) -> None:
     p.set_defaults(handler=run)
 
 
-#: commands for :func:`ferryman.cli.build_parser` (name -> register(subparsers, name))
+#: commands for :func:`ferryman.cli.build_parser` (name -> :data:`ferryman.app.Register`)
 COMMANDS: dict[str, Callable[[Any, str], None]] = {"audit": _register}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ferryman.audit [-c CONFIG] PIPELINE ...``: ``ferryman audit``, with its errors and exit codes."""
-    from ferryman.cli import main_for
+    from ferryman.app import main_for
 
-    return main_for("audit", argv)
+    return main_for("audit", _register, argv)
 
 
 if __name__ == "__main__":

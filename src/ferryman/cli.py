@@ -1,52 +1,39 @@
-"""The ``ferryman`` command line.
+"""The ``ferryman`` command line: its parser, the built-in commands' printing, and the
+registration of the command modules.
 
+What commands share (config and logging, the state store, services, exit codes, the
+top-level parser and its error handling) is :mod:`ferryman.app`'s. This module imports the
+command modules to register them (:func:`_extra_commands`) and none of them imports it back.
 Heavy modules are imported inside each command so that ``ferryman --help`` starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ferryman import __version__
-
-EXIT_CODES = """\
-exit status:
-  0   success (records that were dead-lettered are reported, not failures)
-  1   the run failed (message says why; the cursor did not move past undelivered records)
-  2   usage error
-  3   deferred: an app asked us to wait (Retry-After); the next run waits for it
-  4   halted: the run would have deleted more than deletes.max_share
-  5   busy: the pipeline is running elsewhere (daemon or another instance)
-  70  internal error (a bug: please report it with the log)
-  75  the state database is unavailable: corrupt, locked, disk full or unreachable (one
-      line says which, and where); an outage, not a bug: try again once it is fixed
-  78  configuration error (file, key path and problem are printed)
-"""
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED, EXIT_HALTED, EXIT_BUSY = 0, 1, 2, 3, 4, 5
-EXIT_INTERNAL, EXIT_TEMPFAIL, EXIT_CONFIG = 70, 75, 78
-OUTCOME_EXIT = {"ok": 0, "dry-run": 0, "stopped": 0, "failed": 1, "deferred": 3, "halted": 4, "busy": 5}
+from ferryman.app import (
+    EXIT_BUSY,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    OUTCOME_EXIT,
+    dispatch,
+    load,
+    open_store,
+    root_parser,
+    services,
+)
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ferryman",
-        description="Sync tickets, contacts and invoices between helpdesk, CRM and billing apps.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"ferryman {__version__}")
-    parser.add_argument(
-        "-c", "--config", help="YAML config file (default: $FERRYMAN_CONFIG or /etc/ferryman/ferryman.yaml)"
-    )
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log.level")
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], help="override log.format")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+    """Every ``ferryman`` command on :func:`ferryman.app.root_parser`; ``argv`` only decides
+    whether the sandbox's options (which import aiohttp) are worth building."""
+    parser, sub = root_parser()
     p = sub.add_parser(
         "sync",
         help="run one pipeline once, in the foreground",
@@ -138,7 +125,9 @@ def _add_sandbox_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _extra_commands() -> dict[str, Any]:
-    """Commands provided by optional modules (the daemon), registered when present."""
+    """The commands of the command modules (name -> ``register(subparsers, name)``), and the
+    daemon's when it is installed. Each module takes what it shares with the CLI from
+    :mod:`ferryman.app`, so importing them here closes no cycle."""
     found: dict[str, Any] = {}
     from ferryman.scaffold import COMMANDS as SCAFFOLD_COMMANDS  # daemon-independent: always present
 
@@ -149,6 +138,12 @@ def _extra_commands() -> dict[str, Any]:
     from ferryman.audit import COMMANDS as AUDIT_COMMANDS
 
     found.update(AUDIT_COMMANDS)
+    from ferryman.explain import COMMANDS as EXPLAIN_COMMANDS
+
+    found.update(EXPLAIN_COMMANDS)
+    from ferryman.conflicts import COMMANDS as CONFLICTS_COMMANDS
+
+    found.update(CONFLICTS_COMMANDS)
     try:
         from ferryman.daemon.cli import COMMANDS
     except ImportError:
@@ -157,86 +152,14 @@ def _extra_commands() -> dict[str, Any]:
     return found
 
 
-def main_for(command: str, argv: Sequence[str] | None = None) -> int:
-    """``python -m ferryman.MODULE [-c CONFIG] ARGS``: ``ferryman [-c CONFIG] COMMAND ARGS``, so a
-    command run as a module has the same error handling and exit codes as through ``ferryman``."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-c", "--config")
-    pre.add_argument("--log-level")
-    pre.add_argument("--log-format")
-    given, rest = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in vars(given).items() if v is not None]
-    return main([*options, command, *rest])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """``ferryman ARGS``: the exit status (see :data:`ferryman.app.EXIT_CODES`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return EXIT_USAGE
-    from ferryman.errors import ConfigError, StateError, StateUnavailable
-    from ferryman.redact import redact
-
-    try:
-        handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        return int(handler(args))
-    except ConfigError as exc:  # one line per problem when there are several
-        for line in redact(str(exc)).splitlines() or [""]:
-            print(f"ferryman: config error: {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    except StateUnavailable as exc:  # an outage: one line, no traceback; systemd retries later
-        print(f"ferryman: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_TEMPFAIL
-    except StateError as exc:
-        print(f"ferryman: state database: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("ferryman: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `ferryman connectors | head`: the reader left; that is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    except Exception as exc:  # a bug: say so without leaking a secret through the traceback
-        import traceback
-
-        text = "".join(traceback.format_exception(exc))
-        print(redact(text), file=sys.stderr)
-        print(f"ferryman: internal error: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_INTERNAL
+    return dispatch(parser, parser.parse_args(argv), COMMANDS)
 
 
-# -- shared setup --------------------------------------------------------------------------
-
-
-def load(args: argparse.Namespace, *, systems: bool = True) -> Any:
-    from ferryman import logs
-    from ferryman.config import load_config
-
-    # commands that only read need no secrets: their references may stay unresolved
-    config = load_config(args.config, systems=systems, secrets=not _reads_only(args))
-    logs.configure(args.log_level or config.log.level, args.log_format or config.log.format)
-    return config
-
-
-def open_store(config: Any) -> Any:
-    """The state store; for a config loaded to read only (``status``, ``dlq list``), a
-    database that does not exist yet is not created: it means "no runs yet"."""
-    from ferryman.state import StateStore
-
-    url = config.state.resolved_url()
-    if getattr(config, "read_only", False):
-        return _open_existing_store(url, config.instance)
-    return StateStore.open(url, instance=config.instance)
-
-
-def services(config: Any, store: Any) -> dict[str, Any]:
-    """Process-wide services shared by every system: the HTTP registry (rate limits and
-    deferrals, shared through the database on PostgreSQL) and the configuration."""
-    from ferryman.state.budget import make_registry
-
-    return {"http": make_registry(store), "config": config}
+# -- helpers ---------------------------------------------------------------------------------
 
 
 def _fmt_time(value: Any) -> str:
@@ -655,7 +578,7 @@ COMMANDS: dict[str, Any] = {
 }
 
 
-# -- starter files, read-only commands, check's probe -------------------------------------
+# -- starter files, check's probe ---------------------------------------------------------
 
 
 def _add_starter_commands(sub: Any) -> None:
@@ -717,36 +640,6 @@ def cmd_example(args: argparse.Namespace) -> int:
         print(f"ferryman: example: {exc}", file=sys.stderr)
         return EXIT_USAGE if exc.usage else EXIT_FAILED
     return EXIT_OK
-
-
-def _reads_only(args: argparse.Namespace) -> bool:
-    """Commands that read and change nothing: they need no secret and create no database."""
-    command = getattr(args, "command", None)
-    return (
-        command == "status"
-        or (command == "dlq" and getattr(args, "dlq_command", None) == "list")
-        or (command == "check" and bool(getattr(args, "offline", False)))
-    )
-
-
-def _open_existing_store(url: str, instance: str | None) -> Any:
-    """The state store at ``url`` if it exists (migrated as any command would), else an
-    empty one in memory: no database yet means no runs yet, and reading must not create one."""
-    from pathlib import Path
-
-    from ferryman.state import StateStore
-
-    if url.startswith("sqlite:"):
-        path = url[len("sqlite:///") :].split("?", 1)[0] if url.startswith("sqlite:///") else ""
-        if path and path != ":memory:" and not Path(path).exists():
-            return StateStore.open("sqlite:///:memory:", instance=instance)
-        return StateStore.open(url, instance=instance)
-    store = StateStore(url, instance=instance)
-    if store.schema_version() == 0:  # a server database Ferryman never used
-        store.engine.dispose()
-        return StateStore.open("sqlite:///:memory:", instance=instance)
-    store.migrate()
-    return store
 
 
 class _CheckFailed(Exception):

@@ -26,6 +26,26 @@ from __future__ import annotations
 
 from datetime import datetime
 
+#: every class of the tree above: connectors raise them, and the engine decides by class
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "ConnectorError",
+    "DeferredError",
+    "FatalError",
+    "FerrymanError",
+    "LeaseLost",
+    "MalformedResponseError",
+    "NotSupportedError",
+    "OrderViolation",
+    "PagingError",
+    "RecordRejected",
+    "RetriableError",
+    "StateError",
+    "StateUnavailable",
+    "ValidationFailed",
+]
+
 
 class FerrymanError(Exception):
     """Base of every error Ferryman raises on purpose."""

@@ -115,6 +115,25 @@ declare("ferryman_control_connections_refused_total", "counter",
         "Connections to the control API answered 503 because every allowed connection was busy")
 declare("ferryman_control_connections_evicted_total", "counter",
         "Idle connections to the control API closed to make room for new ones")
+# -- scheduled audits (pipelines' ``audit:``; set by the daemon that ran the audit) -------------
+declare("ferryman_audit_missing", "gauge",
+        "At the pipeline's last completed audit: source records the target lacks (no link, or linked to a "
+        "record the target no longer has); alert when above 0")
+declare("ferryman_audit_extra", "gauge",
+        "At the pipeline's last completed audit: links to source records that are gone (0 after a sampled "
+        "audit, which does not see every source key)")
+declare("ferryman_audit_stale", "gauge",
+        "At the pipeline's last completed audit: records changed on either side since their last delivery")
+declare("ferryman_audit_duplicated", "gauge",
+        "At the pipeline's last completed audit: source or natural keys held by more than one target record "
+        "(0 where the target cannot be listed)")
+declare("ferryman_audit_records", "gauge", "Source records the pipeline's last completed audit compared")
+declare("ferryman_audit_duration_seconds", "gauge", "Seconds the pipeline's last completed audit took")
+declare("ferryman_audit_last_run_timestamp_seconds", "gauge",
+        "Unix time at which the pipeline's last completed audit ended (audits of this daemon only)")
+declare("ferryman_audit_last_success", "gauge",
+        "1 when the pipeline's last audit in this daemon completed, 0 when it failed (then the finding "
+        "gauges still show the last completed audit)")
 # -- the process, named as prometheus_client's ProcessCollector names them --------------------
 declare("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.")
 declare("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")

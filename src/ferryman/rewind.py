@@ -22,7 +22,6 @@ Registered as a CLI command through :data:`COMMANDS` (like :mod:`ferryman.scaffo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from ferryman.app import EXIT_BUSY, EXIT_DEFERRED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ferryman.cursor import Cursor, effective_overlap, is_due, read_from
 
 if TYPE_CHECKING:
@@ -49,8 +49,6 @@ __all__ = [
     "sides_of",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED, EXIT_BUSY = 0, 1, 2, 3, 5
-EXIT_TEMPFAIL, EXIT_CONFIG = 75, 78
 
 SideChoice = Literal["from", "to", "both"]
 _EPOCH_ONLY = re.compile(r"\s*-?\d+(\.\d+)?\s*")
@@ -206,7 +204,7 @@ async def count_next_read(engine: Engine, pipeline: PipelineConfig, plan: SidePl
 async def _count_all(
     config: FerrymanConfig, store: StateStore, pipeline: PipelineConfig, plans: list[SidePlan]
 ) -> list[ReadCount]:
-    from ferryman.cli import services
+    from ferryman.app import services
     from ferryman.engine import Engine
 
     engine = Engine(config, store, services=services(config, store))
@@ -248,7 +246,9 @@ def _current(store: StateStore, name: str, sides: Sequence[tuple[str, str, str]]
 def run(args: argparse.Namespace) -> int:
     """The handler (``args.config``, ``args.log_level``, ``args.log_format`` come from the
     top-level parser)."""
-    from ferryman.cli import _open_existing_store, load
+    import asyncio
+
+    from ferryman.app import load, open_existing_store
     from ferryman.errors import ConfigError, DeferredError, FerrymanError, StateError
 
     name: str = args.pipeline
@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         _stderr("rewind sets the cursor back; pass --yes to confirm (or --dry-run to look first)")
         return EXIT_USAGE
     # no database yet means no cursor: say so without creating one
-    store = _open_existing_store(config.state.resolved_url(), config.instance)
+    store = open_existing_store(config.state.resolved_url(), config.instance)
     try:
         try:
             plans = plan_sides(name, sides, _current(store, name, sides), to)
@@ -399,15 +399,15 @@ def _register(sub: Any, name: str) -> None:
     p.set_defaults(handler=run)
 
 
-#: commands for :func:`ferryman.cli.build_parser` (name -> register(subparsers, name))
+#: commands for :func:`ferryman.cli.build_parser` (name -> :data:`ferryman.app.Register`)
 COMMANDS: dict[str, Callable[[Any, str], None]] = {"rewind": _register}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ferryman.rewind [-c CONFIG] PIPELINE ...``: ``ferryman rewind``, with its errors and exit codes."""
-    from ferryman.cli import main_for
+    from ferryman.app import main_for
 
-    return main_for("rewind", argv)
+    return main_for("rewind", _register, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ COMMANDS = {
     "dlq list": ["dlq", "list"],
     "reset": ["reset", "p", "--yes"],
     "run": ["run"],
+    "explain": ["explain", "p", "k000001"],
+    "conflicts list": ["conflicts", "list"],
 }
 PASSWORD = "pg-Qm7Zx2Lk9w"
 

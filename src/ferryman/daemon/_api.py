@@ -4,6 +4,11 @@
 ``POST /v1/pipelines/{name}/trigger``    run now unless running: 202; ``?wait=true`` waits and
                                          answers 200 with the result (outcome, counts, message);
                                          409 when already running (without ``wait``) or disabled
+``POST /v1/pipelines/{name}/audit``      audit now (never repairs), as ``audit:`` does on its
+                                         schedule: 202, or with ``?wait=true`` 200 and the
+                                         outcome (clean, differences, failed, busy) with the
+                                         report; 409 when already auditing (without ``wait``),
+                                         running, two-way or disabled
 ``GET /v1/status``                       the rows of ``ferryman status --json``
 ``GET /healthz``                         200 when the event loop and the database answer, else
                                          503 (also while stopping); no token needed
@@ -280,7 +285,8 @@ class _GatedSite(web.BaseSite):
 
 
 class Refused(Exception):
-    """A trigger the daemon will not start: ``reason`` is ``disabled``, ``stopping`` or ``unknown``."""
+    """A trigger the daemon will not start: ``reason`` is ``disabled``, ``stopping`` or ``unknown``
+    (audits also ``two-way``, or ``running``: a run of the pipeline is in progress)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -295,6 +301,11 @@ class Controller(Protocol):
 
     def start_run(self, name: str, trigger: str) -> tuple[asyncio.Task[RunResult], bool]:
         """The run of ``name``: a new one (True) or the one in progress (False). Raises Refused."""
+        ...
+
+    def start_audit(self, name: str, trigger: str) -> tuple[asyncio.Task[dict[str, Any]], bool]:
+        """The audit of ``name``: a new one (True) or the one in progress (False); it ends
+        with a JSON document (``outcome``, ``message``, ``report``). Raises Refused."""
         ...
 
     async def status(self) -> list[dict[str, Any]]: ...
@@ -380,6 +391,27 @@ def build_app(controller: Controller, gate: ConnectionGate | None = None) -> web
             )
         return web.json_response(result_json(result, joined=not started))
 
+    async def audit(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        try:
+            task, started = controller.start_audit(name, "api")
+        except Refused as exc:
+            status = {"unknown": 404, "stopping": 503}.get(exc.reason, 409)
+            return web.json_response({"pipeline": name, "error": str(exc), "reason": exc.reason}, status=status)
+        if request.query.get("wait", "").lower() not in ("1", "true", "yes"):
+            if started:
+                return web.json_response({"pipeline": name, "status": "started"}, status=202)
+            error = "already being audited in this daemon; use ?wait=true to wait for it"
+            return web.json_response({"pipeline": name, "error": error, "reason": "auditing"}, status=409)
+        try:
+            outcome = await asyncio.shield(task)  # a client that gives up must not cancel the audit
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            error = "the daemon stopped before the audit finished"
+            return web.json_response({"pipeline": name, "error": error, "reason": "stopping"}, status=503)
+        return web.json_response({**outcome, "joined": not started}, dumps=_dumps)
+
     async def status(_request: web.Request) -> web.StreamResponse:
         return web.json_response(await controller.status(), dumps=_dumps)
 
@@ -393,6 +425,7 @@ def build_app(controller: Controller, gate: ConnectionGate | None = None) -> web
 
     app = web.Application(client_max_size=1024 * 1024, middlewares=[gate.middleware] if gate is not None else [])
     app.router.add_post("/v1/pipelines/{name}/trigger", guarded(trigger))
+    app.router.add_post("/v1/pipelines/{name}/audit", guarded(audit))
     app.router.add_get("/v1/status", guarded(status))
     checked_prometheus = guarded(prometheus)
 

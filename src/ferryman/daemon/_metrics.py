@@ -11,6 +11,10 @@ declared there, with its HELP); this module adds what is computed at the scrape:
 - ``ferryman_build_info`` and the ``process_*`` families of prometheus_client's
   ProcessCollector, from ``/proc`` (:func:`process_gauges`).
 
+The ``ferryman_audit_*`` gauges are set when a scheduled audit ends (:func:`audit_completed`,
+:func:`audit_failed`), in the daemon that ran it: audits are not recorded in the state
+database, so a restarted daemon shows them again after its first audit.
+
 :func:`render` reads the database: call it from a worker thread, never on the event loop.
 
 Why two lag metrics, and not "now minus the cursor": on a quiet source the newest update
@@ -37,13 +41,14 @@ import structlog
 
 import ferryman
 from ferryman import metrics
+from ferryman.audit import AuditReport
 from ferryman.metrics import Labels, Series
 from ferryman.redact import redact
 from ferryman.state import StateStore
 from ferryman.state.models import CursorRow, RunRow
 from ferryman.timeutil import ensure_utc, utcnow
 
-__all__ = ["RunDurations", "pipeline_gauges", "process_gauges", "render"]
+__all__ = ["RunDurations", "audit_completed", "audit_failed", "pipeline_gauges", "process_gauges", "render"]
 
 log = structlog.get_logger("ferryman.daemon")
 
@@ -105,6 +110,32 @@ def render(
             log.warning("metrics.state_unreadable", error=redact(str(exc)))
             families["ferryman_state_store_up"] = {(): 0.0}
     return metrics.render(extra=families) + durations.render()
+
+
+_AUDIT_FINDINGS = {
+    "missing": "ferryman_audit_missing",
+    "extra": "ferryman_audit_extra",
+    "stale": "ferryman_audit_stale",
+    "duplicated": "ferryman_audit_duplicated",
+}
+
+
+def audit_completed(report: AuditReport, ended_at: float) -> None:
+    """The gauges of an audit that completed (clean or not) at Unix time ``ended_at``."""
+    name = report.pipeline
+    for target in report.targets:
+        for kind, family in _AUDIT_FINDINGS.items():
+            metrics.set_gauge(family, getattr(target, kind).count, pipeline=name, target=target.ref)
+    metrics.set_gauge("ferryman_audit_records", report.read, pipeline=name)
+    metrics.set_gauge("ferryman_audit_duration_seconds", report.seconds, pipeline=name)
+    metrics.set_gauge("ferryman_audit_last_run_timestamp_seconds", ended_at, pipeline=name)
+    metrics.set_gauge("ferryman_audit_last_success", 1, pipeline=name)
+
+
+def audit_failed(pipeline: str) -> None:
+    """An audit that did not complete: only ``last_success`` changes, the findings stay
+    those of the last completed audit (an unreachable source says nothing about the target)."""
+    metrics.set_gauge("ferryman_audit_last_success", 0, pipeline=pipeline)
 
 
 def build_info() -> dict[str, Series]:

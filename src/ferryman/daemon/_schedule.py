@@ -1,8 +1,13 @@
-"""When pipelines run: the slots of a ``schedule:`` and the start-up catch-up.
+"""When pipelines run: the slots of a ``schedule:`` and the start-up catch-up; when they
+are audited (``audit: {every: ...}``).
 
 A slot is one scheduled fire time. Instances sharing a state store compute the same slots
 and claim each one in the database, so it runs once across them all. Pure functions over
 the config and the time of the last run, so they are tested without a scheduler or a clock.
+
+Audits are not slots: each daemon audits every ``audit.every`` counted from its start (or
+its last reload), a little late by a random jitter, and the pipeline's lease keeps an audit
+from overlapping a run wherever that run is.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from ferryman.config import ScheduleConfig
 from ferryman.errors import ConfigError
 
-__all__ = ["check_schedule", "cron_trigger", "last_slot", "missed_slot", "next_slot"]
+__all__ = ["audit_jitter", "audit_trigger", "check_schedule", "cron_trigger", "last_slot", "missed_slot", "next_slot"]
 
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _DOW_PART = re.compile(r"^(?:(?P<all>\*)|(?P<lo>\d)(?:-(?P<hi>\d))?)(?:/(?P<step>\d+))?$")
@@ -110,6 +116,29 @@ def missed_slot(schedule: ScheduleConfig, last_started: datetime | None, now: da
     if slot is None or (last_started is not None and last_started >= slot):
         return None
     return slot
+
+
+#: the most an audit starts late (see :func:`audit_jitter`)
+AUDIT_JITTER_MAX = timedelta(minutes=5)
+
+
+def audit_jitter(every: timedelta) -> timedelta:
+    """How late an audit may start at random: a tenth of its interval, at most five minutes.
+
+    Pipelines configured alike (``every: 1d`` on each) would otherwise all read their
+    sources, and spend their rate budgets, at the same moment after a start or a reload."""
+    return min(every / 10, AUDIT_JITTER_MAX)
+
+
+def audit_trigger(every: timedelta, first: datetime) -> IntervalTrigger:
+    """At ``first``, then every ``every``, each up to :func:`audit_jitter` late. The daemon
+    starts one interval after its start: a daemon restarting in a loop must not audit in a loop."""
+    return IntervalTrigger(
+        seconds=every.total_seconds(),
+        start_date=first,
+        timezone=UTC,
+        jitter=audit_jitter(every).total_seconds(),
+    )
 
 
 def _cron(schedule: ScheduleConfig) -> CronTrigger:

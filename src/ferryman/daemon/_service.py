@@ -20,9 +20,17 @@ Otherwise the pings stop (``watchdog.withheld``, with the reason) and systemd re
 service after ``WatchdogSec``; an outage of the database is not such a reason (a restart
 does not fix it), and /healthz reports it instead.
 
+A pipeline with ``audit: {every: ...}`` is audited (:func:`ferryman.audit.audit_pipeline`,
+never repaired) every that often, holding its lease as a run does: an audit never overlaps a
+run of the same pipeline, here or on another instance. An audit that finds the lease taken
+is skipped until the next interval; a run asked for while this daemon audits the pipeline
+ends *busy* and runs as soon as the audit ends. Findings go to the ``ferryman_audit_*``
+gauges; an audit that fails is logged and sets ``ferryman_audit_last_success`` to 0.
+
 Signals: SIGTERM or SIGINT sends ``STOPPING=1`` and drains (each run finishes the page in
 hand and commits; runs still going after ``drain_timeout`` are cancelled, which loses no
-record either: the cursor only covers committed pages), then exits 0. A second one stops
+record either: the cursor only covers committed pages; audits in flight are cancelled at
+once, they write nothing), then exits 0. A second one stops
 at once. SIGHUP reloads the config: an invalid one is logged with the reason and the
 daemon carries on with the old one; a valid one gets a new Engine and a new schedule,
 and the old Engine's connectors are closed once its runs in progress end.
@@ -48,18 +56,20 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
 from ferryman import logs, metrics
-from ferryman.config import FerrymanConfig, load_config
+from ferryman.audit import KINDS, AuditReport, NotAudited, audit_pipeline
+from ferryman.config import FerrymanConfig, PipelineConfig, load_config
 from ferryman.engine import Engine, RunResult
-from ferryman.errors import ConfigError, FerrymanError
+from ferryman.errors import ConfigError, FerrymanError, LeaseLost
+from ferryman.holders import describe_holder
 from ferryman.redact import redact
 from ferryman.state import StateStore
 from ferryman.timeutil import UTC, format_utc, utcnow
 
 from ._api import IDLE_TIMEOUT, ConnectionGate, Refused, build_app, connection_cap, start_site
 from ._listen import Listen, new_token, parse_listen, token_path, write_token
-from ._metrics import RunDurations, render
+from ._metrics import RunDurations, audit_completed, audit_failed, render
 from ._notify import Notifier
-from ._schedule import check_schedule, missed_slot, next_slot
+from ._schedule import audit_trigger, check_schedule, missed_slot, next_slot
 
 log = structlog.get_logger("ferryman.daemon")
 
@@ -96,7 +106,7 @@ class _Generation:
 
     config: FerrymanConfig
     engine: Engine
-    tasks: set[asyncio.Task[RunResult]] = field(default_factory=set)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # runs and audits on ``engine``
     retired: bool = False
 
 
@@ -123,6 +133,8 @@ class Daemon:
         self._running: dict[str, asyncio.Task[RunResult]] = {}
         self._run_stops: set[asyncio.Event] = set()
         self._rerun: set[str] = set()
+        self._audits: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._after_audit: dict[str, str] = {}  # pipeline -> trigger of the run asked for during its audit
         self._not_before: dict[str, Any] = {}
         self._durations = RunDurations()
         self._stopping = False
@@ -143,14 +155,7 @@ class Daemon:
     def start_run(
         self, name: str, trigger: str, *, slot: datetime | None = None
     ) -> tuple[asyncio.Task[RunResult], bool]:
-        if self._stopping:
-            raise Refused("stopping", "the daemon is stopping")
-        pipeline = self._gen.config.pipelines.get(name)
-        if pipeline is None:
-            known = ", ".join(sorted(self._gen.config.pipelines)) or "none configured"
-            raise Refused("unknown", f"no pipeline named {name!r} in the daemon's config (pipelines: {known})")
-        if not pipeline.enabled:
-            raise Refused("disabled", f"{name} is disabled (enabled: false); `ferryman sync {name}` runs it once")
+        self._startable(name, f"`ferryman sync {name}` runs it once")
         running = self._running.get(name)
         if running is not None:
             return running, False
@@ -161,8 +166,36 @@ class Daemon:
         task.add_done_callback(lambda t: self._run_done(gen, name, t))
         return task, True
 
+    def start_audit(self, name: str, trigger: str) -> tuple[asyncio.Task[dict[str, Any]], bool]:
+        pipeline = self._startable(name, f"`ferryman audit {name}` audits it once")
+        if pipeline.direction == "both":
+            raise Refused("two-way", f"{name} is two-way (direction: both): two-way pipelines are not audited yet")
+        auditing = self._audits.get(name)
+        if auditing is not None:
+            return auditing, False
+        if name in self._running:  # checked here, not in the task: a run registered later sees the audit
+            raise Refused("running", f"{name} is running in this daemon; audit it when the run is done")
+        gen = self._gen
+        task = asyncio.get_running_loop().create_task(self._audit(gen, name, trigger), name=f"audit:{name}")
+        self._audits[name] = task
+        gen.tasks.add(task)
+        task.add_done_callback(lambda t: self._audit_done(gen, name, t))
+        return task, True
+
+    def _startable(self, name: str, once: str) -> PipelineConfig:
+        """The pipeline a trigger names, or Refused: the daemon stops, no such pipeline, disabled."""
+        if self._stopping:
+            raise Refused("stopping", "the daemon is stopping")
+        pipeline = self._gen.config.pipelines.get(name)
+        if pipeline is None:
+            known = ", ".join(sorted(self._gen.config.pipelines)) or "none configured"
+            raise Refused("unknown", f"no pipeline named {name!r} in the daemon's config (pipelines: {known})")
+        if not pipeline.enabled:
+            raise Refused("disabled", f"{name} is disabled (enabled: false); {once}")
+        return pipeline
+
     async def status(self) -> list[dict[str, Any]]:
-        from ferryman.cli import status_rows
+        from ferryman.status import status_rows
 
         rows: list[dict[str, Any]] = await self.store.call(status_rows, self._gen.config, self.store)
         return rows
@@ -281,9 +314,11 @@ class Daemon:
             return
         self._stopping = True
         self.notifier.notify("STOPPING=1", "STATUS=stopping: finishing the pages in hand")
-        log.info("daemon.stopping", signal=why, running=sorted(self._running))
+        log.info("daemon.stopping", signal=why, running=sorted(self._running), auditing=sorted(self._audits))
         for stop in self._run_stops:
             stop.set()
+        for audit in self._audits.values():  # read-only: nothing to finish
+            audit.cancel()
         self._stop_requested.set()
 
     async def reload(self) -> bool:
@@ -326,6 +361,13 @@ class Daemon:
         return _Generation(config, Engine(config, self.store, services={"http": self.registry, "config": config}))
 
     async def _run(self, gen: _Generation, name: str, trigger: str, slot: datetime | None = None) -> RunResult:
+        if name in self._audits:
+            # the audit holds the lease, and this process is its holder: the engine would take
+            # it too (and release it under the audit at the end). Run once the audit is done.
+            self._after_audit.setdefault(name, trigger)
+            result = RunResult(name, "busy", message="being audited in this daemon: it runs when the audit ends")
+            self._after_run(result)
+            return result
         metrics.set_gauge("ferryman_pipeline_running", 1, pipeline=name)
         stop = asyncio.Event()  # set on SIGTERM, or when the lease is lost
         if self._stopping:
@@ -416,7 +458,9 @@ class Daemon:
 
     # -- schedule ------------------------------------------------------------------------------
     def _schedule(self, gen: _Generation, *, startup: bool) -> int:
-        """(Re)build every job from ``gen``'s config; start the runs that are due. Returns the job count."""
+        """(Re)build every job from ``gen``'s config; start the runs that are due. Returns the
+        count of scheduled runs (audits are logged one by one)."""
+        audits = self._audit_times()
         self.scheduler.remove_all_jobs()
         last = self.store.last_runs()
         now = utcnow()
@@ -436,6 +480,7 @@ class Daemon:
                     last_started=format_utc(started) if started else None,
                 )
                 self._try_slot(name, missed, "startup" if startup else "reload")
+        self._schedule_audits(gen, now, audits)
         return count
 
     def _arm(self, name: str, after: datetime) -> None:
@@ -488,6 +533,10 @@ class Daemon:
         if name in self._running:
             log.debug("run.skipped", pipeline=name, slot=format_utc(slot), reason="already running")
             return
+        if name in self._audits:  # it holds the lease: the claim would succeed and the run come back busy
+            self._after_audit.setdefault(name, trigger)
+            log.info("run.after_audit", pipeline=name, slot=format_utc(slot), message="runs when its audit ends")
+            return
         try:
             claim = await self.store.call(self.store.claim_slot, name, slot, self._gen.config.state.lease_ttl)
         except Exception as exc:
@@ -507,6 +556,132 @@ class Daemon:
             return
         if not started:  # a triggered run began meanwhile: it holds the lease and serves the slot
             log.debug("run.skipped", pipeline=name, slot=format_utc(slot), reason="already running")
+
+    # -- audits --------------------------------------------------------------------------------
+    def _audit_times(self) -> dict[str, tuple[timedelta, datetime]]:
+        """Per audited pipeline, its interval and next audit, as scheduled now."""
+        out: dict[str, tuple[timedelta, datetime]] = {}
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("audit:") and job.next_run_time is not None:
+                out[job.id.removeprefix("audit:")] = (job.trigger.interval, job.next_run_time)
+        return out
+
+    def _schedule_audits(self, gen: _Generation, now: datetime, before: dict[str, tuple[timedelta, datetime]]) -> None:
+        """One job per enabled pipeline with ``audit:``; two-way ones are said once, here.
+
+        A reload keeps an audit's next time when its interval stays: reloading more often
+        than ``audit.every`` must not put the audit off for ever."""
+        for name, pipeline in gen.config.pipelines.items():
+            if not pipeline.enabled or pipeline.audit is None:
+                continue
+            if pipeline.direction == "both":
+                log.warning("audit.not_available", pipeline=name, reason="audit: not available for two-way pipelines")
+                continue
+            every = pipeline.audit.every
+            interval, planned = before.get(name, (None, None))
+            first = planned if interval == every and planned is not None and planned > now else now + every
+            trigger = audit_trigger(every, first)
+            self.scheduler.add_job(
+                self._on_audit,
+                trigger=trigger,
+                args=[name],
+                id=f"audit:{name}",
+                name=f"audit:{name}",
+                misfire_grace_time=None,
+                coalesce=True,
+                replace_existing=True,
+            )
+            log.info(
+                "audit.scheduled",
+                pipeline=name,
+                every=every.total_seconds(),
+                first=format_utc(first),
+                sample=pipeline.audit.sample,
+            )
+
+    async def _on_audit(self, name: str) -> None:
+        """An audit's time came: start it in its own task (the scheduler does not wait for it)."""
+        if self._stopping:
+            return
+        try:
+            self.start_audit(name, "schedule")
+        except Refused as exc:
+            log.info("audit.skipped", pipeline=name, reason=str(exc), note="audited at the next interval")
+
+    async def _audit(self, gen: _Generation, name: str, trigger: str) -> dict[str, Any]:
+        """Audit ``name`` holding its lease (renewed as a run's is); set the gauges. Never
+        raises but CancelledError: the outcome is logged and returned as a JSON document."""
+        pipeline = gen.config.pipelines[name]
+        sample = pipeline.audit.sample if pipeline.audit is not None else None
+        ttl = gen.config.state.lease_ttl
+        out: dict[str, Any] = {"pipeline": name, "trigger": trigger}
+        try:
+            taken = await self.store.call(self.store.acquire_lease, name, ttl)
+            holder = None if taken else await self.store.call(self.store.lease_holder, name)
+        except Exception as exc:
+            return self._audit_failed(out, f"the state database: {redact(str(exc))}")
+        if not taken:
+            who = describe_holder(holder[0]) if holder else "another instance"
+            out.update(outcome="busy", message=f"running on {who}: audited at the next interval")
+            log.info("audit.skipped", pipeline=name, reason=f"running on {who}", note="audited at the next interval")
+            return out
+        stop = asyncio.Event()  # set by the keeper when the lease is lost
+        keeper = asyncio.get_running_loop().create_task(self._keep_lease(name, ttl, stop), name=f"lease:{name}")
+
+        async def still_ours() -> None:
+            if stop.is_set():  # a run elsewhere may be changing what the audit compares
+                raise LeaseLost(f"pipeline {name}: the audit's lease passed to another holder during the audit")
+
+        log.info("audit.started", pipeline=name, trigger=trigger, sample=sample)
+        try:
+            report = await audit_pipeline(gen.engine, name, sample=sample, keep_alive=still_ours)
+        except asyncio.CancelledError:
+            log.info("audit.cancelled", pipeline=name, note="nothing was written; audited again after the next start")
+            raise
+        except NotAudited as exc:
+            out.update(outcome="not_audited", message=str(exc))
+            log.warning("audit.not_available", pipeline=name, reason=str(exc))
+            return out
+        except Exception as exc:  # an unreachable app, a deferral, the database, a connector's bug
+            return self._audit_failed(out, redact(str(exc)) or type(exc).__name__)
+        finally:
+            keeper.cancel()
+            try:
+                await self.store.call(self.store.release_lease, name)
+            except Exception as exc:  # it expires after state.lease_ttl all the same
+                log.warning("lease.release_failed", pipeline=name, error=redact(str(exc)))
+        audit_completed(report, time.time())
+        out.update(outcome="clean" if report.clean else "differences", report=report.as_json())
+        say = log.info if report.clean else log.warning  # differences are what the schedule is for
+        say(
+            "audit.completed",
+            pipeline=name,
+            clean=report.clean,
+            read=report.read,
+            complete=report.complete,
+            seconds=round(report.seconds, 3),
+            findings=_findings(report),
+        )
+        return out
+
+    def _audit_failed(self, out: dict[str, Any], reason: str) -> dict[str, Any]:
+        audit_failed(out["pipeline"])
+        log.warning("audit.failed", pipeline=out["pipeline"], reason=reason, note="audited again at the next interval")
+        out.update(outcome="failed", message=reason)
+        return out
+
+    def _audit_done(self, gen: _Generation, name: str, task: asyncio.Task[dict[str, Any]]) -> None:
+        if self._audits.get(name) is task:
+            del self._audits[name]
+        gen.tasks.discard(task)
+        if gen.retired and not gen.tasks:
+            self._spawn(self._close_engine(gen))
+        trigger = self._after_audit.pop(name, None)
+        if trigger is not None and not self._stopping:
+            try:
+                self.start_run(name, trigger)
+            except Refused as exc:
+                log.info("run.not_triggered", pipeline=name, reason=str(exc))
 
     # -- control API ---------------------------------------------------------------------------
     def _set_token(self, config: FerrymanConfig, *, write: bool = True) -> None:
@@ -594,6 +769,9 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         if self._fires:  # slots in their jitter wake up and give up; claims in flight end
             await asyncio.wait(set(self._fires), timeout=FIRES_DRAIN_TIMEOUT)
+        if self._audits:  # cancelled by request_stop: their finally blocks give the leases back
+            # (bounded: with the database hung, the leases expire after state.lease_ttl instead)
+            await asyncio.wait(set(self._audits.values()), timeout=FIRES_DRAIN_TIMEOUT)
         tasks = {t for t in self._running.values()}
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout)
@@ -739,3 +917,8 @@ def _log_outbox_end(task: asyncio.Task[None]) -> None:
     exc = task.exception()
     if exc is not None:
         log.error("outbox.crashed", error=redact(str(exc)), exc_info=exc)
+
+
+def _findings(report: AuditReport) -> dict[str, dict[str, int]]:
+    """Per target, the counts of the kinds found (the log line of an audit)."""
+    return {t.ref: {k: getattr(t, k).count for k in KINDS if getattr(t, k).count} for t in report.targets}

@@ -82,7 +82,7 @@ def _register_trigger(sub: Any, name: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ferryman.cli import EXIT_FAILED, load
+    from ferryman.app import EXIT_FAILED, load
     from ferryman.daemon._service import Daemon, ListenError
     from ferryman.redact import redact
 
@@ -103,7 +103,7 @@ def _close_interrupted_runs(config: Any) -> None:
     control API is up."""
     import structlog
 
-    from ferryman.cli import open_store
+    from ferryman.app import open_store
 
     store = open_store(config)
     try:
@@ -115,7 +115,7 @@ def _close_interrupted_runs(config: Any) -> None:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    from ferryman.cli import EXIT_BUSY, EXIT_FAILED, OUTCOME_EXIT, load
+    from ferryman.app import EXIT_BUSY, EXIT_FAILED, OUTCOME_EXIT, load
     from ferryman.daemon._client import ControlClient, DaemonUnreachable
     from ferryman.redact import redact
 

@@ -3,8 +3,9 @@
 
 _ferryman_subcommands() {
     case "$1" in
-        'ferryman') echo 'sync status check init example connectors reset dlq sandbox new-connector rewind audit run trigger' ;;
+        'ferryman') echo 'sync status check init example connectors reset dlq sandbox new-connector rewind audit explain conflicts run trigger' ;;
         'ferryman dlq') echo 'list replay drop resolve' ;;
+        'ferryman conflicts') echo 'list restore' ;;
         *) return 1 ;;
     esac
 }
@@ -27,6 +28,10 @@ _ferryman_options() {
         'ferryman new-connector') echo '-h --help --dir' ;;
         'ferryman rewind') echo '-h --help --to --side --dry-run --yes' ;;
         'ferryman audit') echo '-h --help --json --sample --repair --yes' ;;
+        'ferryman explain') echo '-h --help --target-key --json --limit' ;;
+        'ferryman conflicts') echo '-h --help' ;;
+        'ferryman conflicts list') echo '-h --help --all --json' ;;
+        'ferryman conflicts restore') echo '-h --help --dry-run --yes' ;;
         'ferryman run') echo '-h --help --drain-timeout' ;;
         'ferryman trigger') echo '-h --help --wait --timeout' ;;
         *) return 1 ;;
@@ -54,6 +59,7 @@ _ferryman_takes_value() {
         'ferryman rewind --to') return 0 ;;
         'ferryman rewind --side') return 0 ;;
         'ferryman audit --sample') return 0 ;;
+        'ferryman explain --limit') return 0 ;;
         'ferryman run --drain-timeout') return 0 ;;
         'ferryman trigger --timeout') return 0 ;;
         *) return 1 ;;
