@@ -373,6 +373,7 @@ class Engine:
         src_ref = pipeline.source
         journal = RunJournal(self.config.history, pipeline.journal)
         if not dry_run:
+            await self._keyed(src_ref, targets)
             for target in targets:
                 await self._reconcile_intents(name, src_ref, target)
                 await target.connector.restore(
@@ -531,6 +532,13 @@ class Engine:
                     await self._publish(name, targets)
                 elif not isinstance(failure, LeaseLost | StateUnavailable):
                     await self._publish_committed(name, targets)
+
+    async def _keyed(self, src_ref: str, targets: Sequence[_Target]) -> None:
+        """Before a one-way run writes: targets that keep each record under its source key
+        (``keyed_by_source``: CSV files) have their links kept as slim fingerprint rows."""
+        for target in targets:
+            if getattr(target.connector, "keyed_by_source", False):
+                await self._state(self.store.keyed_target, src_ref, target.ref)
 
     async def _publish(self, name: str, targets: Sequence[Sink]) -> None:
         """Publish the transactional targets (CSV files) of a one-way or two-way run. A write
@@ -1058,6 +1066,7 @@ class Engine:
         the run, committed with its row."""
         pipeline = self.config.pipeline(name)
         source, src_info, targets = built or await self._targets(pipeline, f"pipelines.{name}")
+        await self._keyed(pipeline.source, targets)
         out: list[tuple[int, str, str]] = []
         for target in targets:
             await target.connector.restore(

@@ -31,6 +31,7 @@ from ferryman.errors import ConfigError, LeaseLost, StateError, StateUnavailable
 from ferryman.holders import default_instance_name, describe_holder, host_id
 from ferryman.holders import holder_is_dead as _holder_is_dead
 from ferryman.holders import start_token as _start_token
+from ferryman.liveness import run_as_seen
 from ferryman.redact import redact, redact_url
 from ferryman.state import migrations
 from ferryman.state.history import Conflict, Event, History, NewConflict, NewEvent
@@ -38,15 +39,16 @@ from ferryman.state.models import (
     CheckpointRow,
     CursorRow,
     DeadLetterRow,
+    FingerprintRow,
     HostRow,
     IntentRow,
+    KeyedTargetRow,
     LeaseRow,
     LinkRow,
     RunRow,
     SchemaVersion,
     SlotRow,
 )
-from ferryman.status import run_as_seen
 from ferryman.timeutil import UTC, from_db_time, sqlite_text, utcnow
 
 __all__ = [
@@ -77,6 +79,8 @@ T_HOSTS = HostRow.__table__  # type: ignore[attr-defined]
 T_LEASES = LeaseRow.__table__  # type: ignore[attr-defined]
 T_SCHEMA = SchemaVersion.__table__  # type: ignore[attr-defined]
 T_SLOTS = SlotRow.__table__  # type: ignore[attr-defined]
+T_KEYED = KeyedTargetRow.__table__  # type: ignore[attr-defined]
+T_FINGERPRINTS = FingerprintRow.__table__  # type: ignore[attr-defined]
 
 SLOT_RETENTION = timedelta(days=7)
 #: how long SQLite waits for another process's lock (``?timeout=SECONDS`` in the URL overrides)
@@ -156,6 +160,12 @@ _UPSERT_LINKS = (
     "window_start = excluded.window_start"
 )
 
+
+_UPSERT_FINGERPRINTS = (
+    "INSERT INTO fingerprints (src, dst, src_key, fp) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (src, dst, src_key) DO UPDATE SET fp = excluded.fp"
+)
+_SELECT_FINGERPRINTS = "SELECT src_key, fp FROM fingerprints WHERE src = %s AND dst = %s AND src_key IN ({keys})"
 
 _SELECT_LINKS = (
     "SELECT src_key, dst_key, src_fp, dst_fp, write_count, window_start FROM links "
@@ -254,6 +264,8 @@ class StateStore:
         self.dialect = self.engine.dialect.name
         #: per-record events and the conflict journal (:mod:`ferryman.state.history`)
         self.history = History(self.engine)
+        #: targets whose links are slim fingerprint rows (see keyed_target); None: not read yet
+        self._keyed: set[tuple[str, str]] | None = None
         #: the leases this process holds, by pipeline (see :meth:`self_fence`)
         self.tenures: dict[str, Tenure] = {}
         self._pool: StatePool | None = None
@@ -384,6 +396,46 @@ class StateStore:
             else:
                 self._set_cursor(conn, pipeline, side, cursor)
 
+    # -- keyed targets ----------------------------------------------------------------
+    def keyed_target(self, src: str, dst: str) -> None:
+        """Keep the links from ``src`` to ``dst`` (a target that holds each record under its
+        source key: a CSV file) as slim fingerprint rows from now on. Idempotent; the first
+        call moves the pair's existing link rows over, in one transaction, so every reader
+        (this process or another, a run or ``explain``) finds them in one place."""
+        if (src, dst) in self._keyed_pairs():
+            return
+        with self.engine.begin() as conn:
+            known = conn.execute(sa.select(T_KEYED.c.src).where(T_KEYED.c.src == src, T_KEYED.c.dst == dst)).first()
+            if known is None:
+                conn.execute(sa.insert(T_KEYED).values(src=src, dst=dst, since=utcnow()))
+                moved = T_LINKS.c.src == src, T_LINKS.c.dst == dst, T_LINKS.c.dst_key == T_LINKS.c.src_key
+                conn.execute(
+                    sa.insert(T_FINGERPRINTS).from_select(
+                        ["src", "dst", "src_key", "fp"],
+                        sa.select(T_LINKS.c.src, T_LINKS.c.dst, T_LINKS.c.src_key, T_LINKS.c.src_fp).where(*moved),
+                    )
+                )
+                conn.execute(sa.delete(T_LINKS).where(*moved))
+        self._keyed_pairs().add((src, dst))
+
+    def _keyed_pairs(self) -> set[tuple[str, str]]:
+        """The keyed targets, read once per process (a pair becomes keyed in the process
+        that runs it, through :meth:`keyed_target`, before it writes)."""
+        if self._keyed is None:
+            with self._reading() as conn:
+                self._keyed = {(row[0], row[1]) for row in conn.execute(sa.select(T_KEYED.c.src, T_KEYED.c.dst))}
+        return self._keyed
+
+    def _fingerprints(self, src: str, dst: str, keys: Sequence[str]) -> dict[str, Link]:
+        found: dict[str, Link] = {}
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        with self._reading() as conn:
+            for chunk in _chunks(list(dict.fromkeys(keys)), 500):
+                sql = _SELECT_FINGERPRINTS.format(keys=", ".join([mark] * len(chunk))).replace("%s", mark)
+                for key, fp in conn.exec_driver_sql(sql, (src, dst, *chunk)):
+                    found[key] = Link(key, key, fp, fp)
+        return found
+
     # -- links ----------------------------------------------------------------------
     def links_for(self, src: str, dst: str, src_keys: Sequence[str]) -> dict[str, Link]:
         """The links of these source keys (one query per 500 keys, at driver level: this runs
@@ -391,6 +443,8 @@ class StateStore:
         found: dict[str, Link] = {}
         if not src_keys:
             return found
+        if (src, dst) in self._keyed_pairs():
+            return self._fingerprints(src, dst, src_keys)
         mark = "?" if self.dialect == "sqlite" else "%s"
         with self._reading() as conn:
             for chunk in _chunks(list(dict.fromkeys(src_keys)), 500):
@@ -400,6 +454,8 @@ class StateStore:
         return found
 
     def links_by_dst(self, src: str, dst: str, dst_keys: Sequence[str]) -> dict[str, Link]:
+        if (src, dst) in self._keyed_pairs():  # the record's key there is its source key
+            return self._fingerprints(src, dst, dst_keys)
         found: dict[str, Link] = {}
         cols = (
             T_LINKS.c.src_key,
@@ -420,20 +476,22 @@ class StateStore:
 
     def linked_keys(self, src: str, dst: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
         """Source keys linked from ``src`` to ``dst``, in key order, after ``after``."""
-        query = sa.select(T_LINKS.c.src_key).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst)
+        table = T_FINGERPRINTS if (src, dst) in self._keyed_pairs() else T_LINKS
+        query = sa.select(table.c.src_key).where(table.c.src == src, table.c.dst == dst)
         if after is not None:
-            query = query.where(T_LINKS.c.src_key > after)
-        query = query.order_by(T_LINKS.c.src_key)
+            query = query.where(table.c.src_key > after)
+        query = query.order_by(table.c.src_key)
         if limit is not None:
             query = query.limit(limit)
         with self._reading() as conn:
             return [row[0] for row in conn.execute(query)]
 
     def count_links(self, src: str, dst: str) -> int:
+        table = T_FINGERPRINTS if (src, dst) in self._keyed_pairs() else T_LINKS
         with self._reading() as conn:
             return int(
                 conn.execute(
-                    sa.select(sa.func.count()).select_from(T_LINKS).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst)
+                    sa.select(sa.func.count()).select_from(table).where(table.c.src == src, table.c.dst == dst)
                 ).scalar_one()
             )
 
@@ -441,6 +499,16 @@ class StateStore:
         """Insert or update links with one driver-level executemany (the hot path of a big sync)."""
         if not links:
             return
+        if (src, dst) in self._keyed_pairs():
+            slim = [(src, dst, x.src_key, x.src_fp) for x in links if x.dst_key == x.src_key]
+            if slim:
+                conn.exec_driver_sql(
+                    _UPSERT_FINGERPRINTS.replace("%s", "?") if self.dialect == "sqlite" else _UPSERT_FINGERPRINTS,
+                    slim,
+                )
+            links = [x for x in links if x.dst_key != x.src_key]  # a key of its own there: a full link
+            if not links:
+                return
         now = utcnow()
         if self.dialect == "sqlite":
 
@@ -565,12 +633,12 @@ class StateStore:
             for (src, dst), links in commit.links.items():
                 self._upsert_links(conn, src, dst, links)
             for (src, dst), keys in commit.unlinks.items():
-                for chunk in _chunks(keys, 500):
-                    conn.execute(
-                        sa.delete(T_LINKS).where(
-                            T_LINKS.c.src == src, T_LINKS.c.dst == dst, T_LINKS.c.src_key.in_(chunk)
+                tables = (T_LINKS, T_FINGERPRINTS) if (src, dst) in self._keyed_pairs() else (T_LINKS,)
+                for table in tables:
+                    for chunk in _chunks(keys, 500):
+                        conn.execute(
+                            sa.delete(table).where(table.c.src == src, table.c.dst == dst, table.c.src_key.in_(chunk))
                         )
-                    )
             for dst, data in commit.checkpoints.items():
                 self._set_checkpoint(conn, commit.pipeline, dst, data)
             if commit.resolved_intents:
@@ -874,7 +942,7 @@ class StateStore:
 
     def last_runs(self) -> dict[str, dict[str, Any]]:
         """The latest run of each pipeline, as status shows it: one still marked ``running``
-        whose process is gone reads ``interrupted`` (see :func:`ferryman.status.run_as_seen`)."""
+        whose process is gone reads ``interrupted`` (see :func:`ferryman.liveness.run_as_seen`)."""
         with self._reading() as conn:
             rows = self._runs_with_leases(conn, latest=True)
         now = utcnow()
@@ -1182,6 +1250,7 @@ class StateStore:
             conn.execute(sa.delete(T_INTENTS).where(T_INTENTS.c.pipeline == pipeline))
             for src, dst in link_pairs:
                 conn.execute(sa.delete(T_LINKS).where(T_LINKS.c.src == src, T_LINKS.c.dst == dst))
+                conn.execute(sa.delete(T_FINGERPRINTS).where(T_FINGERPRINTS.c.src == src, T_FINGERPRINTS.c.dst == dst))
 
 
 def _redacted(value: Any) -> Any:

@@ -239,6 +239,23 @@ def _v7_history(op: Operations) -> None:
     op.create_index("ix_conflicts_at", "conflicts", ["at"])
 
 
+def _v8_keyed_targets(op: Operations) -> None:
+    # targets keyed by the source key (CSV files) keep fingerprints, not full link rows
+    op.create_table(
+        "keyed_targets",
+        sa.Column("src", sa.String(200), primary_key=True),
+        sa.Column("dst", sa.String(200), primary_key=True),
+        sa.Column("since", UtcDateTime(), nullable=False),
+    )
+    op.create_table(
+        "fingerprints",
+        sa.Column("src", sa.String(200), primary_key=True),
+        sa.Column("dst", sa.String(200), primary_key=True),
+        sa.Column("src_key", sa.String(500), primary_key=True),
+        sa.Column("fp", sa.String(64), nullable=True),
+    )
+
+
 #: Step N brings the schema from version N-1 to N.
 STEPS: list[Callable[[Operations], None]] = [
     _v1_initial,
@@ -248,6 +265,7 @@ STEPS: list[Callable[[Operations], None]] = [
     _v5_withheld,
     _v6_lease_generation,
     _v7_history,
+    _v8_keyed_targets,
 ]
 
 LATEST = len(STEPS)

@@ -311,3 +311,27 @@ class ConflictRow(SQLModel, table=True):
     won: str  # JSON {field: value}: what was written over it
     status: str = Field(default="open", max_length=20)  # open | restored
     restored_at: datetime | None = _ts(nullable=True)
+
+
+# -- keyed targets (schema v8) ------------------------------------------------------------------
+
+
+class KeyedTargetRow(SQLModel, table=True):
+    """A target that keeps each record under its source key (a CSV file): its links are
+    kept as slim fingerprint rows (:class:`FingerprintRow`) instead of full link rows."""
+
+    __tablename__ = "keyed_targets"
+    src: str = Field(primary_key=True, max_length=200)
+    dst: str = Field(primary_key=True, max_length=200)
+    since: datetime = _ts()
+
+
+class FingerprintRow(SQLModel, table=True):
+    """What a keyed target holds for one source key: the fingerprint of the content written.
+    The link of such a target in a third of a link row's space (one index, four columns)."""
+
+    __tablename__ = "fingerprints"
+    src: str = Field(primary_key=True, max_length=200)
+    dst: str = Field(primary_key=True, max_length=200)
+    src_key: str = Field(primary_key=True, max_length=500)
+    fp: str | None = Field(default=None, max_length=64)
