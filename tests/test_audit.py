@@ -9,6 +9,7 @@ process to check the exit status a cron job sees.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import subprocess
@@ -168,6 +169,39 @@ def test_a_clean_csv_sync_audits_clean(
     assert [target[k]["count"] for k in audit.KINDS] == [0, 0, 0, 0]
     code, text, _ = run_audit(config, capsys)
     assert code == 0 and text.rstrip().endswith("clean"), text
+
+
+def test_links_of_an_older_fingerprint_version_audit_clean(
+    csv_pipeline: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], state_url: str
+) -> None:
+    """After an upgrade of the fingerprint algorithm, nothing is stale: the audit compares
+    in each link's version (as a run does)."""
+    from ferryman.config import load_config
+    from ferryman.engine import Engine
+    from ferryman.records import FINGERPRINTS
+    from ferryman.state import Link, PageCommit, StateStore
+
+    config, _source, _target = csv_pipeline
+    store = StateStore.open(state_url)
+
+    async def as_version_1_left_them() -> list[Link]:
+        engine = Engine(load_config(config, environ={}), store)
+        out = await engine.system("out")
+        try:
+            return [
+                Link(r.key, r.key, FINGERPRINTS[1](r), FINGERPRINTS[1](r))
+                async for page in out.read("contacts", None, 1000)
+                for r in page.records
+            ]
+        finally:
+            await engine.aclose()
+
+    old = asyncio.run(as_version_1_left_them())
+    assert len(old) == N
+    store.commit_page(PageCommit("contacts", links={("files.contacts", "out.contacts"): old}))
+    code, report = audit_json(config, capsys)
+    assert code == 0, report
+    assert [report["targets"][0][k]["count"] for k in audit.KINDS] == [0, 0, 0, 0]
 
 
 def test_csv_differences_are_named_and_a_repair_leaves_a_clean_audit(

@@ -283,8 +283,9 @@ class _TargetState:
     def __init__(self, target: Any, audit: TargetAudit) -> None:
         self.target = target
         self.audit = audit
-        #: target key -> fingerprints of its live records (several: the key repeats, as in a file)
-        self.by_key: dict[str, list[str]] | None = None
+        #: target key -> fingerprints of its live records (several: the key repeats, as in a
+        #: file), each in the current version and in version 1 (links made before hold that)
+        self.by_key: dict[str, list[tuple[str, str]]] | None = None
         #: natural key value -> target keys of its live records
         self.by_natural: dict[str, list[str]] = {}
         #: source keys whose target record is duplicated under its own key: updated on repair
@@ -296,11 +297,12 @@ async def _list_target(engine: Any, state: _TargetState, page_size: int, natural
     and by natural key."""
     import asyncio
 
-    from ferryman.records import fingerprint
+    from ferryman.records import FINGERPRINTS, fingerprint
     from ferryman.sdk.readloop import PageGuard
 
+    older = FINGERPRINTS[1]
     target = state.target
-    by_key: dict[str, list[str]] = {}
+    by_key: dict[str, list[tuple[str, str]]] = {}
     guard = PageGuard(system=target.connector.name, stream=target.stream)
     count = 0
     async for page in target.connector.read(target.stream, None, page_size):
@@ -309,7 +311,7 @@ async def _list_target(engine: Any, state: _TargetState, page_size: int, natural
             if record.deleted:
                 continue
             count += 1
-            by_key.setdefault(record.key, []).append(fingerprint(record))
+            by_key.setdefault(record.key, []).append((fingerprint(record), older(record)))
             if (value := natural(target, record)) is not None:
                 state.by_natural.setdefault(value, []).append(record.key)
         await asyncio.sleep(0)
@@ -350,7 +352,7 @@ async def _check_page(
     """Map and fingerprint a page for one target exactly as a run does, and compare with its
     links (and the target's listing)."""
     from ferryman.engine import _counts
-    from ferryman.records import fingerprint
+    from ferryman.records import fingerprint, same_content
     from ferryman.state import PageCommit
 
     target, audit = state.target, state.audit
@@ -398,10 +400,10 @@ async def _check_page(
         if key in state.duplicated_keys:
             audit.refresh.append(key)
             _keep(audit, mapped, fp, link)
-        if link.src_fp != fp:
+        if not same_content(mapped, link.src_fp, fp):  # in the link's fingerprint version
             audit.stale.add(key, "changed at the source since it was delivered")
             _keep(audit, mapped, fp, link)
-        elif listed and link.dst_fp is not None and listed[-1] != link.dst_fp and key not in state.duplicated_keys:
+        elif listed and link.dst_fp is not None and link.dst_fp not in listed[-1] and key not in state.duplicated_keys:
             # (a duplicated row is reported as duplicated, and its update rewrites it anyway)
             audit.stale.add(key, f"changed in {target.ref}")
             audit.refresh.append(key)
