@@ -18,7 +18,7 @@ from typing import Any
 
 from bench._common import RESULTS, ROOT, Report, load_report, machine, quick, timed
 
-ORDER = ("startup", "pull", "push", "incremental", "rate_limits", "daemon")
+ORDER = ("startup", "http_client", "pull", "push", "incremental", "rate_limits", "daemon")
 
 
 def rate_limits(fast: bool) -> int:

@@ -16,7 +16,7 @@ For each size N a ``sandbox generic`` process serves N contacts from precomputed
   database each time.
 
 The three alternate, ``--repeat`` times each, and the medians are compared:
-Ferryman's throughput as a ratio of the baseline's (target >= 0.75), and Ferryman's peak
+Ferryman's throughput as a ratio of the baseline's (target >= 0.5, issue "Fast"; 0.75 before), and Ferryman's peak
 RSS (target < 100 MB at 1,000,000 records, and flat as N grows). Both are child
 processes, so their figures include interpreter start-up; their CPU and RSS come from
 ``wait4`` of that child alone.
@@ -49,7 +49,7 @@ from bench._common import (
     timed,
 )
 
-THROUGHPUT_TARGET = 0.75
+THROUGHPUT_TARGET = 0.5
 RSS_TARGET_MB = 100.0
 RSS_FLAT_MB = 10.0  # "flat": the larger N may use at most this much more
 
