@@ -322,6 +322,27 @@ def test_known_crossings_still_exist(graph: dict[str, Module]) -> None:
     assert not gone, f"these crossings are gone: delete them from KNOWN_CROSSINGS: {gone}"
 
 
+#: modules whose functions stay short enough to read whole: the run's pieces and the pure rules
+SHORT = ("run", "records.py", "cursor.py", "mapping.py", "planning.py", "journal.py")
+LONGEST = 80
+
+
+def test_no_function_in_the_run_package_or_the_pure_rules_is_over_80_lines() -> None:
+    src = Path(__file__).resolve().parents[1] / "src" / "ferryman"
+    files = [p for name in SHORT for p in ((src / name).rglob("*.py") if (src / name).is_dir() else [src / name])]
+    assert files and all(p.exists() for p in files)
+    long = [
+        f"{p.relative_to(src)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for p in files
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (node.end_lineno or node.lineno) - node.lineno + 1 > LONGEST
+    ]
+    assert not long, "split these (issue 'Fast': no function over 80 lines in run/ or the pure rules): " + ", ".join(
+        long
+    )
+
+
 @pytest.mark.parametrize("name", LEAVES)
 def test_leaves_import_nothing_of_ferryman(graph: dict[str, Module], name: str) -> None:
     assert not graph[name].imports, f"{name} is a leaf but imports: {graph[name].imports}"
