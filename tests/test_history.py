@@ -228,3 +228,27 @@ def test_retention_prunes_old_events_and_entries(tmp_path: Path, state_url: str)
     assert store.history.prune(timedelta(days=30), timedelta(days=180)) == (0, 0)
     assert store.history.prune(timedelta(seconds=-1), timedelta(seconds=-1)) == (1, 1)
     assert store.history.events("p", "t1") == [] and store.history.conflicts("p", status=None) == []
+
+
+def test_pruning_keeps_exactly_the_events_inside_the_retention(tmp_path: Path, state_url: str) -> None:
+    """Events are pruned by bisecting their ids by time (no index on the time): every event
+    older than the retention goes, every newer one stays, at any split."""
+    import sqlalchemy as sa
+
+    from ferryman.state import NewEvent
+    from ferryman.state.history import T_EVENTS
+
+    store = StateStore.open(state_url)
+    now = utcnow()
+    ages = [40, 39, 35, 31, 30.5, 29, 10, 1, 0]  # days ago, oldest first (ids grow with time)
+    with store.engine.begin() as conn:
+        for i, days in enumerate(ages):
+            store.history.write(conn, "p", None, [NewEvent("a.t", f"k{i}", "create")])
+        ids = [row[0] for row in conn.execute(sa.select(T_EVENTS.c.id).order_by(T_EVENTS.c.id))]
+        for event_id, days in zip(ids, ages, strict=True):
+            conn.execute(sa.update(T_EVENTS).where(T_EVENTS.c.id == event_id).values(at=now - timedelta(days=days)))
+    assert store.history.prune(timedelta(days=30), timedelta(days=180)) == (5, 0)
+    left = [e.src_key for k in range(len(ages)) for e in store.history.events("p", f"k{k}")]
+    assert left == ["k5", "k6", "k7", "k8"]
+    assert store.history.prune(timedelta(days=30), timedelta(days=180)) == (0, 0)
+    assert store.history.prune(timedelta(hours=1), timedelta(days=180)) == (3, 0)

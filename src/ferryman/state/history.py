@@ -170,6 +170,29 @@ def _detail(text: str | None) -> str | None:
     return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 3] + "..."
 
 
+def _first_id_since(conn: Connection, cutoff: datetime) -> int | None:
+    """The id of the first event not older than ``cutoff`` (one past the last id when all
+    are older; None when there are none), found by bisecting the ids: events are stamped
+    when their page commits, so their times grow with their ids, and about 40 lookups by
+    primary key replace an index on ``at`` that every insert would pay for. (Instances on
+    one PostgreSQL database may stamp a few milliseconds out of order: the cut is that
+    precise.)"""
+    low, high = conn.execute(sa.select(sa.func.min(T_EVENTS.c.id), sa.func.max(T_EVENTS.c.id))).one()
+    if low is None:
+        return None
+    high += 1  # the answer lies in [low, high]; high stands for "every event is older"
+    while low < high:
+        middle = (low + high) // 2
+        row = conn.execute(
+            sa.select(T_EVENTS.c.id, T_EVENTS.c.at).where(T_EVENTS.c.id >= middle).order_by(T_EVENTS.c.id).limit(1)
+        ).first()
+        if row is None or row[1] >= cutoff:
+            high = middle
+        else:
+            low = row[0] + 1
+    return int(low)
+
+
 class History:
     """The event table and the conflict journal of one state database."""
 
@@ -257,7 +280,8 @@ class History:
         """Delete events and journal entries past their retention; (events, entries) deleted."""
         now = utcnow()
         with self.engine.begin() as conn:
-            events = conn.execute(sa.delete(T_EVENTS).where(T_EVENTS.c.at < now - events_older_than)).rowcount
+            first = _first_id_since(conn, now - events_older_than)
+            events = 0 if first is None else conn.execute(sa.delete(T_EVENTS).where(T_EVENTS.c.id < first)).rowcount
             entries = conn.execute(sa.delete(T_CONFLICTS).where(T_CONFLICTS.c.at < now - journal_older_than)).rowcount
         return int(events or 0), int(entries or 0)
 

@@ -216,8 +216,6 @@ def _v7_history(op: Operations) -> None:
         sa.Column("detail", sa.String, nullable=True),
     )
     op.create_index("ix_record_events_key", "record_events", ["pipeline", "src_key"])
-    op.create_index("ix_record_events_target_key", "record_events", ["pipeline", "target_key"])
-    op.create_index("ix_record_events_at", "record_events", ["at"])
     op.create_table(
         "conflicts",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
