@@ -242,7 +242,7 @@ def test_pruning_keeps_exactly_the_events_inside_the_retention(tmp_path: Path, s
     now = utcnow()
     ages = [40, 39, 35, 31, 30.5, 29, 10, 1, 0]  # days ago, oldest first (ids grow with time)
     with store.engine.begin() as conn:
-        for i, days in enumerate(ages):
+        for i in range(len(ages)):
             store.history.write(conn, "p", None, [NewEvent("a.t", f"k{i}", "create")])
         ids = [row[0] for row in conn.execute(sa.select(T_EVENTS.c.id).order_by(T_EVENTS.c.id))]
         for event_id, days in zip(ids, ages, strict=True):
