@@ -231,7 +231,7 @@ def test_the_same_error_is_logged_a_few_times_a_second_with_a_count(rate_limited
     log = structlog.get_logger("ferryman.test")
     std = logging.getLogger("asyncio")
     started = time.monotonic()
-    for _ in range(2000):  # 5,000 took over a second on a loaded machine: the window is one second
+    for _ in range(500):  # 2,000 could take a second beside 3 xdist workers: the window is one second
         log.error("api.accept_failed", error="Too many open files")
         try:
             raise OSError(errno.EMFILE, "Too many open files")
@@ -250,8 +250,8 @@ def test_the_same_error_is_logged_a_few_times_a_second_with_a_count(rate_limited
     assert any('"run.finished"' in line for line in lines)
     summaries = [json.loads(line) for line in lines if '"log.suppressed"' in line]
     counted = {s["suppressed_event"]: s["count"] for s in summaries}
-    assert counted.get("api.accept_failed") == 1995, summaries
-    assert counted.get("asyncio: socket.accept() out of system resource") == 1995, summaries
+    assert counted.get("api.accept_failed") == 495, summaries
+    assert counted.get("asyncio: socket.accept() out of system resource") == 495, summaries
 
 
 def test_the_units_give_the_daemon_files_to_spare_and_retry_after_an_outage() -> None:
