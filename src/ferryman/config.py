@@ -69,8 +69,10 @@ DEFAULT_CONFIG_PATH = "/etc/ferryman/ferryman.yaml"
 ENV_PREFIX = "FERRYMAN_"
 
 DEFAULT_LEASE_TTL = timedelta(seconds=60)
-#: writes in flight per target app (see PipelineConfig.concurrency; bench/README.md, "push")
-DEFAULT_CONCURRENCY = 4
+#: writes in flight per target app (see PipelineConfig.concurrency; bench/README.md, "push").
+#: 1: with more, the writes already on their way when an app answers 429 reach it before its
+#: Retry-After is over (the fault soak counts them as early retries), so it is opt-in.
+DEFAULT_CONCURRENCY = 1
 
 Secret = SecretStr
 """Type of config fields that hold secrets: only references may fill them."""
@@ -326,7 +328,8 @@ class PipelineConfig(_Model):
         ge=1,
         le=32,
         description="writes to a target app in flight at once (never two for one record; inside the app's rate "
-        "limit); 1 where a target settles creates one at a time (no lookup by natural key) and for files",
+        "limit); 1 where a target settles creates one at a time (no lookup by natural key) and for files. Above 1, "
+        "writes already on their way when the app answers 429 reach it before its Retry-After is over",
     )
     journal: JournalConfig = Field(default_factory=JournalConfig)
     audit: AuditScheduleConfig | None = None
