@@ -107,6 +107,9 @@ declare("ferryman_source_lag_seconds", "gauge",
         "reads 0")
 declare("ferryman_dead_letters_open", "gauge",
         "Dead letters of the pipeline still open (not replayed, resolved or dropped): see ferryman dlq list")
+declare("ferryman_conflicts_open", "gauge",
+        "Conflict-journal entries of the pipeline not restored: values a sync overwrote in a record that had "
+        "changed since the last sync (see ferryman conflicts list); kept for history.journal_retention")
 declare("ferryman_state_store_up", "gauge",
         "1 when the last scrape could read the state database, 0 when it could not (then the pipeline "
         "gauges read from it are left out)")

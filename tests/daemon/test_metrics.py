@@ -333,3 +333,18 @@ async def test_the_metrics_guard_follows_a_reload_of_metrics_public() -> None:
         assert (await client.get("/v1/status")).status == 401
     finally:
         await client.close()
+
+
+def test_open_conflict_journal_entries_are_a_state_gauge(tmp_path: Path) -> None:
+    from ferryman.daemon._metrics import pipeline_gauges
+    from ferryman.state import NewConflict, StateStore
+
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    entry = NewConflict("crm.contacts", "from", "1", "1", "newest_wins", "both changed", {"phone": "a"}, {"phone": "b"})
+    store.history.add("p", None, [], [entry, entry])
+    store.history.add("gone", None, [], [entry])  # a pipeline no longer configured still shows
+    gauges = pipeline_gauges(store, ["p", "q"])["ferryman_conflicts_open"]
+    assert gauges == {(("pipeline", "p"),): 2.0, (("pipeline", "q"),): 0.0, (("pipeline", "gone"),): 1.0}
+    [first, _] = store.history.conflicts("p")
+    assert store.history.mark_restored(first.id)
+    assert pipeline_gauges(store, ["p"])["ferryman_conflicts_open"][(("pipeline", "p"),)] == 1.0

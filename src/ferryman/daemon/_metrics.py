@@ -149,6 +149,8 @@ def pipeline_gauges(store: StateStore, pipelines: list[str], now: datetime | Non
 
     - ``ferryman_dead_letters_open``: every configured pipeline (0 when none), and any
       other pipeline that still has open ones;
+    - ``ferryman_conflicts_open``: the same for conflict-journal entries not restored
+      (values a sync overwrote: ``ferryman conflicts list``);
     - ``ferryman_last_success_timestamp_seconds`` and ``ferryman_last_success_age_seconds``:
       the end of the latest run whose outcome is ``ok``, whichever process ran it;
     - ``ferryman_source_lag_seconds``: that run's end minus the newest source update in the
@@ -162,8 +164,12 @@ def pipeline_gauges(store: StateStore, pipelines: list[str], now: datetime | Non
     open_letters: Series = {(("pipeline", p),): 0.0 for p in pipelines}
     for name, count in store.count_dead_letters().items():
         open_letters[(("pipeline", name),)] = float(count)
+    open_conflicts: Series = {(("pipeline", p),): 0.0 for p in pipelines}
+    for name, count in store.history.count_open_conflicts().items():
+        open_conflicts[(("pipeline", name),)] = float(count)
     out: dict[str, Series] = {
         "ferryman_dead_letters_open": open_letters,
+        "ferryman_conflicts_open": open_conflicts,
         "ferryman_last_success_timestamp_seconds": {},
         "ferryman_last_success_age_seconds": {},
         "ferryman_source_lag_seconds": {},
