@@ -242,8 +242,8 @@ async def in_process(
     )
     daemon = InProcess(load_config(config), notifier=Notifier({}))
     serving = asyncio.create_task(daemon.serve())
-    for _ in range(200):
-        if hasattr(daemon, "scheduler"):
+    for _ in range(500):  # ready: the jobs are scheduled (after the last runs are read, off the loop)
+        if hasattr(daemon, "scheduler") and daemon.scheduler.get_job("audit:p") is not None:
             break
         await asyncio.sleep(0.01)
     try:

@@ -283,7 +283,9 @@ class Daemon:
 
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.start()
-        scheduled = self._schedule(self._gen, startup=True)
+        # read off the event loop, like every state call of the daemon (a hung database must
+        # hold up the start, not the watchdog and the signals)
+        scheduled = self._schedule(self._gen, await self.store.call(self.store.last_runs), startup=True)
         self.notifier.notify("READY=1", f"STATUS=ready: {scheduled} scheduled, control API on {self.listen}")
         log.info(
             "daemon.ready",
@@ -350,7 +352,7 @@ class Daemon:
                 self._intake.config = config
             await self._stop_outbox()
             self._start_outbox(config)
-            scheduled = self._schedule(self._gen, startup=False)
+            scheduled = self._schedule(self._gen, await self.store.call(self.store.last_runs), startup=False)
             self._retire(old)
             log.info("config.reloaded", file=file, pipelines=sorted(config.pipelines), scheduled=scheduled)
             self.notifier.notify("READY=1", f"STATUS=reloaded: {scheduled} scheduled")
@@ -457,12 +459,12 @@ class Daemon:
         log.debug("engine.closed")
 
     # -- schedule ------------------------------------------------------------------------------
-    def _schedule(self, gen: _Generation, *, startup: bool) -> int:
-        """(Re)build every job from ``gen``'s config; start the runs that are due. Returns the
-        count of scheduled runs (audits are logged one by one)."""
+    def _schedule(self, gen: _Generation, last: dict[str, dict[str, Any]], *, startup: bool) -> int:
+        """(Re)build every job from ``gen``'s config, given the ``last`` runs of every
+        pipeline (as :meth:`StateStore.last_runs` gives them); start the runs that are due.
+        Returns the count of scheduled runs (audits are logged one by one)."""
         audits = self._audit_times()
         self.scheduler.remove_all_jobs()
-        last = self.store.last_runs()
         now = utcnow()
         count = 0
         for name, pipeline in gen.config.pipelines.items():
