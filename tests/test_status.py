@@ -20,7 +20,7 @@ from ferryman.cli import status_rows
 from ferryman.config import load_config
 from ferryman.connector import Cursor
 from ferryman.errors import ConfigError
-from ferryman.state import NewDeadLetter, PageCommit, StateStore, migrations
+from ferryman.state import NewConflict, NewDeadLetter, PageCommit, StateStore, migrations
 from ferryman.status import SCHEMA_VERSION, StatusReader, render_status
 from ferryman.terminal import Style
 from ferryman.timeutil import format_utc, utcnow
@@ -70,6 +70,10 @@ def busy_state(url: str) -> StateStore:
     store.set_dead_letter_status([store.dead_letters("tickets")[0].id], "resolved")
     store.set_not_before("api.example:443", utcnow() + timedelta(minutes=5), "429 Retry-After 300")
     store.set_not_before("old.example:443", utcnow() - timedelta(minutes=5), "long ago")
+    entry = NewConflict(
+        "out.contacts", "target", "9", "9", "source_wins", "edited there", {"phone": "1"}, {"phone": "2"}
+    )
+    store.history.add("contacts", None, [], [entry])
     assert store.acquire_lease("contacts", timedelta(minutes=1))  # held by this (live) process
     return store
 
@@ -95,6 +99,9 @@ def test_light_and_full_paths_give_the_same_rows(tmp_path: Path) -> None:
     assert by_name["tickets"]["cursor"] == "2026-03-01T08:30:15.250000Z k-17"
     assert by_name["tickets"]["last_run"]["outcome"] == "deferred"
     assert by_name["contacts"]["running_on"] and by_name["contacts"]["dead_letters"] == 2
+    assert (by_name["contacts"]["conflicts_open"], by_name["tickets"]["conflicts_open"]) == (1, 0)
+    text = "\n".join(render_status(light, now=utcnow()))
+    assert "1 overwritten value set(s) kept: `ferryman conflicts list contacts`" in text
     assert by_name["tickets"]["dead_letters"] == 0 and by_name["idle"]["last_run"] is None
     assert [d["host"] for d in by_name["idle"]["deferred"]] == ["api.example:443"]
 

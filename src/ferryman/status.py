@@ -145,6 +145,12 @@ class StatusReader:
         ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
+    def count_open_conflicts(self) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT pipeline, count(*) FROM conflicts WHERE status = 'open' GROUP BY pipeline"
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
     def deferrals(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM hosts WHERE not_before > ?", _now_text())
 
@@ -226,6 +232,7 @@ def status_rows(config: FerrymanConfig, store: Any, *, now: datetime | None = No
     now = now or utcnow()
     runs = store.last_runs()
     dead = store.count_dead_letters()
+    overwritten = store.count_open_conflicts()
     deferrals = [
         {"host": d["host"], "not_before": _utc(d["not_before"]), "reason": redact(d.get("reason") or "") or None}
         for d in store.deferrals()
@@ -267,6 +274,7 @@ def status_rows(config: FerrymanConfig, store: Any, *, now: datetime | None = No
                 "cursors": cursors,
                 "withheld_deletes": last.get("withheld", 0) if last else None,
                 "dead_letters": dead.get(name, 0),
+                "conflicts_open": overwritten.get(name, 0),
                 "running_on": holder[0] if holder else None,
                 "webhooks": [endpoints[t.split(".", 1)[0]] for t in pipeline.to if t.split(".", 1)[0] in endpoints],
                 "deferred": deferrals,
@@ -361,6 +369,13 @@ def render_status(rows: list[dict[str, Any]], *, now: datetime, style: terminal.
             )
         else:
             field("dlq", "0 open dead letters")
+        overwritten = row.get("conflicts_open") or 0
+        if overwritten:
+            field(
+                "journal",
+                f"{terminal.number(overwritten)} overwritten value set(s) kept: "
+                f"`ferryman conflicts list {row['pipeline']}`",
+            )
         for hook in row.get("webhooks") or []:
             hold = f", held back until {hook['not_before']}" if hook.get("not_before") else ""
             why = f": {redact(hook['reason'])}" if hook.get("reason") else ""

@@ -889,6 +889,10 @@ class StateStore:
         with self.engine.begin() as conn:
             return int(conn.execute(sa.update(T_DLQ).where(T_DLQ.c.id.in_(list(ids))).values(**values)).rowcount)
 
+    def count_open_conflicts(self) -> dict[str, int]:
+        """Conflict-journal entries not restored, per pipeline (see :mod:`ferryman.state.history`)."""
+        return self.history.count_open_conflicts()
+
     def count_dead_letters(self) -> dict[str, int]:
         with self._reading() as conn:
             rows = conn.execute(
