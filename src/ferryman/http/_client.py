@@ -142,9 +142,9 @@ class HttpClient:
     classes in :mod:`ferryman.http.auth` have) so clients with the same credential share
     one budget. ``clock`` replaces wall-clock time and sleeping (tests); ``transport``
     replaces the network (``httpx.MockTransport``, an ASGI app). Without one, requests go
-    out through aiohttp under httpx's API (:mod:`ferryman.http._transport`: the same
-    proxies, TLS options, errors and mocks, about a third less CPU per request), or
-    through httpx's own transport when ``FERRYMAN_HTTP_TRANSPORT=httpx``.
+    out through httpx's own transport, or through aiohttp under httpx's API when
+    ``FERRYMAN_HTTP_TRANSPORT=aiohttp`` (:mod:`ferryman.http._transport`: the same
+    proxies, TLS options, errors and mocks, about a third less CPU per request).
     """
 
     def __init__(
