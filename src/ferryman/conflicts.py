@@ -461,9 +461,9 @@ one-way target is overwritten again by the next update of its source record."""
 LIST_EPILOG = """\
 exit status:
   0   done (also when there is no entry)
-  2   usage error (an unknown pipeline: did you mean ...)
+  2   usage error
   75  the state database is unavailable
-  78  configuration error
+  78  configuration error (an unknown pipeline: did you mean ...)
 """
 
 RESTORE_EPILOG = """\

@@ -370,7 +370,9 @@ was read (first 8 hex digits), the fields a write changed and the reason or the 
 answer. Then where the record stands now: its link in each target, its open dead letters and
 the conflict-journal entries that name it (`ferryman conflicts`).
 
-KEY is the record's key in the source, or a key it has in one of the targets.
+KEY is the record's key in the source; with --target-key, a key it has in one of the
+targets (apps' ids often repeat across systems: 1 in the source and 1 in the target are
+usually two records). A source key nothing is known about is also tried as a target key.
 
 What is recorded is set by `history.events` ('changes' by default: every decision except an
 unchanged record's skip; 'all' records those too; 'off' nothing), kept for
@@ -379,9 +381,9 @@ unchanged record's skip; 'all' records those too; 'off' nothing), kept for
 EPILOG = """\
 exit status:
   0   done (also when nothing is known about KEY: the output says so)
-  2   usage error (an unknown pipeline: did you mean ...)
+  2   usage error
   75  the state database is unavailable
-  78  configuration error
+  78  configuration error (an unknown pipeline: did you mean ...)
 """
 
 
