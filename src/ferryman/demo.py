@@ -210,6 +210,15 @@ def rows(path: Path) -> int:
         return sum(1 for _ in csv.DictReader(fh))
 
 
+def first_key(path: Path) -> str | None:
+    """The key of the first row of a CSV export (a record to ``explain``)."""
+    if not path.exists():
+        return None
+    with path.open(newline="", encoding="utf-8") as fh:
+        row = next(csv.DictReader(fh), None)
+    return row.get("key") if row else None
+
+
 def main() -> int:
     from ferryman import logs
     from ferryman.sandbox import SimulatorThread
@@ -251,6 +260,10 @@ def main() -> int:
         step("check")
         for name in ("helpdesk-tickets-to-csv", "helpdesk-invoices-to-csv", "support-tickets-to-csv"):
             step("sync", name, "--no-progress")
+        ticket = first_key(OUT / "exports" / "helpdesk_tickets.csv")
+        if ticket:
+            say(f"\n  What happened to ticket {ticket}? (the history Ferryman keeps of each record)")
+            step("explain", "helpdesk-tickets-to-csv", ticket)
 
         say("\n2. A helpdesk export with two broken rows")
         step("sync", "export-to-csv", "--no-progress")
@@ -284,6 +297,7 @@ def main() -> int:
     say(f"  {SANDBOXES['support'].command()} &")
     say(f"  .venv/bin/ferryman --config {OUT / 'ferryman.yaml'} sync helpdesk-tickets-to-csv")
     say(f"  .venv/bin/ferryman --config {OUT / 'ferryman.yaml'} status")
+    say(f"  .venv/bin/ferryman --config {OUT / 'ferryman.yaml'} conflicts list")
     if failed or rows(exports / "helpdesk_tickets.csv") == 0:
         say(f"demo FAILED: {', '.join(failed) or 'no records synced'}")
         return 1

@@ -218,7 +218,11 @@ def _explain(
 
 
 def _short(fp: str | None) -> str:
-    return fp[:8] if fp else "-"
+    """The first 8 hex digits of a fingerprint's digest (its version prefix, "2:", left out)."""
+    if not fp:
+        return "-"
+    head, colon, digest = fp.partition(":")
+    return (digest if colon and head.isdigit() else fp)[:8]
 
 
 def _span(value: timedelta) -> str:
@@ -253,6 +257,8 @@ def _event_line(event: Event, key: str, style: Style, *, several: bool) -> str:
         parts.append("fields: " + ", ".join(event.fields))
     if event.detail:
         parts.append(f"- {event.detail}")
+    elif event.action == "create" and event.target_key is not None:
+        parts.append(f"- created as {event.target_key}")  # what the target answered
     return "  " + "  ".join(parts)
 
 
