@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 import yaml
 
@@ -88,3 +89,20 @@ def test_a_key_of_its_own_in_a_keyed_target_keeps_a_full_link(tmp_path: Path, st
     found = store.links_for("a.t", "out.t", ["k1", "k2"])
     assert found["k1"] == Link("k1", "k1", "f1", "f1")
     assert (rows(store, "links"), rows(store, "fingerprints")) == (1, 1)
+
+
+def test_a_process_that_only_reads_learns_of_a_pair_made_keyed_elsewhere(
+    tmp_path: Path, state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another instance ran the pipeline first and moved its links: an audit here (which
+    reads, never registers) finds them after the keyed targets are read again."""
+    import ferryman.state as state
+
+    reader, runner = StateStore.open(state_url), StateStore.open(state_url)
+    reader.commit_page(PageCommit("p", links={("a.t", "out.t"): [Link("k1", "k1", "f1", "f1")]}))
+    assert reader.count_links("a.t", "out.t") == 1  # the keyed targets are read (none yet)
+    runner.keyed_target("a.t", "out.t")  # moves the link to a fingerprint row
+    assert reader.count_links("a.t", "out.t") == 0, "within KEYED_REFRESH the reader looks in links"
+    monkeypatch.setattr(state, "KEYED_REFRESH", 0.0)
+    assert reader.count_links("a.t", "out.t") == 1
+    assert reader.links_for("a.t", "out.t", ["k1"])["k1"] == Link("k1", "k1", "f1", "f1")

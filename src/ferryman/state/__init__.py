@@ -68,6 +68,8 @@ __all__ = [
 
 #: the execution option of a read-only connection (see StateStore._reading)
 READ_OPTION = "ferryman_read"
+#: seconds between two reads of the keyed targets (see StateStore._keyed_pairs)
+KEYED_REFRESH = 30.0
 
 T_CURSORS = CursorRow.__table__  # type: ignore[attr-defined]
 T_LINKS = LinkRow.__table__  # type: ignore[attr-defined]
@@ -266,6 +268,7 @@ class StateStore:
         self.history = History(self.engine)
         #: targets whose links are slim fingerprint rows (see keyed_target); None: not read yet
         self._keyed: set[tuple[str, str]] | None = None
+        self._keyed_read = 0.0
         #: the leases this process holds, by pipeline (see :meth:`self_fence`)
         self.tenures: dict[str, Tenure] = {}
         self._pool: StatePool | None = None
@@ -419,11 +422,14 @@ class StateStore:
         self._keyed_pairs().add((src, dst))
 
     def _keyed_pairs(self) -> set[tuple[str, str]]:
-        """The keyed targets, read once per process (a pair becomes keyed in the process
-        that runs it, through :meth:`keyed_target`, before it writes)."""
-        if self._keyed is None:
+        """The keyed targets, read again every :data:`KEYED_REFRESH` seconds. A pair becomes
+        keyed in the process that runs it (:meth:`keyed_target`, before it writes); another
+        process that only reads it (an audit in a second instance) learns within that time."""
+        now = time.monotonic()
+        if self._keyed is None or now - self._keyed_read > KEYED_REFRESH:
             with self._reading() as conn:
                 self._keyed = {(row[0], row[1]) for row in conn.execute(sa.select(T_KEYED.c.src, T_KEYED.c.dst))}
+            self._keyed_read = now
         return self._keyed
 
     def _fingerprints(self, src: str, dst: str, keys: Sequence[str]) -> dict[str, Link]:
