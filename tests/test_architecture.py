@@ -633,6 +633,10 @@ INTERNAL: dict[str, dict[str, str]] = {
         # how the engine compares a record with the fingerprint a link stored (any version)
         name: "the engine's fingerprint versioning"
         for name in ("FINGERPRINTS", "FINGERPRINT_VERSION", "fingerprint_version", "outdated", "same_content")
+    }
+    | {
+        "fingerprint_digest": "a stored fingerprint without its version prefix (explain prints it)",
+        "overwritten": "the fields a write changes: the dry-run diff and the conflict journal",
     },
     "ferryman.testing": {
         "HOSTILE_READ_TIMEOUT": "the hostile kit's own limit",

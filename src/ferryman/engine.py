@@ -40,8 +40,8 @@ from ferryman.errors import (
 )
 from ferryman.journal import RunJournal
 from ferryman.mapping import FieldMapping
-from ferryman.planning import Action, overwritten, plan_one_way
-from ferryman.records import Record, fingerprint, same_content
+from ferryman.planning import Action, plan_one_way
+from ferryman.records import Record, fingerprint, overwritten, same_content
 from ferryman.redact import redact
 from ferryman.run.delivery import Delivery
 from ferryman.run.delivery import natural_value as _natural

@@ -219,10 +219,9 @@ def _explain(
 
 def _short(fp: str | None) -> str:
     """The first 8 hex digits of a fingerprint's digest (its version prefix, "2:", left out)."""
-    if not fp:
-        return "-"
-    head, colon, digest = fp.partition(":")
-    return (digest if colon and head.isdigit() else fp)[:8]
+    from ferryman.records import fingerprint_digest
+
+    return fingerprint_digest(fp)[:8] if fp else "-"
 
 
 def _span(value: timedelta) -> str:

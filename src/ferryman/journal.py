@@ -10,10 +10,11 @@ records nothing: nothing happened.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from ferryman.config import HistoryConfig, JournalConfig
+from ferryman.state import NewDeadLetter
 from ferryman.state.history import NewConflict, NewEvent, journal_values
 
 __all__ = ["RunJournal"]
@@ -63,6 +64,21 @@ class RunJournal:
                 detail,
             )
         )
+
+    def letters(self, out: list[NewEvent], letters: Iterable[NewDeadLetter], *, skip: Collection[str] = ()) -> None:
+        """A ``dead-letter`` event for each of ``letters`` (except the kinds in ``skip``,
+        which have events of their own), keyed by the source key or, for a record the
+        source could not read, its ref."""
+        for letter in letters:
+            if letter.kind not in skip:
+                self.event(
+                    out,
+                    letter.src,
+                    letter.src_key or letter.ref,
+                    "dead-letter",
+                    target=letter.dst,
+                    detail=f"{letter.kind}: {letter.reason}",
+                )
 
     def conflict(
         self,

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ferryman.records import Record
-from ferryman.redact import MASK, SECRET_FIELDS, redact_cut, redact_obj
+from ferryman.records import Record, overwritten
+from ferryman.redact import mask_field, redact_cut
 from ferryman.terminal import number
 
 __all__ = [
@@ -103,26 +103,11 @@ class PlannedAction:
         }
 
 
-def _clean(name: str, value: Any) -> Any:
-    """A value as the report keeps it: masked whole when the field is named like a secret,
-    registered secrets scrubbed from the rest."""
-    if name.lower() in SECRET_FIELDS and value not in (None, ""):
-        return MASK
-    return redact_obj(value)
-
-
 def changes_between(current: Record, new: Record) -> dict[str, FieldChange]:
     """The content fields (those a fingerprint covers) in which ``new`` differs from
     ``current``: what an update writing ``new`` over ``current`` would change."""
-    skip = set(new.fingerprint_exclude)
-    old_values = current.model_dump(mode="json", exclude=skip)
-    new_values = new.model_dump(mode="json", exclude=skip)
-    out: dict[str, FieldChange] = {}
-    for name, value in new_values.items():
-        before = old_values.get(name)
-        if before != value:
-            out[name] = FieldChange(_clean(name, before), _clean(name, value))
-    return out
+    lost, won = overwritten(current, new)
+    return {name: FieldChange(mask_field(name, lost[name]), mask_field(name, value)) for name, value in won.items()}
 
 
 class DryRunReport:

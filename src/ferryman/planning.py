@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from ferryman.records import Record, outdated, same_content
 from ferryman.state import Link
@@ -61,19 +61,3 @@ def plan_one_way(
         else:
             actions.append(Action("create", record.key, record, fp))
     return actions
-
-
-def overwritten(current: Record, new: Record) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What writing ``new`` over ``current`` would replace: the content fields (those a
-    fingerprint covers) in which they differ, as ``(lost, won)``, each ``{field: value}``
-    in JSON form. Both records in the shape of the side written."""
-    skip = set(new.fingerprint_exclude) | set(current.fingerprint_exclude)
-    before = current.model_dump(mode="json", exclude=skip)
-    after = new.model_dump(mode="json", exclude=skip)
-    lost: dict[str, Any] = {}
-    won: dict[str, Any] = {}
-    for name, value in after.items():
-        if before.get(name) != value:
-            lost[name] = before.get(name)
-            won[name] = value
-    return lost, won

@@ -248,3 +248,23 @@ def same_content(record: Record, stored: str | None, current: str | None = None)
 def outdated(fp: str | None) -> bool:
     """A stored fingerprint of an older version (refreshed when its record is next seen)."""
     return fp is not None and fingerprint_version(fp) != FINGERPRINT_VERSION
+
+
+def overwritten(current: Record, new: Record) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What writing ``new`` over ``current`` would replace: the content fields (those a
+    fingerprint covers) in which they differ, as ``(lost, won)``, each ``{field: value}``
+    in JSON form. Both records in the shape of the side written."""
+    before, after = current.content(), new.content()
+    lost: dict[str, Any] = {}
+    won: dict[str, Any] = {}
+    for name, value in after.items():
+        if before.get(name) != value:
+            lost[name] = before.get(name)
+            won[name] = value
+    return lost, won
+
+
+def fingerprint_digest(fp: str) -> str:
+    """A stored fingerprint's digest, without its version prefix ("2:ab12..." -> "ab12...")."""
+    head, colon, digest = fp.partition(":")
+    return digest if colon and head.isdigit() else fp

@@ -12,7 +12,7 @@ import base64
 import json
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
@@ -228,6 +228,15 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
 #: field names masked in structured data (log events); ``key`` alone is a record key there,
 #: while in a URL query (``?key=``) it is an API key and masked by :func:`redact_url`
 SECRET_FIELDS = SECRET_NAMES - {"key"}
+
+
+def mask_field(name: str, value: Any, hidden: Collection[str] = SECRET_FIELDS) -> Any:
+    """A field's value as a report or the conflict journal keeps it: masked whole when the
+    field is named like a secret (or is one of ``hidden``, lower-case names), registered
+    secrets scrubbed from the rest."""
+    if name.lower() in hidden and value not in (None, ""):
+        return MASK
+    return redact_obj(value)
 
 
 def redact_obj(value: Any) -> Any:

@@ -36,8 +36,7 @@ from ferryman.cursor import Cursor, OrderGuard, newest, read_from
 from ferryman.errors import FerrymanError, RecordRejected, ValidationFailed
 from ferryman.journal import RunJournal
 from ferryman.mapping import FieldMapping
-from ferryman.planning import overwritten
-from ferryman.records import Record, fingerprint, same_content
+from ferryman.records import Record, fingerprint, overwritten, same_content
 from ferryman.redact import redact
 from ferryman.state import Link, NewDeadLetter, PageCommit
 from ferryman.timeutil import format_utc, utcnow
@@ -119,11 +118,6 @@ def decision(policy: Policy, a: Record, b: Record, *, first: bool) -> str:
     if policy.conflict_fields:
         text += "; per field: " + ", ".join(f"{n}: {p}" for n, p in sorted(policy.conflict_fields.items()))
     return text
-
-
-def _content(record: Record) -> dict[str, Any]:
-    """A record's content fields (those its fingerprint covers), in JSON form."""
-    return record.model_dump(mode="json", exclude=set(record.fingerprint_exclude))
 
 
 def merge_fields(policy: Policy, a_shaped: Record, b: Record, a_raw: Record) -> Record | None:
@@ -227,7 +221,7 @@ def plan_pairs(
                         reason="delete wins over edit",
                         link=link,
                         decision=decision(policy, a, b, first=link is None),
-                        lost={edited: (_content(b if edited == "b" else a), {})},
+                        lost={edited: ((b if edited == "b" else a).content(), {})},
                     )
                 )
             else:
@@ -823,17 +817,7 @@ class _History:
     def letters(self, commit: PageCommit) -> None:
         """Events for the dead letters of ``commit`` a write or a mapping made (conflicts and
         loops have their own events already)."""
-        for letter in commit.dead_letters:
-            if letter.kind in ("conflict", "loop"):
-                continue
-            self.run.event(
-                commit.events,
-                letter.src,
-                letter.src_key or letter.ref,
-                "dead-letter",
-                target=letter.dst,
-                detail=f"{letter.kind}: {letter.reason}",
-            )
+        self.run.letters(commit.events, commit.dead_letters, skip=("conflict", "loop"))
 
 
 async def _execute(

@@ -362,15 +362,7 @@ class Delivery:
         """Hand the page's outcome to its commit. After a failure, commit what was confirmed
         at once (links, resolved intents, their history): the page will not be committed."""
         commit, pair = self.commit, (self.src_ref, self.target.ref)
-        for letter in commit.dead_letters[self.letters_before :]:
-            self.journal.event(
-                commit.events,
-                self.src_ref,
-                letter.src_key,
-                "dead-letter",
-                target=letter.dst,
-                detail=f"{letter.kind}: {letter.reason}",
-            )
+        self.journal.letters(commit.events, commit.dead_letters[self.letters_before :])
         commit.links.setdefault(pair, []).extend(self.new_links)
         if self.unlinks:
             commit.unlinks.setdefault(pair, []).extend(self.unlinks)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ferryman.redact import MASK, SECRET_FIELDS, redact, redact_obj
+from ferryman.redact import SECRET_FIELDS, mask_field, redact, redact_obj
 from ferryman.state.models import ConflictRow, RecordEventRow
 from ferryman.timeutil import sqlite_text, utcnow
 
@@ -157,10 +157,7 @@ def journal_values(values: Mapping[str, Any], masked: Iterable[str] = ()) -> dic
     ones, replaced by ``***`` (a masked value is never restored); registered secrets
     scrubbed from the rest."""
     hide = {name.lower() for name in masked} | SECRET_FIELDS
-    return {
-        name: MASK if name.lower() in hide and value not in (None, "") else redact_obj(value)
-        for name, value in values.items()
-    }
+    return {name: mask_field(name, value, hide) for name, value in values.items()}
 
 
 def _redacted_all(texts: list[str]) -> list[str]:
