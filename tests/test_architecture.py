@@ -407,6 +407,7 @@ SURFACE: dict[str, list[str]] = {
         "nesting_path",
         "nesting_problem",
         "to_record",
+        "to_records",
     ],
     "ferryman.config": [
         "DEFAULT_CONFIG_PATH",

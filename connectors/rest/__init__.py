@@ -118,7 +118,7 @@ from pydantic import (
     model_validator,
 )
 
-from ferryman.api import ApiConnector, cut_nesting, to_record
+from ferryman.api import ApiConnector, cut_nesting, to_record, to_records
 from ferryman.config import Secret
 from ferryman.connector import Capability, Cursor, Page, Reject, StreamInfo, SystemContext, record_order
 from ferryman.cursor import SECOND, filter_floor, is_older, parse_precision
@@ -799,6 +799,49 @@ class Mapper:
         # status "deleted" is no canonical status, and the record is only a tombstone.
         gone_path = spec.deleted_when.field if spec.deleted_when is not None else None
         self._tombstone_readers = [r for r in self._readers if r.path != gone_path]
+        self._plain = self._compile_plain()
+
+    def _compile_plain(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """:meth:`to_canonical` for a JSON object, written out as straight-line code for this
+        stream's fields, when every field is one top-level key without a value map and no
+        ``deleted_when`` applies (the usual declaration); None otherwise.
+
+        It is the page's fast path only (:meth:`page`): it gives the same dict as
+        to_canonical for a record that maps cleanly, and raises on anything else (a missing
+        or empty key, a value a converter refuses), after which the page is mapped record by
+        record and to_canonical says what is wrong. Names and keys from the configuration
+        enter the code as ``repr`` literals only."""
+        if self._deleted_when is not None or self._consumed_keys is None:
+            return None
+        if any(r.key is None or r.values is not None for r in self._readers):
+            return None
+        env: dict[str, Any] = {"_M": _MISSING, "_read_text": _read_text, "_consumed": self._consumed_keys}
+        lines = ["def read(native):", "    get = native.get", "    data = {}"]
+        for i, reader in enumerate(self._readers):
+            lines.append(f"    v = get({reader.key!r}, _M)")
+            if reader.required:
+                lines.append("    if v is _M: raise LookupError")
+                indent = "    "
+            else:
+                lines.append("    if v is not _M:")
+                indent = "        "
+            if reader.convert is None:
+                value = "v"
+            elif reader.convert is _read_text:
+                value = "v if type(v) is str or v is None else _read_text(v)"
+            else:
+                env[f"_c{i}"] = reader.convert
+                value = f"_c{i}(v)"
+            lines.append(f"{indent}data[{reader.name!r}] = {value}")
+        lines += [
+            "    if data.get('key') in (None, ''): raise LookupError",
+            "    if data.get('deleted') is None: data.pop('deleted', None)",
+            "    data['extra'] = {k: v for k, v in native.items() if k not in _consumed}",
+            "    return data",
+        ]
+        exec("\n".join(lines), env)  # noqa: S102 - generated from repr literals, see the docstring
+        read: Callable[[dict[str, Any]], dict[str, Any]] = env["read"]
+        return read
 
     def _reader(self, name: str, spec: FieldSpec) -> _Reader:
         path = spec.native
@@ -861,6 +904,18 @@ class Mapper:
         else:
             data["extra"] = _leftovers(native, self._consumed)
         return data
+
+    def page(self, natives: list[Any]) -> list[Record] | None:
+        """A page of natives as records at once (see :func:`~ferryman.api.to_records`), or
+        None when any of them is not a clean record: :meth:`record` then says which."""
+        if any(type(native) is not dict for native in natives):
+            return None
+        read = self._plain or self.to_canonical
+        try:
+            page = [read(native) for native in natives]
+        except Exception:  # record() reports it, native by native
+            return None
+        return to_records(self.rtype, page)
 
     def record(self, native: Any, ref_prefix: str) -> Record | Reject:
         """A canonical record, or a :class:`Reject` naming the native id and what is wrong."""
@@ -1023,6 +1078,10 @@ class RestConnector(ApiConnector):
             yield page.records, page.more, f"GET {redact_url(str(page.response.url))}"
 
     def _map(self, spec: StreamSpec, mapper: Mapper, natives: list[Any]) -> tuple[list[Record], list[Reject]]:
+        page = mapper.page(natives)
+        if page is not None:
+            by_key = {r.key: r for r in page}  # a repeated id: the later copy wins
+            return list(by_key.values()) if len(by_key) < len(page) else page, []
         records: dict[str, Record] = {}
         rejects: list[Reject] = []
         for native in natives:

@@ -27,7 +27,7 @@ Rules every connector keeps:
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from ferryman.cursor import Cursor, natural_key, record_order
-from ferryman.errors import NotSupportedError
+from ferryman.errors import NotSupportedError, RecordRejected
 from ferryman.records import Record
 
 __all__ = [
@@ -211,6 +211,31 @@ class Connector:
         raise NotSupportedError(f"cannot delete {stream}", system=self.name)
 
     # -- batching sinks (files) ----------------------------------------------------
+    #: True for a sink whose writes become visible only through :meth:`checkpoint` and
+    #: :meth:`finish` (a file, an outbox): the engine commits a page's links with the sink's
+    #: checkpoint, and after a failure :meth:`restore` cuts back what was not committed.
+    transactional_writes: ClassVar[bool] = False
+
+    async def write_page(
+        self, stream: str, writes: Sequence[tuple[str | None, Record]]
+    ) -> list[Record | RecordRejected]:
+        """A page's creates (``(None, record)``) and updates (``(key, record)``) in one call,
+        for a sink with :attr:`transactional_writes`; returns, in order, each record as
+        stored, or the :class:`~ferryman.errors.RecordRejected` that refused it.
+
+        Any other exception fails the whole page: nothing of it is committed, and the next
+        :meth:`restore` cuts the sink back to the last checkpoint, so a sink need not say
+        how far it got. The default writes one record at a time through :meth:`create` and
+        :meth:`update`; a file sink overrides it to take the page at once.
+        """
+        out: list[Record | RecordRejected] = []
+        for key, record in writes:
+            try:
+                out.append(await (self.create(stream, record) if key is None else self.update(stream, key, record)))
+            except RecordRejected as exc:
+                out.append(exc)
+        return out
+
     async def restore(self, stream: str, checkpoint: dict[str, Any] | None) -> None:
         """Before writing: return the sink to the state of ``checkpoint`` (the last commit)."""
 

@@ -108,6 +108,10 @@ class Delivery:
         self.use_intents = not target.transactional
         self.one_at_a_time = self.use_intents and not target.info.can(Capability.FIND)
         self.concurrency = 1 if (self.one_at_a_time or target.transactional) else max(1, concurrency)
+        #: a file sink takes a page's creates and updates in one call (Connector.write_page):
+        #: nothing it holds is published before the page's commit, so a failure loses the
+        #: page whole; not when each create is looked up first, or each update read first
+        self.by_page = target.transactional and not target.lookup and not journal.check_target
         self.batch: dict[str, int] = {}
         self.in_flight: tuple[int, str, Link] | None = None  # the last confirmed create, not yet durable
         self.events_before = len(commit.events)
@@ -130,6 +134,8 @@ class Delivery:
         failed = False
         try:
             writes = [a for a in actions if not self._settled_without_writing(a)]
+            if self.by_page and writes:
+                writes = await self._write_page(writes)
             if self.concurrency > 1 and len(writes) > 1:
                 await self._write_concurrently(writes)
             else:
@@ -188,6 +194,45 @@ class Delivery:
         await _gather_all([worker() for _ in range(min(self.concurrency, len(queue)))])
         if failures:
             raise failures[0]
+
+    async def _write_page(self, writes: list[Action]) -> list[Action]:
+        """The page's creates and updates through :meth:`Connector.write_page`, in one
+        call after one self-fence; returns the rest (deletes, unlinks), written one by one."""
+        page = [a for a in writes if a.op == "create" or a.op == "update"]
+        if not page:
+            return writes
+        await self.engine._fence(self.name)
+        target, counts, waiting = self.target, self.counts, self.target.waiting
+        records: list[tuple[str | None, Record]] = []
+        for action in page:
+            assert action.record is not None  # a create or an update carries its record
+            records.append((action.dst_key if action.op == "update" else None, action.record))
+        try:
+            answers = await target.connector.write_page(target.stream, records)
+        except Exception as exc:
+            self._event(page[0], "error", f"writing the page failed, the run stopped: {exc}")
+            raise
+        if len(answers) != len(page):
+            raise FatalError(
+                f"{target.ref}: write_page answered {len(answers)} results for {len(page)} records", system=target.ref
+            )
+        for action, stored in zip(page, answers, strict=True):
+            if isinstance(stored, RecordRejected):
+                self._reject(action, stored)
+                continue
+            link = Link(action.src_key, stored.key, action.fingerprint, stored_fingerprint(stored, action))
+            self.new_links.append(link)
+            if action.op == "create":
+                if target.index is not None and (value := natural_value(target, stored)):
+                    target.index.setdefault(value, []).append((stored.key, link.dst_fp or ""))
+                counts["created"] += 1
+                self._event(action, "create", None, target_key=stored.key)
+            else:
+                counts["updated"] += 1
+                self._event(action, "update", action.reason or None)
+            if action.src_key in waiting:
+                self.commit.settled.setdefault(target.ref, []).append(action.src_key)
+        return [a for a in writes if a.op != "create" and a.op != "update"]
 
     # -- one record ------------------------------------------------------------------------
     async def _write(self, action: Action) -> None:
