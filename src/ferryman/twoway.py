@@ -16,27 +16,35 @@ checks the delete threshold **before writing anything**, then writes in chunks: 
 (and intents for creates) are committed after each chunk, both cursors at the end. A
 crash re-reads the same changes; pairs already written compare equal and are skipped.
 
-Planning (:func:`plan_pairs`) is a pure function; all I/O is in :func:`run_two_way`.
+Planning (:func:`ferryman.planning_twoway.plan_pairs`) is a pure function; this module
+holds the I/O around it: reading, matching by lookup, writing, the run's history.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
 from ferryman import metrics
-from ferryman.config import ConflictPolicy, PipelineConfig
+from ferryman.config import PipelineConfig
 from ferryman.connector import Capability, Connector, StreamInfo
 from ferryman.cursor import Cursor, OrderGuard, newest, read_from
 from ferryman.errors import FerrymanError, RecordRejected, ValidationFailed
 from ferryman.journal import RunJournal
 from ferryman.mapping import FieldMapping
-from ferryman.records import Record, fingerprint, overwritten, same_content
+from ferryman.planning_twoway import (
+    PairAction,
+    Policy,
+    echoed,
+    match_read,
+    merge_fields,
+    plan_pairs,
+    tally,
+)
+from ferryman.records import Record, fingerprint
 from ferryman.redact import redact
 from ferryman.state import Link, NewDeadLetter, PageCommit
 from ferryman.timeutil import format_utc, utcnow
@@ -48,354 +56,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ferryman.twoway")
 
 CHUNK = 100
-Op = Literal[
-    "create_a",
-    "create_b",
-    "update_a",
-    "update_b",
-    "update_both",
-    "delete_a",
-    "delete_b",
-    "unlink",
-    "link",
-    "conflict",
-    "loop",
-    "skip",
-]
-
-
-@dataclass(slots=True)
-class PairAction:
-    """One thing to do for one pair (or lone record)."""
-
-    op: Op
-    a_key: str | None
-    b_key: str | None
-    write: Record | None = None  # what to write, in the written side's shape (B's for update_both)
-    write_a: Record | None = None  # update_both: what to write to A
-    replaces_a: str | None = None  # create_a re-creating a deleted A record: the old A key to unlink
-    a_fp: str | None = None  # fingerprints to store on the link afterwards (B-shape)
-    b_fp: str | None = None
-    reason: str = ""
-    a_record: Record | None = None
-    b_record: Record | None = None
-    link: Link | None = None
-    #: a conflict a policy resolved: the decision in words (kept in the record's history)
-    decision: str = ""
-    #: per side written ("a"/"b"): the values the write replaces, as (lost, won) (the journal)
-    lost: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Policy:
-    conflict: ConflictPolicy = "source_wins"
-    conflict_fields: dict[str, ConflictPolicy] = field(default_factory=dict)
-    deletes_enabled: bool = False
-    delete_action: Literal["delete", "unlink"] = "delete"
-    loop_max_writes: int = 10
-    loop_window: timedelta = timedelta(hours=1)
-
-
-def _winner(policy: ConflictPolicy, a: Record, b: Record) -> Literal["a", "b"] | None:
-    if policy == "source_wins":
-        return "a"
-    if policy == "target_wins":
-        return "b"
-    if policy == "newest_wins":
-        return "b" if b.updated_at > a.updated_at else "a"
-    return None  # manual
-
-
-def decision(policy: Policy, a: Record, b: Record, *, first: bool) -> str:
-    """A conflict a policy resolves, in words: which rule kept which side."""
-    what = "both sides held different content when first matched" if first else "both sides changed since the last sync"
-    main = _winner(policy.conflict, a, b)
-    if a.deleted or b.deleted:
-        what = "deleted on one side, edited on the other"
-    text = f"{what}; {policy.conflict} kept the {'from' if main == 'a' else 'to'}-side's version"
-    if policy.conflict == "newest_wins":
-        text += f" (from-side changed {format_utc(a.updated_at)}, to-side {format_utc(b.updated_at)})"
-    if policy.conflict_fields:
-        text += "; per field: " + ", ".join(f"{n}: {p}" for n, p in sorted(policy.conflict_fields.items()))
-    return text
-
-
-def merge_fields(policy: Policy, a_shaped: Record, b: Record, a_raw: Record) -> Record | None:
-    """The merged record (B shape) under the policy; None when a human must decide."""
-    main = _winner(policy.conflict, a_raw, b)
-    if main is None:
-        return None
-    base = a_shaped if main == "a" else b
-    if not policy.conflict_fields:
-        return base
-    values: dict[str, Any] = {}
-    for name, field_policy in policy.conflict_fields.items():
-        side = _winner(field_policy, a_raw, b)
-        if side is None:
-            return None
-        values[name] = getattr(a_shaped if side == "a" else b, name)
-    return base.model_copy(update=values)
-
-
-def plan_pairs(
-    a_changed: dict[str, Record],
-    b_changed: dict[str, Record],
-    links: list[Link],
-    matches: list[tuple[Record, Record]],
-    lone_a: list[Record],
-    lone_b: list[Record],
-    forward: Callable[[Record], Record],
-    reverse: Callable[[Record], Record],
-    policy: Policy,
-    quarantined: frozenset[str] = frozenset(),
-    now: datetime | None = None,
-) -> list[PairAction]:
-    """Decide what to do with every changed pair and lone record. Pure."""
-    now = now or utcnow()
-    actions: list[PairAction] = []
-
-    def written(link: Link | None) -> tuple[int, datetime | None, bool]:
-        """Count a write for the loop breaker: (count, window start, over the limit)."""
-        if link is None:
-            return 1, now, False
-        start = link.window_start
-        if start is None or now - start > policy.loop_window:
-            return 1, now, False
-        count = link.write_count + 1
-        return count, start, count > policy.loop_max_writes
-
-    def settle(a: Record, b: Record, a_key: str, b_key: str, link: Link | None, a_fp: str, b_fp: str) -> None:
-        """Both sides changed (or met for the first time): converge, resolve or escalate."""
-        if a.deleted and b.deleted:
-            actions.append(PairAction("unlink", a_key, b_key, reason="deleted on both sides", link=link))
-            return
-        if a_fp == b_fp:
-            actions.append(PairAction("link", a_key, b_key, a_fp=a_fp, b_fp=b_fp, reason="both sides agree", link=link))
-            return
-        shaped = forward(a)
-        if a.deleted or b.deleted:
-            side = _winner(policy.conflict, a, b)
-            if side is None:
-                actions.append(
-                    PairAction(
-                        "conflict",
-                        a_key,
-                        b_key,
-                        reason="deleted on one side, edited on the other",
-                        a_record=a,
-                        b_record=b,
-                        link=link,
-                    )
-                )
-                return
-            loser_deleted = (side == "a" and b.deleted) or (side == "b" and a.deleted)
-            if loser_deleted:
-                # the record is gone on the losing side: create it there again (an update of
-                # a deleted record is refused by real apps) and link the new copy instead
-                reason = "edit wins over delete: created again"
-                if side == "a":
-                    actions.append(
-                        PairAction("create_b", a_key, None, write=shaped, a_fp=a_fp, reason=reason, link=link)
-                    )
-                else:
-                    actions.append(
-                        PairAction(
-                            "create_a",
-                            None,
-                            b_key,
-                            write=reverse(b),
-                            b_fp=b_fp,
-                            reason=reason,
-                            link=link,
-                            replaces_a=a_key,
-                        )
-                    )
-            elif policy.deletes_enabled:
-                # the edit on the losing side is lost with its record: journaled whole
-                edited = "b" if side == "a" else "a"
-                actions.append(
-                    PairAction(
-                        "delete_b" if side == "a" else "delete_a",
-                        a_key,
-                        b_key,
-                        reason="delete wins over edit",
-                        link=link,
-                        decision=decision(policy, a, b, first=link is None),
-                        lost={edited: ((b if edited == "b" else a).content(), {})},
-                    )
-                )
-            else:
-                actions.append(PairAction("skip", a_key, b_key, reason="deletes are not enabled", link=link))
-            return
-        merged = merge_fields(policy, shaped, b, a)
-        if merged is None:
-            actions.append(
-                PairAction(
-                    "conflict",
-                    a_key,
-                    b_key,
-                    reason="both sides changed; conflict policy is manual",
-                    a_record=a,
-                    b_record=b,
-                    link=link,
-                )
-            )
-            return
-        merged_fp = fingerprint(merged)
-        to_b, to_a = merged_fp != b_fp, merged_fp != a_fp
-        why = decision(policy, a, b, first=link is None)
-        lost: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        if to_b:
-            lost["b"] = overwritten(b, merged)
-        if to_a:
-            lost["a"] = overwritten(a, reverse(merged))
-        if to_b and to_a:
-            # one action for both writes: the link is committed only when both sides hold the
-            # merge, never with one side written and the other still marked as agreed
-            actions.append(
-                PairAction(
-                    "update_both",
-                    a_key,
-                    b_key,
-                    write=merged.model_copy(update={"key": b_key}),
-                    write_a=reverse(merged).model_copy(update={"key": a_key}),
-                    a_fp=merged_fp,
-                    b_fp=merged_fp,
-                    reason="conflict resolved",
-                    link=link,
-                    decision=why,
-                    lost=lost,
-                )
-            )
-        elif to_b:
-            actions.append(
-                PairAction(
-                    "update_b",
-                    a_key,
-                    b_key,
-                    write=merged.model_copy(update={"key": b_key}),
-                    a_fp=a_fp,
-                    b_fp=merged_fp,
-                    reason="conflict resolved",
-                    link=link,
-                    decision=why,
-                    lost=lost,
-                )
-            )
-        elif to_a:
-            actions.append(
-                PairAction(
-                    "update_a",
-                    a_key,
-                    b_key,
-                    write=reverse(merged).model_copy(update={"key": a_key}),
-                    a_fp=merged_fp,
-                    b_fp=b_fp,
-                    reason="conflict resolved",
-                    link=link,
-                    decision=why,
-                    lost=lost,
-                )
-            )
-
-    for link in links:
-        a = a_changed.get(link.src_key)
-        b = b_changed.get(link.dst_key)
-        a_shaped = forward(a) if a is not None else None
-        a_fp = fingerprint(a_shaped) if a_shaped is not None else link.src_fp
-        b_fp = fingerprint(b) if b is not None else link.dst_fp
-        # compared in the stored fingerprint's version (a link made before a new algorithm)
-        a_moved = a_shaped is not None and not same_content(a_shaped, link.src_fp, a_fp)
-        b_moved = b is not None and not same_content(b, link.dst_fp, b_fp)
-        if not a_moved and not b_moved:
-            continue  # our own writes coming back, or nothing new
-        if link.src_key in quarantined:
-            actions.append(
-                PairAction("skip", link.src_key, link.dst_key, reason="quarantined by the loop breaker", link=link)
-            )
-            continue
-        if a_moved and b_moved:
-            assert a is not None and b is not None
-            settle(a, b, link.src_key, link.dst_key, link, a_fp or "", b_fp or "")
-        elif a_moved:
-            assert a is not None
-            if a.deleted:
-                if policy.deletes_enabled:
-                    op_b: Op = "delete_b" if policy.delete_action == "delete" else "unlink"
-                    actions.append(
-                        PairAction(op_b, link.src_key, link.dst_key, reason="deleted in from-side", link=link)
-                    )
-                else:
-                    actions.append(
-                        PairAction("skip", link.src_key, link.dst_key, reason="deletes are not enabled", link=link)
-                    )
-            else:
-                actions.append(
-                    PairAction(
-                        "update_b",
-                        link.src_key,
-                        link.dst_key,
-                        write=forward(a).model_copy(update={"key": link.dst_key}),
-                        a_fp=a_fp,
-                        b_fp=a_fp,
-                        link=link,
-                    )
-                )
-        else:
-            assert b is not None
-            if b.deleted:
-                if policy.deletes_enabled:
-                    op_a: Op = "delete_a" if policy.delete_action == "delete" else "unlink"
-                    actions.append(PairAction(op_a, link.src_key, link.dst_key, reason="deleted in to-side", link=link))
-                else:
-                    actions.append(
-                        PairAction("skip", link.src_key, link.dst_key, reason="deletes are not enabled", link=link)
-                    )
-            else:
-                actions.append(
-                    PairAction(
-                        "update_a",
-                        link.src_key,
-                        link.dst_key,
-                        write=reverse(b).model_copy(update={"key": link.src_key}),
-                        a_fp=b_fp,
-                        b_fp=b_fp,
-                        link=link,
-                    )
-                )
-
-    for a, b in matches:
-        settle(a, b, a.key, b.key, None, fingerprint(forward(a)), fingerprint(b))
-    for a in lone_a:
-        if not a.deleted:
-            shaped = forward(a)
-            actions.append(PairAction("create_b", a.key, None, write=shaped, a_fp=fingerprint(shaped)))
-    for b in lone_b:
-        if not b.deleted:
-            actions.append(PairAction("create_a", None, b.key, write=reverse(b), b_fp=fingerprint(b)))
-
-    # the loop breaker: too many writes to one pair within the window -> quarantine
-    checked: list[PairAction] = []
-    for action in actions:
-        if action.op.startswith(("update", "delete")) and action.link is not None:
-            count, start, over = written(action.link)
-            if over:
-                checked.append(
-                    PairAction(
-                        "loop",
-                        action.a_key,
-                        action.b_key,
-                        reason=f"rewritten {count} times since {format_utc(start or now)} "
-                        f"(limit {policy.loop_max_writes} in {policy.loop_window}); quarantined",
-                        a_record=a_changed.get(action.a_key or ""),
-                        b_record=b_changed.get(action.b_key or ""),
-                        link=action.link,
-                    )
-                )
-                continue
-            action.link.write_count, action.link.window_start = count, start
-        checked.append(action)
-    return checked
 
 
 # -- I/O ----------------------------------------------------------------------------------
@@ -438,11 +98,17 @@ async def _read_changes(
     return changed, best
 
 
-def _match_values(record: Record, fields: list[str]) -> tuple[Any, ...] | None:
-    values = tuple(getattr(record, f, None) for f in fields)
-    if any(v is None or v == "" for v in values):
-        return None
-    return tuple(v.strip().lower() if isinstance(v, str) else v for v in values)
+@dataclass
+class _Read:
+    """What a run read of both sides: the changes (key -> record), where each side's read
+    started (``None``: read in full) and the newest cursor each read reached."""
+
+    a_changed: dict[str, Record]
+    b_changed: dict[str, Record]
+    cursor_a: Cursor | None
+    cursor_b: Cursor | None
+    best_a: Cursor | None
+    best_b: Cursor | None
 
 
 async def run_two_way(
@@ -460,15 +126,65 @@ async def run_two_way(
 
     ``stop`` (SIGTERM in the daemon) ends the run after the chunk in hand: its links are
     committed, the cursors are not, so the next run re-reads and finishes the work."""
-    store = engine.store
+    a, b = await _open_sides(engine, pipeline)
+    where = f"pipelines.{name}.mapping"
+    forward = FieldMapping(pipeline.mapping, a.info.record_type, b.info.record_type, where=where)
+    reverse = forward.inverse(where=where)
+    if not dry_run:
+        await _recover(engine, name, a, b)
+
+    dead: list[NewDeadLetter] = []
+    read = await _read_both(engine, name, pipeline, a, b, full=full, dead=dead)
+    result.counts["read"] += len(read.a_changed) + len(read.b_changed)
+    read.a_changed = _mappable(read.a_changed, forward, a.ref, dead)
+    read.b_changed = _mappable(read.b_changed, reverse, b.ref, dead)
+    links = await _links(engine, a, b, read)
+    matches, lone_a, lone_b = await _match(engine, pipeline, a, b, forward, reverse, links, read)
+    actions = plan_pairs(
+        read.a_changed,
+        read.b_changed,
+        list(links.values()),
+        matches,
+        lone_a,
+        lone_b,
+        forward.apply,
+        reverse.apply,
+        _policy(pipeline),
+        await _quarantined(engine, name),
+    )
+
+    halted = await _over_delete_share(engine, pipeline, a, b, actions)
+    if halted is not None:
+        result.outcome = "halted"
+        result.message = halted
+        log.error("run.halted", pipeline=name, reason=result.message)
+        if not dry_run and dead:
+            await engine._state(engine.store.add_dead_letters, name, dead)
+        return
+    if dry_run:
+        await _dry_run(report, result, actions, dead, a, b, read)
+        return
+
+    journal = _History(RunJournal(engine.config.history, pipeline.journal), a.ref, b.ref, pipeline.conflict)
+    if not await _execute(engine, name, a, b, actions, dead, result, forward, journal, stop):
+        result.outcome = "stopped"
+        result.message = "stopped after committing the chunk in hand; the next run continues"
+        await engine._publish(name, (a, b))
+        return
+    await _commit_run(engine, name, a, b, read, links, actions, dead, result, journal)
+
+
+async def _open_sides(engine: Engine, pipeline: PipelineConfig) -> tuple[_Side, _Side]:
+    """The pipeline's from-side (A) and to-side (B), with their connectors."""
     (a_sys, a_stream), (b_sys, b_stream) = pipeline.source_ref(), pipeline.target_refs()[0]
     a_conn, b_conn = await engine.system(a_sys), await engine.system(b_sys)
     a = _Side("a", pipeline.source, a_conn, a_stream, a_conn.stream(a_stream))
     b = _Side("b", pipeline.to[0], b_conn, b_stream, b_conn.stream(b_stream))
-    where = f"pipelines.{name}.mapping"
-    forward = FieldMapping(pipeline.mapping, a.info.record_type, b.info.record_type, where=where)
-    reverse = forward.inverse(where=where)
-    policy = Policy(
+    return a, b
+
+
+def _policy(pipeline: PipelineConfig) -> Policy:
+    return Policy(
         pipeline.conflict,
         dict(pipeline.conflict_fields),
         pipeline.deletes.enabled,
@@ -476,28 +192,48 @@ async def run_two_way(
         pipeline.loop_breaker.max_writes,
         pipeline.loop_breaker.window,
     )
-    match_on = pipeline.match_on or [f for f in (b.info.natural_key,) if f and f != "key"]
 
-    if not dry_run:
-        for side in (a, b):
-            if side.transactional:
-                await side.connector.restore(side.stream, await engine._state(store.get_checkpoint, name, side.ref))
-        await _reconcile(engine, name, a, b)
 
-    dead: list[NewDeadLetter] = []
+async def _recover(engine: Engine, name: str, a: _Side, b: _Side) -> None:
+    """Before a run that writes: transactional sides go back to their committed checkpoint,
+    and the creates a crash interrupted are linked or forgotten."""
+    for side in (a, b):
+        if side.transactional:
+            await side.connector.restore(side.stream, await engine._state(engine.store.get_checkpoint, name, side.ref))
+    await _reconcile(engine, name, a, b)
+
+
+async def _read_both(
+    engine: Engine,
+    name: str,
+    pipeline: PipelineConfig,
+    a: _Side,
+    b: _Side,
+    *,
+    full: bool,
+    dead: list[NewDeadLetter],
+) -> _Read:
+    """Every change on both sides since each side's cursor (everything when ``full``)."""
+    store = engine.store
     cursor_a = None if full else await engine._state(store.get_cursor, name, "a")
     cursor_b = None if full else await engine._state(store.get_cursor, name, "b")
     a_since = read_from(cursor_a, pipeline.overlap, a.info.precision)
     b_since = read_from(cursor_b, pipeline.overlap, b.info.precision)
     a_changed, best_a = await _read_changes(a, a_since, pipeline.page_size, dead)
     b_changed, best_b = await _read_changes(b, b_since, pipeline.page_size, dead)
-    result.counts["read"] += len(a_changed) + len(b_changed)
+    return _Read(a_changed, b_changed, cursor_a, cursor_b, best_a, best_b)
 
-    def safe(mapping: FieldMapping, record: Record) -> Record | None:
+
+def _mappable(
+    changed: dict[str, Record], mapping: FieldMapping, side_ref: str, dead: list[NewDeadLetter]
+) -> dict[str, Record]:
+    """The changes ``mapping`` can carry to the other side; one it cannot is dead-lettered
+    (``invalid``) on the side it was read from, and left out of the plan."""
+    kept: dict[str, Record] = {}
+    for key, record in changed.items():
         try:
-            return mapping.apply(record)
+            mapping.apply(record)
         except ValidationFailed as exc:
-            side_ref = a.ref if mapping is forward else b.ref
             dead.append(
                 NewDeadLetter(
                     side_ref,
@@ -509,134 +245,153 @@ async def run_two_way(
                     payload=record.model_dump(mode="json"),
                 )
             )
-            return None
+            continue
+        kept[key] = record
+    return kept
 
-    a_changed = {k: r for k, r in a_changed.items() if safe(forward, r) is not None}
-    b_changed = {k: r for k, r in b_changed.items() if safe(reverse, r) is not None}
 
-    links_a = await engine._state(store.links_for, a.ref, b.ref, list(a_changed))
-    links_b = await engine._state(store.links_by_dst, a.ref, b.ref, list(b_changed))
-    links: dict[str, Link] = {**links_a, **{lk.src_key: lk for lk in links_b.values()}}
+async def _links(engine: Engine, a: _Side, b: _Side, read: _Read) -> dict[str, Link]:
+    """The links of the records read on either side, by from-side key."""
+    links_a = await engine._state(engine.store.links_for, a.ref, b.ref, list(read.a_changed))
+    links_b = await engine._state(engine.store.links_by_dst, a.ref, b.ref, list(read.b_changed))
+    return {**links_a, **{lk.src_key: lk for lk in links_b.values()}}
+
+
+async def _match(
+    engine: Engine,
+    pipeline: PipelineConfig,
+    a: _Side,
+    b: _Side,
+    forward: FieldMapping,
+    reverse: FieldMapping,
+    links: dict[str, Link],
+    read: _Read,
+) -> tuple[list[tuple[Record, Record]], list[Record], list[Record]]:
+    """The unlinked records read, matched on natural keys (so an existing install is linked,
+    not duplicated): ``(matches, A's lone records, B's lone records)``. The records read
+    on both sides are matched with each other first, then each one left is looked up on
+    the other side."""
     linked_b_keys = {lk.dst_key for lk in links.values()}
-    lone_a = [r for k, r in a_changed.items() if k not in links]
-    lone_b = [r for k, r in b_changed.items() if k not in linked_b_keys]
+    lone_a = [r for k, r in read.a_changed.items() if k not in links]
+    lone_b = [r for k, r in read.b_changed.items() if k not in linked_b_keys]
+    match_on = pipeline.match_on or [f for f in (b.info.natural_key,) if f and f != "key"]
+    if not match_on:
+        return [], lone_a, lone_b
+    matches, still_a, still_b = match_read(lone_a, lone_b, match_on, forward.apply)
+    # a side read in full (first sync, --full) was matched in memory already: asking it
+    # again record by record would only cost requests
+    lone_a = await _find(engine, a, b, "b", still_a, forward, linked_b_keys, matches, complete=read.cursor_b is None)
+    linked_a_keys = set(links) | {m[0].key for m in matches}
+    lone_b = await _find(engine, a, b, "a", still_b, reverse, linked_a_keys, matches, complete=read.cursor_a is None)
+    return matches, lone_a, lone_b
 
-    # initial matching on natural keys: changed records first, then a lookup on the other side
-    matches: list[tuple[Record, Record]] = []
-    if match_on:
-        index: dict[tuple[Any, ...], Record] = {}
-        for record in lone_b:
-            value = _match_values(record, match_on)
-            if value is not None:
-                index.setdefault(value, record)
-        still_a: list[Record] = []
-        taken_b: set[str] = set()
-        for record in lone_a:
-            value = _match_values(forward.apply(record), match_on)
-            other = index.pop(value, None) if value is not None else None
-            if other is not None:
-                matches.append((record, other))
-                taken_b.add(other.key)
-            else:
-                still_a.append(record)
-        lone_b = [r for r in lone_b if r.key not in taken_b]
-        lone_a = []
-        # a side read in full (first sync, --full) was matched in memory already: asking it
-        # again record by record would only cost requests
-        b_complete, a_complete = cursor_b is None, cursor_a is None
-        for record in still_a:
-            found = None if b_complete else await _lookup(b, forward.apply(record))
-            if (
-                found is not None
-                and found.key not in linked_b_keys
-                and not await engine._state(store.links_by_dst, a.ref, b.ref, [found.key])
-            ):
-                matches.append((record, found))
-                linked_b_keys.add(found.key)
-            else:
-                lone_a.append(record)
-        still_b, lone_b = lone_b, []
-        linked_a_keys = set(links) | {m[0].key for m in matches}
-        for record in still_b:
-            found = None if a_complete else await _lookup(a, reverse.apply(record))
-            if (
-                found is not None
-                and found.key not in linked_a_keys
-                and not await engine._state(store.links_for, a.ref, b.ref, [found.key])
-            ):
-                matches.append((found, record))
-                linked_a_keys.add(found.key)
-            else:
-                lone_b.append(record)
 
-    quarantined = frozenset(
-        x.src_key or x.ref for x in await engine._state(store.dead_letters, name, status="open") if x.kind == "loop"
-    )
-    actions = plan_pairs(
-        a_changed,
-        b_changed,
-        list(links.values()),
-        matches,
-        lone_a,
-        lone_b,
-        forward.apply,
-        reverse.apply,
-        policy,
-        quarantined,
-    )
+async def _find(
+    engine: Engine,
+    a: _Side,
+    b: _Side,
+    on: Literal["a", "b"],
+    records: list[Record],
+    mapping: FieldMapping,
+    linked: set[str],
+    matches: list[tuple[Record, Record]],
+    *,
+    complete: bool,
+) -> list[Record]:
+    """Look each of ``records`` (read on the other side) up on side ``on`` by its natural
+    key: a record found there that no link holds is matched (appended to ``matches``, its
+    key to ``linked``). Returns the records left alone; none is looked up when ``complete``
+    (the side was read in full)."""
+    side = b if on == "b" else a
+    held = engine.store.links_by_dst if on == "b" else engine.store.links_for
+    lone: list[Record] = []
+    for record in records:
+        found = None if complete else await _lookup(side, mapping.apply(record))
+        if found is not None and found.key not in linked and not await engine._state(held, a.ref, b.ref, [found.key]):
+            matches.append((record, found) if on == "b" else (found, record))
+            linked.add(found.key)
+        else:
+            lone.append(record)
+    return lone
 
+
+async def _quarantined(engine: Engine, name: str) -> frozenset[str]:
+    """The from-side keys of the pairs the loop breaker quarantined (an open ``loop`` letter)."""
+    letters = await engine._state(engine.store.dead_letters, name, status="open")
+    return frozenset(x.src_key or x.ref for x in letters if x.kind == "loop")
+
+
+async def _over_delete_share(
+    engine: Engine, pipeline: PipelineConfig, a: _Side, b: _Side, actions: list[PairAction]
+) -> str | None:
+    """Why the run halts before writing anything, when the plan deletes a larger share of
+    one side's linked records than ``deletes.max_share``; None when it does not."""
     deletes_b = sum(1 for x in actions if x.op == "delete_b")
     deletes_a = sum(1 for x in actions if x.op == "delete_a")
-    if deletes_a or deletes_b:
-        total = max(await engine._state(store.count_links, a.ref, b.ref), 1)
-        worst = max(deletes_a, deletes_b)
-        if worst / total > pipeline.deletes.max_share:
-            which = b.ref if deletes_b >= deletes_a else a.ref
-            result.outcome = "halted"
-            result.message = (
-                f"halted before deleting anything: {worst} of {total} linked records in {which} "
-                f"({worst / total:.0%}) would be deleted, over deletes.max_share {pipeline.deletes.max_share:.0%}"
-            )
-            log.error("run.halted", pipeline=name, reason=result.message)
-            if not dry_run and dead:
-                await engine._state(store.add_dead_letters, name, dead)
-            return
+    if not (deletes_a or deletes_b):
+        return None
+    total = max(await engine._state(engine.store.count_links, a.ref, b.ref), 1)
+    worst = max(deletes_a, deletes_b)
+    if worst / total > pipeline.deletes.max_share:
+        which = b.ref if deletes_b >= deletes_a else a.ref
+        return (
+            f"halted before deleting anything: {worst} of {total} linked records in {which} "
+            f"({worst / total:.0%}) would be deleted, over deletes.max_share {pipeline.deletes.max_share:.0%}"
+        )
+    return None
 
-    if dry_run:
+
+async def _dry_run(
+    report: DryRunReport | None,
+    result: RunResult,
+    actions: list[PairAction],
+    dead: list[NewDeadLetter],
+    a: _Side,
+    b: _Side,
+    read: _Read,
+) -> None:
+    """Count what the plan would do and, given a ``report``, tell it each action."""
+    for x in actions:
+        tally(result.counts, x.op)
+    if report is not None:
+        for letter in dead:
+            report.action("dead-letter", None, key=letter.src_key, source=letter.src, reason=letter.reason)
         for x in actions:
-            _count(result.counts, x.op)
-        if report is not None:
-            for letter in dead:
-                report.action("dead-letter", None, key=letter.src_key, source=letter.src, reason=letter.reason)
-            for x in actions:
-                await _report(report, x, a, b, a_changed, b_changed)
-        return
+            await _report(report, x, a, b, read.a_changed, read.b_changed)
 
-    journal = _History(RunJournal(engine.config.history, pipeline.journal), a.ref, b.ref, pipeline.conflict)
-    finished = await _execute(engine, name, a, b, actions, dead, result, forward, journal, stop)
-    if not finished:
-        result.outcome = "stopped"
-        result.message = "stopped after committing the chunk in hand; the next run continues"
-        await engine._publish(name, (a, b))
-        return
+
+async def _commit_run(
+    engine: Engine,
+    name: str,
+    a: _Side,
+    b: _Side,
+    read: _Read,
+    links: dict[str, Link],
+    actions: list[PairAction],
+    dead: list[NewDeadLetter],
+    result: RunResult,
+    journal: _History,
+) -> None:
+    """The run's last commit, once every chunk is written: the cursors that moved, the
+    dead letters left, the echo events, and the checkpoints of transactional sides."""
     cursors: dict[str, Cursor] = {}
-    if best_a is not None and (cursor_a is None or best_a > cursor_a):
-        cursors["a"] = best_a
-    if best_b is not None and (cursor_b is None or best_b > cursor_b):
-        cursors["b"] = best_b
+    if read.best_a is not None and (read.cursor_a is None or read.best_a > read.cursor_a):
+        cursors["a"] = read.best_a
+    if read.best_b is not None and (read.cursor_b is None or read.best_b > read.cursor_b):
+        cursors["b"] = read.best_b
     commit = PageCommit(
         name,
         cursors=cursors,
         run_id=result.run_id,
         dead_letters=dead,
-        counts={"read": len(a_changed) + len(b_changed), "dead_lettered": len(dead)},
+        counts={"read": len(read.a_changed) + len(read.b_changed), "dead_lettered": len(dead)},
     )
     journal.letters(commit)
-    _echoes(journal, commit, actions, links, a_changed, b_changed)
+    _echoes(journal, commit, actions, links, read.a_changed, read.b_changed)
     for side in (a, b):
         if side.transactional:
             commit.checkpoints[side.ref] = await side.connector.checkpoint(side.stream)
-    await engine._state(store.commit_page, commit)
+    await engine._state(engine.store.commit_page, commit)
     await engine._publish(name, (a, b))
     result.counts["dead_lettered"] += len(dead)
 
@@ -653,23 +408,16 @@ def _echoes(
     written, our own write coming back (or a re-read of the overlap)."""
     if not journal.run.records_events:
         return
-    acted = {x.a_key for x in actions} | {x.b_key for x in actions}
-    for link in links.values():
-        sides = [
-            side
-            for key, changed, side in ((link.src_key, a_changed, "from"), (link.dst_key, b_changed, "to"))
-            if key in changed and key not in acted
-        ]
-        if sides:
-            journal.pair(
-                commit,
-                "echo",
-                link.src_key,
-                link.dst_key,
-                fp=link.src_fp,
-                detail=f"read from the {' and '.join(sides)}-side as last written "
-                "(our own write, or a re-read): nothing to do",
-            )
+    for link, sides in echoed(actions, links.values(), a_changed, b_changed):
+        journal.pair(
+            commit,
+            "echo",
+            link.src_key,
+            link.dst_key,
+            fp=link.src_fp,
+            detail=f"read from the {' and '.join(sides)}-side as last written "
+            "(our own write, or a re-read): nothing to do",
+        )
 
 
 async def _report(
@@ -760,21 +508,6 @@ async def _lookup(side: _Side, record: Record) -> Record | None:
         return None
 
 
-def _count(counts: dict[str, int], op: str) -> None:
-    key = {
-        "create_a": "created",
-        "create_b": "created",
-        "update_a": "updated",
-        "update_b": "updated",
-        "update_both": "updated",
-        "delete_a": "deleted",
-        "delete_b": "deleted",
-        "conflict": "dead_lettered",
-        "loop": "dead_lettered",
-    }.get(op, "skipped")
-    counts[key] = counts.get(key, 0) + 1
-
-
 @dataclass(slots=True)
 class _History:
     """The history of one two-way run: events keyed by the from-side key where the pair has
@@ -820,6 +553,19 @@ class _History:
         self.run.letters(commit.events, commit.dead_letters, skip=("conflict", "loop"))
 
 
+@dataclass
+class _Chunk:
+    """What writing one chunk of the plan gathers for its commit."""
+
+    commit: PageCommit
+    new_links: list[Link] = field(default_factory=list)
+    unlinks: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def bump(self, key: str, by: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + by
+
+
 async def _execute(
     engine: Engine,
     name: str,
@@ -833,70 +579,90 @@ async def _execute(
     stop: asyncio.Event | None = None,
 ) -> bool:
     """Write the plan chunk by chunk; False when ``stop`` ended it early."""
-    store = engine.store
-    pair = (a.ref, b.ref)
     for start in range(0, len(actions), CHUNK):
         if stop is not None and stop.is_set():
             return False
         await asyncio.sleep(0)  # let the daemon's loop breathe (watchdog, control API, signals)
-        chunk = actions[start : start + CHUNK]
-        commit = PageCommit(name, run_id=result.run_id)
-        creates = [x for x in chunk if x.op in ("create_a", "create_b")]
-        intent_ids: dict[int, int] = {}
-        if creates:
-            items = []
-            for x in creates:
-                # labelled by the side the record came FROM ("a:KEY" is created on B), which
-                # is how _reconcile reads it back
-                origin = "a" if x.op == "create_b" else "b"
-                src_key = x.a_key if x.op == "create_b" else x.b_key
-                assert x.write is not None and src_key is not None
-                items.append((f"{origin}:{src_key}", x.a_fp or x.b_fp or "", x.write.model_dump_json()))
-            ids = await engine._state(store.record_intents, name, f"{a.ref}<->{b.ref}", items)
-            intent_ids = {id(x): i for x, i in zip(creates, ids, strict=True)}
-        counts: dict[str, int] = {}
-        new_links: list[Link] = []
-        unlinks: list[str] = []
+        batch = actions[start : start + CHUNK]
+        chunk = _Chunk(PageCommit(name, run_id=result.run_id))
+        intent_ids = await _record_intents(engine, name, a, b, batch)
         try:
-            for x in chunk:
+            for x in batch:
                 # no write once this run may have lost its lease (see StateStore.self_fence)
                 await engine._fence(name)
                 try:
-                    await _apply(x, a, b, forward, new_links, unlinks, dead, counts, journal, commit)
+                    await _apply(x, a, b, forward, chunk, dead, journal)
                 except RecordRejected as exc:
-                    reason = redact(str(exc))
-                    target = b.ref if x.op.endswith("_b") else a.ref
-                    dead.append(
-                        NewDeadLetter(
-                            a.ref,
-                            target,
-                            x.a_key or x.b_key or "?",
-                            reason,
-                            src_key=x.a_key,
-                            kind="rejected",
-                            payload=x.write.model_dump(mode="json") if x.write else None,
-                        )
-                    )
-                    counts["dead_lettered"] = counts.get("dead_lettered", 0) + 1
+                    dead.append(_rejected(x, a, b, exc))
+                    chunk.bump("dead_lettered")
                 if id(x) in intent_ids:
-                    commit.resolved_intents.append(intent_ids.pop(id(x)))
+                    chunk.commit.resolved_intents.append(intent_ids.pop(id(x)))
         finally:
-            commit.links[pair] = new_links
-            if unlinks:
-                commit.unlinks[pair] = unlinks
-            commit.dead_letters = list(dead)
-            dead.clear()
-            journal.letters(commit)
-            commit.counts = {
-                k: v for k, v in counts.items() if k in ("created", "updated", "deleted", "skipped", "dead_lettered")
-            }
-            await engine._state(store.commit_page, commit)
-            for key, value in commit.counts.items():
-                result.counts[key] = result.counts.get(key, 0) + value
-            for op in ("created", "updated", "deleted"):
-                if counts.get(op):
-                    metrics.inc("ferryman_records_written_total", counts[op], pipeline=name, op=op)
+            await _commit_chunk(engine, a, b, chunk, dead, result, journal)
     return True
+
+
+async def _record_intents(engine: Engine, name: str, a: _Side, b: _Side, batch: list[PairAction]) -> dict[int, int]:
+    """An intent for each create in ``batch``, recorded before it is written (a crash between
+    the create and its link is reconciled on the next run, not repeated): ``id(action) ->
+    intent id``."""
+    creates = [x for x in batch if x.op in ("create_a", "create_b")]
+    if not creates:
+        return {}
+    items = []
+    for x in creates:
+        # labelled by the side the record came FROM ("a:KEY" is created on B), which
+        # is how _reconcile reads it back
+        origin = "a" if x.op == "create_b" else "b"
+        src_key = x.a_key if x.op == "create_b" else x.b_key
+        assert x.write is not None and src_key is not None
+        items.append((f"{origin}:{src_key}", x.a_fp or x.b_fp or "", x.write.model_dump_json()))
+    ids = await engine._state(engine.store.record_intents, name, f"{a.ref}<->{b.ref}", items)
+    return {id(x): i for x, i in zip(creates, ids, strict=True)}
+
+
+def _rejected(x: PairAction, a: _Side, b: _Side, exc: RecordRejected) -> NewDeadLetter:
+    """The dead letter of a write the side refused."""
+    target = b.ref if x.op.endswith("_b") else a.ref
+    return NewDeadLetter(
+        a.ref,
+        target,
+        x.a_key or x.b_key or "?",
+        redact(str(exc)),
+        src_key=x.a_key,
+        kind="rejected",
+        payload=x.write.model_dump(mode="json") if x.write else None,
+    )
+
+
+async def _commit_chunk(
+    engine: Engine,
+    a: _Side,
+    b: _Side,
+    chunk: _Chunk,
+    dead: list[NewDeadLetter],
+    result: RunResult,
+    journal: _History,
+) -> None:
+    """Commit what a chunk did (links, unlinks, dead letters, history, counts), also when a
+    write in it failed: what was written before the failure stays linked."""
+    commit, counts = chunk.commit, chunk.counts
+    pair = (a.ref, b.ref)
+    commit.links[pair] = chunk.new_links
+    if chunk.unlinks:
+        commit.unlinks[pair] = chunk.unlinks
+    commit.dead_letters = list(dead)
+    dead.clear()
+    journal.letters(commit)
+    commit.counts = {
+        k: v for k, v in counts.items() if k in ("created", "updated", "deleted", "skipped", "dead_lettered")
+    }
+    await engine._state(engine.store.commit_page, commit)
+    for key, value in commit.counts.items():
+        result.counts[key] = result.counts.get(key, 0) + value
+    for op in ("created", "updated", "deleted"):
+        if counts.get(op):
+            metrics.inc("ferryman_records_written_total", counts[op], pipeline=commit.pipeline, op=op)
 
 
 async def _apply(
@@ -904,71 +670,38 @@ async def _apply(
     a: _Side,
     b: _Side,
     forward: FieldMapping,
-    new_links: list[Link],
-    unlinks: list[str],
+    chunk: _Chunk,
     dead: list[NewDeadLetter],
-    counts: dict[str, int],
     journal: _History,
-    commit: PageCommit,
 ) -> None:
-    def bump(key: str) -> None:
-        counts[key] = counts.get(key, 0) + 1
-
-    def wrote(side: _Side, stored_key: str | None = None, *, created: bool = False) -> None:
-        """The history of a write to ``side`` that succeeded: the decision (a conflict a
-        policy resolved, with the journal of what it overwrote), then the write itself."""
-        label = "from" if side is a else "to"
-        a_key = stored_key if (created and side is a) else x.a_key
-        b_key = stored_key if (created and side is b) else x.b_key
-        if x.decision and side.label in x.lost:
-            lost, won = x.lost[side.label]
-            journal.run.conflict(
-                commit.conflicts,
-                system=side.ref,
-                side=label,
-                record_key=(x.a_key if side is a else x.b_key) or "?",
-                src_key=x.a_key,
-                policy=journal.policy,
-                reason=x.decision,
-                lost=lost,
-                won=won,
-            )
-        what = "create" if created else "delete" if x.op.startswith("delete") else "update"
-        fields = list(x.lost[side.label][1]) if side.label in x.lost and what == "update" else None
-        verb = {"create": f"created in {side.ref} as {stored_key}", "update": f"updated in {side.ref}"}.get(
-            what, f"deleted in {side.ref}"
-        )
-        journal.pair(
-            commit,
-            what,
-            a_key,
-            b_key,
-            target=side.ref,
-            fp=x.a_fp or x.b_fp,
-            fields=fields,
-            detail=f"{verb}{': ' + x.reason if x.reason and not x.decision else ''}",
-        )
-
+    """Carry out one action of the plan: a write to one side (or both), or a decision that
+    writes neither."""
     if x.decision:
-        journal.pair(commit, "conflict", x.a_key, x.b_key, fp=x.a_fp or x.b_fp, detail=x.decision)
+        journal.pair(chunk.commit, "conflict", x.a_key, x.b_key, fp=x.a_fp or x.b_fp, detail=x.decision)
+    if x.op in ("skip", "link", "unlink", "conflict", "loop"):
+        _keep(x, a, b, chunk, dead, journal)
+    else:
+        await _write(x, a, b, forward, chunk, journal)
 
-    link = x.link
-    count = link.write_count if link else 1
-    window = link.window_start if link else utcnow()
+
+def _keep(x: PairAction, a: _Side, b: _Side, chunk: _Chunk, dead: list[NewDeadLetter], journal: _History) -> None:
+    """An action that writes neither side: a skip (or a withheld delete), a link of two
+    records that agree, an unlink, or a pair dead-lettered for a human (conflict, loop)."""
+    commit, link = chunk.commit, x.link
     if x.op == "skip":
-        bump("skipped")
+        chunk.bump("skipped")
         held = x.reason == "deletes are not enabled"
         journal.pair(commit, "withhold" if held else "skip", x.a_key, x.b_key, detail=x.reason)
     elif x.op == "link":
         assert x.a_key and x.b_key
-        new_links.append(
+        chunk.new_links.append(
             Link(x.a_key, x.b_key, x.a_fp, x.b_fp, link.write_count if link else 0, link.window_start if link else None)
         )
-        bump("skipped")
+        chunk.bump("skipped")
         journal.pair(commit, "link", x.a_key, x.b_key, fp=x.a_fp, detail=x.reason)
     elif x.op == "unlink":
         assert x.a_key
-        unlinks.append(x.a_key)
+        chunk.unlinks.append(x.a_key)
         journal.pair(commit, "unlink", x.a_key, x.b_key, detail=x.reason)
     elif x.op in ("conflict", "loop"):
         journal.pair(
@@ -978,67 +711,120 @@ async def _apply(
             x.b_key,
             detail=f"{x.reason}; dead-lettered for `ferryman dlq resolve`",
         )
-        payload = {
-            "from": x.a_record.model_dump(mode="json") if x.a_record else None,
-            "to": x.b_record.model_dump(mode="json") if x.b_record else None,
-            "a_key": x.a_key,
-            "b_key": x.b_key,
+        dead.append(_for_a_human(x, a, b))
+        chunk.bump("dead_lettered")
+
+
+def _for_a_human(x: PairAction, a: _Side, b: _Side) -> NewDeadLetter:
+    """The dead letter of a conflict or a loop: both sides' records, for ``ferryman dlq resolve``."""
+    link = x.link
+    payload = {
+        "from": x.a_record.model_dump(mode="json") if x.a_record else None,
+        "to": x.b_record.model_dump(mode="json") if x.b_record else None,
+        "a_key": x.a_key,
+        "b_key": x.b_key,
+    }
+    if x.op == "loop" and link is not None:
+        payload["history"] = {
+            "writes_in_window": link.write_count + 1,
+            "window_start": format_utc(link.window_start or utcnow()),
         }
-        if x.op == "loop" and link is not None:
-            payload["history"] = {
-                "writes_in_window": link.write_count + 1,
-                "window_start": format_utc(link.window_start or utcnow()),
-            }
-        dead.append(NewDeadLetter(a.ref, b.ref, x.a_key or "?", x.reason, src_key=x.a_key, kind=x.op, payload=payload))
-        bump("dead_lettered")
-    elif x.op == "create_b":
+    return NewDeadLetter(a.ref, b.ref, x.a_key or "?", x.reason, src_key=x.a_key, kind=x.op, payload=payload)
+
+
+async def _write(x: PairAction, a: _Side, b: _Side, forward: FieldMapping, chunk: _Chunk, journal: _History) -> None:
+    """An action that writes: create, update or delete on one side (``update_both``: the
+    merge on both), then the link it leaves (or the unlink) and its history."""
+    link, commit = x.link, chunk.commit
+    count = link.write_count if link else 1
+    window = link.window_start if link else utcnow()
+    if x.op == "create_b":
         assert x.write is not None and x.a_key
         stored = await b.connector.create(b.stream, x.write)
-        new_links.append(Link(x.a_key, stored.key, x.a_fp, fingerprint(stored), 1, utcnow()))
-        bump("created")
-        wrote(b, stored.key, created=True)
+        chunk.new_links.append(Link(x.a_key, stored.key, x.a_fp, fingerprint(stored), 1, utcnow()))
+        chunk.bump("created")
+        _wrote(journal, commit, x, b, stored.key, created=True)
     elif x.op == "create_a":
         assert x.write is not None and x.b_key
         stored = await a.connector.create(a.stream, x.write)
         if x.replaces_a:
-            unlinks.append(x.replaces_a)
-        new_links.append(Link(stored.key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, 1, utcnow()))
-        bump("created")
-        wrote(a, stored.key, created=True)
+            chunk.unlinks.append(x.replaces_a)
+        chunk.new_links.append(Link(stored.key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, 1, utcnow()))
+        chunk.bump("created")
+        _wrote(journal, commit, x, a, stored.key, created=True)
     elif x.op == "update_b":
         assert x.write is not None and x.a_key and x.b_key
         stored = await b.connector.update(b.stream, x.b_key, x.write)
-        new_links.append(Link(x.a_key, x.b_key, x.a_fp, fingerprint(stored), count, window))
-        bump("updated")
-        wrote(b)
+        chunk.new_links.append(Link(x.a_key, x.b_key, x.a_fp, fingerprint(stored), count, window))
+        chunk.bump("updated")
+        _wrote(journal, commit, x, b)
     elif x.op == "update_a":
         assert x.write is not None and x.a_key and x.b_key
         stored = await a.connector.update(a.stream, x.a_key, x.write)
-        new_links.append(Link(x.a_key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, count, window))
-        bump("updated")
-        wrote(a)
+        chunk.new_links.append(Link(x.a_key, x.b_key, fingerprint(forward.apply(stored)), x.b_fp, count, window))
+        chunk.bump("updated")
+        _wrote(journal, commit, x, a)
     elif x.op == "update_both":
         assert x.write is not None and x.write_a is not None and x.a_key and x.b_key
         stored_b = await b.connector.update(b.stream, x.b_key, x.write)
         stored_a = await a.connector.update(a.stream, x.a_key, x.write_a)
-        new_links.append(
+        chunk.new_links.append(
             Link(x.a_key, x.b_key, fingerprint(forward.apply(stored_a)), fingerprint(stored_b), count, window)
         )
-        counts["updated"] = counts.get("updated", 0) + 2
-        wrote(b)
-        wrote(a)
-    elif x.op == "delete_b":
+        chunk.bump("updated", 2)
+        _wrote(journal, commit, x, b)
+        _wrote(journal, commit, x, a)
+    elif x.op in ("delete_b", "delete_a"):
         assert x.a_key and x.b_key
-        await b.connector.delete(b.stream, x.b_key)
-        unlinks.append(x.a_key)
-        bump("deleted")
-        wrote(b)
-    elif x.op == "delete_a":
-        assert x.a_key and x.b_key
-        await a.connector.delete(a.stream, x.a_key)
-        unlinks.append(x.a_key)
-        bump("deleted")
-        wrote(a)
+        side, key = (b, x.b_key) if x.op == "delete_b" else (a, x.a_key)
+        await side.connector.delete(side.stream, key)
+        chunk.unlinks.append(x.a_key)
+        chunk.bump("deleted")
+        _wrote(journal, commit, x, side)
+
+
+def _wrote(
+    journal: _History,
+    commit: PageCommit,
+    x: PairAction,
+    side: _Side,
+    stored_key: str | None = None,
+    *,
+    created: bool = False,
+) -> None:
+    """The history of a write to ``side`` that succeeded: the decision (a conflict a policy
+    resolved, with the journal of what it overwrote), then the write itself."""
+    on_a = side.label == "a"
+    a_key = stored_key if (created and on_a) else x.a_key
+    b_key = stored_key if (created and not on_a) else x.b_key
+    if x.decision and side.label in x.lost:
+        lost, won = x.lost[side.label]
+        journal.run.conflict(
+            commit.conflicts,
+            system=side.ref,
+            side="from" if on_a else "to",
+            record_key=(x.a_key if on_a else x.b_key) or "?",
+            src_key=x.a_key,
+            policy=journal.policy,
+            reason=x.decision,
+            lost=lost,
+            won=won,
+        )
+    what = "create" if created else "delete" if x.op.startswith("delete") else "update"
+    fields = list(x.lost[side.label][1]) if side.label in x.lost and what == "update" else None
+    verb = {"create": f"created in {side.ref} as {stored_key}", "update": f"updated in {side.ref}"}.get(
+        what, f"deleted in {side.ref}"
+    )
+    journal.pair(
+        commit,
+        what,
+        a_key,
+        b_key,
+        target=side.ref,
+        fp=x.a_fp or x.b_fp,
+        fields=fields,
+        detail=f"{verb}{': ' + x.reason if x.reason and not x.decision else ''}",
+    )
 
 
 async def _reconcile(engine: Engine, name: str, a: _Side, b: _Side) -> None:
