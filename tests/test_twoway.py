@@ -409,3 +409,29 @@ async def test_links_of_an_older_fingerprint_version_are_not_changes(tmp_path: P
     assert result.outcome == "ok" and result.counts["read"] >= 10
     assert result.counts["updated"] == result.counts["created"] == 0
     assert writes("crm") + writes("desk") == before
+
+
+async def test_two_new_records_with_one_email_never_share_one_record_on_the_other_side(
+    tmp_path: Path, state_url: str
+) -> None:
+    """Read incrementally, the desk's new record matches one of two new CRM records with its
+    email in memory; the other, looked up on the desk by email, finds the same record, which
+    must not be matched a second time (two links to one record: their edits would overwrite
+    each other on every run). It is created on the desk instead, as the CRM holds two."""
+    fakes.put("crm", "contacts", contact("c0", "p0@example.com"))
+    fakes.put("desk", "contacts", contact("d0", "q0@example.com"))  # so both sides have a cursor
+    engine = engine_for(tmp_path, state_url)
+    assert (await engine.run("sync")).outcome == "ok"
+    fakes.put("crm", "contacts", contact("c1", "twin@example.com", first_name="One"))
+    fakes.put("crm", "contacts", contact("c2", "twin@example.com", first_name="Two"))
+    fakes.put("desk", "contacts", contact("d9", "twin@example.com", first_name="One"))
+    result = await engine.run("sync")
+    assert result.outcome == "ok", result.message
+    keys = ["c0", "c1", "c2", *(k for k in fakes.STORES["crm"]["contacts"] if k.startswith("crm-"))]
+    links = engine.store.links_for("crm.contacts", "desk.contacts", keys)
+    assert sorted(links) == sorted(keys)
+    targets = [link.dst_key for link in links.values()]
+    assert len(set(targets)) == len(targets) == 4, f"one desk record linked twice: {targets}"
+    assert "d9" in targets
+    desk = fakes.STORES["desk"]["contacts"]
+    assert sorted(str(r.email) for r in desk.values() if not r.deleted).count("twin@example.com") == 2

@@ -280,7 +280,10 @@ async def _match(
     matches, still_a, still_b = match_read(lone_a, lone_b, match_on, forward.apply)
     # a side read in full (first sync, --full) was matched in memory already: asking it
     # again record by record would only cost requests
-    lone_a = await _find(engine, a, b, "b", still_a, forward, linked_b_keys, matches, complete=read.cursor_b is None)
+    # the B records matched in memory are taken too: a second A record with the same value
+    # (two CRM contacts, one email) looked up on B finds one of them, which is not free
+    taken_b = linked_b_keys | {m[1].key for m in matches}
+    lone_a = await _find(engine, a, b, "b", still_a, forward, taken_b, matches, complete=read.cursor_b is None)
     linked_a_keys = set(links) | {m[0].key for m in matches}
     lone_b = await _find(engine, a, b, "a", still_b, reverse, linked_a_keys, matches, complete=read.cursor_a is None)
     return matches, lone_a, lone_b
