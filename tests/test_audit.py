@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -552,8 +553,17 @@ def test_an_audit_reads_at_the_systems_rate_limit(tmp_path: Path, capsys: pytest
         stats = httpx.get(f"{url}/__sandbox/stats").json()
     assert code == 0 and report["read"] == 2000
     assert (stats["requests"], stats["throttled"], stats["early_retries"]) == (10, 0, 0)
-    gaps = [b - a for a, b in zip(stats["timestamps"], stats["timestamps"][1:], strict=False)]
-    assert min(gaps) >= 0.09, gaps  # 10/s: one request every 0.1 s (1% slack), never two at once
+    stamps = stats["timestamps"]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    # 10/s: one request every 0.1 s. The limiter spaces the moments it lets requests go;
+    # the server sees them when they arrive, so a request the loaded event loop sent late
+    # (here after a stall of 0.7 s once, with 3 test workers on 2 cores) shortens the gap
+    # to the next by as much: never two at once, and no stretch of them ever faster than
+    # the limit (1% slack).
+    assert min(gaps) >= 0.04, gaps
+    for i in range(len(stamps)):
+        for j in range(i + 2, len(stamps)):
+            assert stamps[j] - stamps[i] >= 0.099 * (j - i) - 0.06, (i, j, gaps)
 
 
 def test_an_audit_of_a_2000_record_app_target_costs_what_a_full_pass_costs(

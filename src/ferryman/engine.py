@@ -11,42 +11,34 @@ again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import orjson
 import structlog
 
 from ferryman import metrics
 from ferryman.config import DEFAULT_LEASE_TTL, FerrymanConfig, PipelineConfig
 from ferryman.connector import Capability, Connector, StreamInfo, SystemContext
-from ferryman.cursor import Cursor, OrderGuard, newest, read_from
+from ferryman.cursor import Cursor
 from ferryman.errors import (
     ConfigError,
     DeferredError,
     FerrymanError,
-    LeaseLost,
     NotSupportedError,
-    OrderViolation,
-    PagingError,
-    RecordRejected,
     StateError,
-    StateUnavailable,
-    ValidationFailed,
 )
 from ferryman.journal import RunJournal
 from ferryman.mapping import FieldMapping
-from ferryman.planning import Action, plan_one_way
+from ferryman.planning import Action
 from ferryman.records import Record, fingerprint, overwritten, same_content
 from ferryman.redact import redact
-from ferryman.run.delivery import Delivery
 from ferryman.run.delivery import natural_value as _natural
-from ferryman.run.pages import read_ahead
-from ferryman.sdk.readloop import MAX_PAGES, PageGuard
+from ferryman.run.observer import Observer, Progress
+from ferryman.run.oneway import OneWayRun, new_counts, reconcile_intents
+from ferryman.run.replay import Replay
 from ferryman.state import Link, NewDeadLetter, PageCommit, StateStore
 from ferryman.timeutil import format_utc, utcnow
 
@@ -59,7 +51,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 LEASE_TTL = DEFAULT_LEASE_TTL  # the default; a run uses the config's state.lease_ttl
 REFERENCE_RETRIES = 200  # records waiting for a reference, delivered again at the start of a run
-PROBE_CHECKPOINT = "~probe"  # where a pipeline's delete probe left off (the checkpoints table)
 LOOKUP_INDEX_PAGES = 200  # a target this small (in pages) is read once for lookups, not searched per record
 LOOKUP_PAGE = 1000  # the page size of such a read of a file target in a dry run
 PRUNE_EVERY = 600.0  # seconds between two prunings of the record history by one process
@@ -94,31 +85,7 @@ class RunResult:
 
 
 COUNTS = ("read", "created", "updated", "deleted", "skipped", "withheld", "dead_lettered")
-
-
-def _counts() -> dict[str, int]:
-    return dict.fromkeys(COUNTS, 0)
-
-
-class Progress(Protocol):
-    """Told after every committed page of a one-way run: ``records`` read in that page,
-    the run's ``counts`` so far, and ``total``, how many records the whole read brings when
-    the source says or estimates it (:attr:`ferryman.connector.Page.total`), else ``None``."""
-
-    def __call__(self, records: int, counts: dict[str, int], total: int | None, /) -> None: ...
-
-
-class Sink(Protocol):
-    """What publishing needs of a target (one-way) or a side (two-way)."""
-
-    @property
-    def ref(self) -> str: ...
-    @property
-    def connector(self) -> Connector: ...
-    @property
-    def stream(self) -> str: ...
-    @property
-    def transactional(self) -> bool: ...
+_counts = new_counts  # the counts of a run, all 0 (audit's scratch counts too)
 
 
 class _Target:
@@ -260,278 +227,121 @@ class Engine:
 
         ``progress`` is called after every committed page (see :class:`Progress`); a dry run
         tells ``report`` what it would do with every record (:mod:`ferryman.plan_report`)."""
-        pipeline = self.config.pipeline(name)
+        observer = Observer(dry_run=dry_run, report=report, progress=progress, stop=stop)
         started = time.monotonic()
         result = RunResult(name, "ok", counts=_counts())
-        bound = log.bind(pipeline=name)
-
         if not dry_run and not await self._state(self.store.acquire_lease, name, self.config.state.lease_ttl):
             holder = await self._state(self.store.lease_holder, name)
             result.outcome = "busy"
             result.message = f"already running on {holder[0] if holder else 'another instance'}"
             return result
         try:
-            two_way = pipeline.direction == "both"
-            try:
-                if two_way:
-                    systems = [
-                        await self.system(pipeline.source_ref()[0]),
-                        await self.system(pipeline.target_refs()[0][0]),
-                    ]
-                    hosts = list(dict.fromkeys(h for c in systems for h in c.hosts()))
-                else:
-                    source, src_info, targets = await self._targets(pipeline, f"pipelines.{name}")
-                    hosts = list(dict.fromkeys(source.hosts() + [h for t in targets for h in t.connector.hosts()]))
-            except ConfigError:
-                raise
-            except FerrymanError as exc:
-                result.outcome, result.message = "failed", redact(str(exc))
-                return result
-            deferred = await self._state(self.store.not_before, hosts)
-            if deferred is not None:
-                result.outcome = "deferred"
-                result.not_before = deferred[1]
-                result.message = f"{deferred[0]} asked us to wait until {format_utc(deferred[1])}"
-                if not dry_run:
-                    run_id = await self._state(self.store.start_run, name, trigger)
-                    await self._state(self.store.finish_run, run_id, "deferred", result.message, deferred[1])
-                    result.run_id = run_id
-                return result
-            if not dry_run:
-                await self._state(self.store.close_stale_runs, name)
-                result.run_id = await self._state(self.store.start_run, name, trigger)
-            bound.info("run.started", trigger=trigger, full=full, dry_run=dry_run, run_id=result.run_id)
-            try:
-                if two_way:
-                    from ferryman.twoway import run_two_way
-
-                    await run_two_way(
-                        self, name, pipeline, result, full=full, dry_run=dry_run, report=report, stop=stop
-                    )
-                else:
-                    if pipeline.references and not dry_run:
-                        await self._retry_references(name, result, (source, src_info, targets))
-                    await self._run_pages(
-                        name, pipeline, source, src_info, targets, result, full, dry_run, stop, progress, report
-                    )
-            except DeferredError as exc:
-                result.outcome, result.not_before = "deferred", exc.not_before
-                result.message = redact(str(exc))
-                if exc.host:
-                    await self._state(self.store.set_not_before, exc.host, exc.not_before, result.message)
-            except (FerrymanError, OSError) as exc:
-                # the class says what went wrong; whatever it is, the run ends here with the
-                # cursor where the last committed page left it
-                result.outcome, result.message = "failed", redact(str(exc))
-            except Exception as exc:  # a bug: record it, keep the daemon alive, hide secrets
-                result.outcome = "failed"
-                result.message = redact(f"internal error: {type(exc).__name__}: {exc}")
-                bound.exception("run.internal_error")
-            result.seconds = time.monotonic() - started
-            if result.run_id is not None:
-                await self._state(
-                    self.store.finish_run, result.run_id, result.outcome, result.message, result.not_before
-                )
-            metrics.inc("ferryman_runs_total", pipeline=name, outcome=result.outcome)
-            if not dry_run:
-                await self._prune_history()
-            cursor = await self._state(self.store.get_cursor, name)
-            result.cursor = cursor
-            if cursor is not None:
-                metrics.set_gauge(
-                    "ferryman_cursor_lag_seconds", (utcnow() - cursor.updated_at).total_seconds(), pipeline=name
-                )
-            if dry_run and result.outcome == "ok":
-                result.outcome = "dry-run"
-            event = bound.info if result.outcome in ("ok", "dry-run", "stopped") else bound.warning
-            event(
-                "run.finished",
-                outcome=result.outcome,
-                seconds=round(result.seconds, 3),
-                message=result.message,
-                **result.counts,
-            )
+            opened = await self._open_run(name, result)
+            if opened is not None and not await self._deferred(name, opened[0], result, trigger, dry_run):
+                await self._run_opened(name, opened[1], result, full=full, trigger=trigger, observer=observer)
+                result.seconds = time.monotonic() - started
+                await self._finish(name, result, dry_run)
             return result
         finally:
             if not dry_run:
                 await self._state(self.store.release_lease, name)
 
-    async def _run_pages(
-        self,
-        name: str,
-        pipeline: PipelineConfig,
-        source: Connector,
-        src_info: StreamInfo,
-        targets: list[_Target],
-        result: RunResult,
-        full: bool,
-        dry_run: bool,
-        stop: asyncio.Event | None,
-        progress: Progress | None,
-        report: DryRunReport | None,
-    ) -> None:
-        src_ref = pipeline.source
-        journal = RunJournal(self.config.history, pipeline.journal)
-        if not dry_run:
-            await self._keyed(src_ref, targets)
-            for target in targets:
-                await self._reconcile_intents(name, src_ref, target)
-                await target.connector.restore(
-                    target.stream, await self._state(self.store.get_checkpoint, name, target.ref)
-                )
-        if not dry_run and any(t.references for t in targets):
-            letters = await self._state(self.store.dead_letters, pipeline=name, kind="reference")
-            for target in targets:
-                target.waiting = {x.src_key for x in letters if x.dst == target.ref and x.src_key}
-        cursor = None if full else await self._state(self.store.get_cursor, name)
-        began = await self._state(self.store.get_cursor, name) if not dry_run else None
-        since = read_from(cursor, pipeline.overlap, src_info.precision)
-        if not dry_run:
-            for target in targets:
-                target.lookup = await self._should_look_up(name, pipeline, src_ref, target, cursor)
-        best = cursor
-        # The source's claims are verified, not believed: an ordered stream whose records go
-        # back in time stops the run (a keyset read over it would have skipped records).
-        order = OrderGuard(system=source.name, stream=src_info.name) if src_info.ordered else None
-        pages = PageGuard(system=source.name, stream=src_info.name, cap=pipeline.max_pages)
-        cap = MAX_PAGES.set(pipeline.max_pages)
-        halted: str | None = None
-        last_lease = time.monotonic()
-        # A run that ends in an error may leave sinks holding rows past their committed
-        # checkpoint (a page cut short, a commit refused): only what was committed is
-        # published, and nothing at all when the lease moved or the state database is away
-        # (the next run's restore() then cuts the rest back, exactly as after a crash).
-        publish = False
-        failure: BaseException | None = None
-
-        async def commit_page(commit: PageCommit, page_counts: dict[str, int]) -> None:
-            await self._commit(commit, page_counts, result, dry_run)
-
-        # keys a full pass saw: a linked key it did not see is probed for a hidden delete
-        seen: set[str] | None = set() if since is None and pipeline.deletes.probe else None
+    async def _open_run(self, name: str, result: RunResult) -> tuple[list[str], _Built | None] | None:
+        """The run's systems opened: (the hosts it talks to, the one-way run's source and
+        targets, None for a two-way run); None (the result says why) when one cannot open."""
+        pipeline = self.config.pipeline(name)
         try:
-            reading = read_ahead(source.read(src_info.name, since, pipeline.page_size))
-            async with contextlib.aclosing(reading):
-                async for page in reading:
-                    pages.fetched(None)
-                    if seen is not None:
-                        seen.update(r.key for r in page.records)
-                    if order is not None:
-                        order.check(page.records, f"page {pages.pages} of {pipeline.source}")
-                    commit = PageCommit(name, run_id=result.run_id)
-                    page_counts = _counts()
-                    page_counts["read"] = len(page.records)
-                    for reject in page.rejects:
-                        commit.dead_letters.append(
-                            NewDeadLetter(
-                                src_ref,
-                                None,
-                                reject.ref,
-                                reject.reason,
-                                src_key=reject.key,
-                                kind="invalid",
-                                payload=reject.raw,
-                            )
-                        )
-                        page_counts["dead_lettered"] += 1
-                        journal.event(
-                            commit.events,
-                            src_ref,
-                            reject.key or reject.ref,
-                            "dead-letter",
-                            detail=f"invalid in {src_ref}: {reject.reason}",
-                        )
-                        bound_reason = redact(reject.reason)
-                        log.warning("record.dead_lettered", pipeline=name, ref=reject.ref, reason=bound_reason)
-                    if report is not None and dry_run:
-                        for reject in page.rejects:
-                            report.action(
-                                "dead-letter",
-                                None,
-                                key=reject.key,
-                                source=src_ref,
-                                reason=f"{reject.ref}: {reject.reason}",
-                            )
-                    for target in targets:
-                        halted = await self._deliver(
-                            name, pipeline, src_ref, target, page.records, commit, page_counts, dry_run, report
-                        )
-                        if halted:
-                            break
-                    if halted:
-                        result.outcome = "halted"
-                        result.message = halted
-                        log.error("run.halted", pipeline=name, reason=halted)
-                        await commit_page(commit, page_counts)
-                        break
-                    if page.records:
-                        page_max = newest(page.records)
-                        if best is None or page_max > best:
-                            best = page_max
-                    if src_info.ordered and best is not None:
-                        commit.cursor = best
-                    commit.resolved_refs = [r.key for r in page.records]
-                    for target in targets:
-                        if target.transactional and not dry_run:
-                            commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
-                    await commit_page(commit, page_counts)
-                    if progress:
-                        progress(len(page.records), result.counts, page.total)
-                    ttl = self.config.state.lease_ttl
-                    if not dry_run and time.monotonic() - last_lease > ttl.total_seconds() / 3:
-                        # renewed, never taken again: a lease that moved while this run stalled
-                        # stays with its new holder, even one that has finished and let it go
-                        if not await self._state(self.store.renew_lease, name, ttl):
-                            holder = await self._state(self.store.lease_holder, name)
-                            raise LeaseLost(
-                                f"pipeline {name}: its lease passed to {holder[0] if holder else 'another instance'} "
-                                "during the run (it stalled past state.lease_ttl); stopping after the last commit"
-                            )
-                        last_lease = time.monotonic()
-                    # Give the event loop a turn between pages: in the daemon, signals, the
-                    # watchdog and the control API wait on it, and a run whose connectors do
-                    # no network I/O (CSV to CSV) would otherwise hold it for the whole run.
-                    await asyncio.sleep(0)
-                    if stop is not None and stop.is_set():
-                        result.outcome = "stopped"
-                        result.message = "stopped after committing the page in hand"
-                        break
-                else:
-                    if not src_info.ordered and best is not None and not dry_run:
-                        # an unordered source only moves its cursor after a complete pass
-                        await commit_page(PageCommit(name, cursor=best), _counts())
-                    if pipeline.deletes.probe and not dry_run and src_info.can(Capability.READ):
-                        gone = await self._probe_deletes(name, pipeline, source, src_info, targets, seen)
-                        if gone:
-                            commit = PageCommit(name, run_id=result.run_id)
-                            page_counts = _counts()
-                            for target in targets:
-                                halted = await self._deliver(
-                                    name, pipeline, src_ref, target, gone, commit, page_counts, dry_run, report
-                                )
-                                if halted:
-                                    result.outcome, result.message = "halted", halted
-                                    log.error("run.halted", pipeline=name, reason=halted)
-                                    break
-                            await commit_page(commit, page_counts)
-            publish = True
-        except (OrderViolation, PagingError) as exc:
-            failure = exc
-            if not dry_run:
-                # Records before the pages this run committed may be unread: the cursor goes
-                # back to where the run began (re-reading what arrived is skipped by fingerprint).
-                await self._state(self.store.hold_cursor, name, began)
+            if pipeline.direction == "both":
+                systems = [
+                    await self.system(pipeline.source_ref()[0]),
+                    await self.system(pipeline.target_refs()[0][0]),
+                ]
+                return list(dict.fromkeys(h for c in systems for h in c.hosts())), None
+            source, src_info, targets = await self._targets(pipeline, f"pipelines.{name}")
+            hosts = list(dict.fromkeys(source.hosts() + [h for t in targets for h in t.connector.hosts()]))
+            return hosts, (source, src_info, targets)
+        except ConfigError:
             raise
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            MAX_PAGES.reset(cap)
-            if not dry_run and any(t.transactional for t in targets):
-                if publish:
-                    await self._publish(name, targets)
-                elif not isinstance(failure, LeaseLost | StateUnavailable):
-                    await self._publish_committed(name, targets)
+        except FerrymanError as exc:
+            result.outcome, result.message = "failed", redact(str(exc))
+            return None
+
+    async def _deferred(self, name: str, hosts: list[str], result: RunResult, trigger: str, dry_run: bool) -> bool:
+        """Whether a host the run talks to asked us to wait (Retry-After past the run): the
+        run is recorded as deferred, and not started."""
+        deferred = await self._state(self.store.not_before, hosts)
+        if deferred is None:
+            return False
+        result.outcome = "deferred"
+        result.not_before = deferred[1]
+        result.message = f"{deferred[0]} asked us to wait until {format_utc(deferred[1])}"
+        if not dry_run:
+            run_id = await self._state(self.store.start_run, name, trigger)
+            await self._state(self.store.finish_run, run_id, "deferred", result.message, deferred[1])
+            result.run_id = run_id
+        return True
+
+    async def _run_opened(
+        self, name: str, built: _Built | None, result: RunResult, *, full: bool, trigger: str, observer: Observer
+    ) -> None:
+        """The run itself, between its run row's start and end: whatever goes wrong ends up
+        in ``result`` (the cursor is where the last committed page left it)."""
+        pipeline = self.config.pipeline(name)
+        dry_run = observer.dry_run
+        if not dry_run:
+            await self._state(self.store.close_stale_runs, name)
+            result.run_id = await self._state(self.store.start_run, name, trigger)
+        bound = log.bind(pipeline=name)
+        bound.info("run.started", trigger=trigger, full=full, dry_run=dry_run, run_id=result.run_id)
+        try:
+            if built is None:
+                from ferryman.twoway import run_two_way
+
+                await run_two_way(
+                    self, name, pipeline, result, full=full, dry_run=dry_run, report=observer.report, stop=observer.stop
+                )
+            else:
+                if pipeline.references and not dry_run:
+                    await self._retry_references(name, result, built)
+                await OneWayRun(self, name, pipeline, built, result, full=full, observer=observer).run()
+        except DeferredError as exc:
+            result.outcome, result.not_before = "deferred", exc.not_before
+            result.message = redact(str(exc))
+            if exc.host:
+                await self._state(self.store.set_not_before, exc.host, exc.not_before, result.message)
+        except (FerrymanError, OSError) as exc:
+            # the class says what went wrong; whatever it is, the run ends here with the
+            # cursor where the last committed page left it
+            result.outcome, result.message = "failed", redact(str(exc))
+        except Exception as exc:  # a bug: record it, keep the daemon alive, hide secrets
+            result.outcome = "failed"
+            result.message = redact(f"internal error: {type(exc).__name__}: {exc}")
+            bound.exception("run.internal_error")
+
+    async def _finish(self, name: str, result: RunResult, dry_run: bool) -> None:
+        """The run row closed, the metrics and the log told, the history pruned."""
+        if result.run_id is not None:
+            await self._state(self.store.finish_run, result.run_id, result.outcome, result.message, result.not_before)
+        metrics.inc("ferryman_runs_total", pipeline=name, outcome=result.outcome)
+        if not dry_run:
+            await self._prune_history()
+        cursor = await self._state(self.store.get_cursor, name)
+        result.cursor = cursor
+        if cursor is not None:
+            metrics.set_gauge(
+                "ferryman_cursor_lag_seconds", (utcnow() - cursor.updated_at).total_seconds(), pipeline=name
+            )
+        if dry_run and result.outcome == "ok":
+            result.outcome = "dry-run"
+        event = log.info if result.outcome in ("ok", "dry-run", "stopped") else log.warning
+        event(
+            "run.finished",
+            pipeline=name,
+            outcome=result.outcome,
+            seconds=round(result.seconds, 3),
+            message=result.message,
+            **result.counts,
+        )
 
     async def _keyed(self, src_ref: str, targets: Sequence[_Target]) -> None:
         """Before a one-way run writes: targets that keep each record under its source key
@@ -540,135 +350,7 @@ class Engine:
             if getattr(target.connector, "keyed_by_source", False):
                 await self._state(self.store.keyed_target, src_ref, target.ref)
 
-    async def _publish(self, name: str, targets: Sequence[Sink]) -> None:
-        """Publish the transactional targets (CSV files) of a one-way or two-way run. A write
-        like any other: only while the lease is surely ours, and the published state is
-        committed fenced, as a page is."""
-        if not any(target.transactional for target in targets):
-            return
-        await self._fence(name, now=True)
-        published = PageCommit(name)
-        for target in targets:
-            if target.transactional:
-                data = await target.connector.finish(target.stream)
-                if data is not None:
-                    published.checkpoints[target.ref] = data
-        if published.checkpoints:
-            await self._state(self.store.commit_page, published)
-
-    async def _publish_committed(self, name: str, targets: list[_Target]) -> None:
-        """After a failed run: publish what its pages committed, and not the rows a page cut
-        short left behind them. Best effort: the run's own error is what is reported."""
-        try:
-            for target in targets:
-                if target.transactional:
-                    checkpoint = await self._state(self.store.get_checkpoint, name, target.ref)
-                    await target.connector.restore(target.stream, checkpoint)
-            await self._publish(name, targets)
-        except Exception as exc:
-            log.warning("run.publish_failed", pipeline=name, error=redact(str(exc)))
-
-    async def _commit(self, commit: PageCommit, page_counts: dict[str, int], result: RunResult, dry_run: bool) -> None:
-        if not dry_run:
-            commit.counts = {k: v for k, v in page_counts.items() if not k.startswith("_")}
-            await self._state(
-                self.store.commit_page, commit
-            )  # a refused commit counts nothing: its page was not delivered
-        for key, value in page_counts.items():
-            result.counts[key] = result.counts.get(key, 0) + value
-        pipeline = commit.pipeline
-        metrics.inc("ferryman_records_read_total", page_counts["read"], pipeline=pipeline)
-        metrics.inc("ferryman_records_skipped_total", page_counts["skipped"], pipeline=pipeline)
-        metrics.inc("ferryman_records_dead_lettered_total", page_counts["dead_lettered"], pipeline=pipeline)
-        for op in ("created", "updated", "deleted"):
-            if page_counts[op]:
-                metrics.inc("ferryman_records_written_total", page_counts[op], pipeline=pipeline, op=op)
-
     # -- delivery to one target ---------------------------------------------------------
-    async def _deliver(
-        self,
-        name: str,
-        pipeline: PipelineConfig,
-        src_ref: str,
-        target: _Target,
-        records: list[Record],
-        commit: PageCommit,
-        counts: dict[str, int],
-        dry_run: bool,
-        report: DryRunReport | None,
-        *,
-        force: bool = False,
-    ) -> str | None:
-        """Plan and write one page to one target; returns why the run must halt, if it must."""
-        letters_before = len(commit.dead_letters)
-        items: list[tuple[Record, str]] = []
-        pairs: list[tuple[Record, Record]] = []  # (source, mapped) where references wait to be translated
-        for record in records:
-            try:
-                mapped = target.mapping.apply(record)
-            except ValidationFailed as exc:
-                commit.dead_letters.append(
-                    NewDeadLetter(
-                        src_ref,
-                        target.ref,
-                        record.key,
-                        f"mapping: {exc}",
-                        src_key=record.key,
-                        kind="invalid",
-                        payload=record.model_dump(mode="json"),
-                    )
-                )
-                counts["dead_lettered"] += 1
-                continue
-            if target.references:
-                pairs.append((record, mapped))
-            else:
-                items.append((mapped, fingerprint(mapped)))
-        if pairs:
-            items = [(m, fingerprint(m)) for m in await self._translate(target, src_ref, pairs, commit, counts)]
-        links = await self._state(self.store.links_for, src_ref, target.ref, [r.key for r, _ in items])
-        if force:
-            links = {
-                k: Link(v.src_key, v.dst_key, None, v.dst_fp, v.write_count, v.window_start) for k, v in links.items()
-            }
-        actions = plan_one_way(
-            items,
-            links,
-            deletes_enabled=pipeline.deletes.enabled,
-            delete_action=pipeline.deletes.action,
-            blocked=target.blocked,
-        )
-        deletes = [a for a in actions if a.op in ("delete", "unlink")]
-        if deletes:
-            total = max(await self._state(self.store.count_links, src_ref, target.ref), 1)
-            already = counts.get("_deletes_in_run", 0)
-            share = (already + len(deletes)) / total
-            if share > pipeline.deletes.max_share:
-                return (
-                    f"halted before deleting: {already + len(deletes)} of {total} linked records in {target.ref} "
-                    f"({share:.0%}) would be deleted, over deletes.max_share {pipeline.deletes.max_share:.0%}"
-                )
-        if dry_run:
-            for action in actions:
-                counts[_counted(action.op)] += 1
-            if report is not None:
-                await self._report(report, src_ref, target, actions, commit.dead_letters[letters_before:])
-            return None
-
-        await Delivery(
-            self,
-            name,
-            src_ref,
-            target,
-            commit,
-            counts,
-            RunJournal(self.config.history, pipeline.journal),
-            links,
-            concurrency=pipeline.concurrency,
-            letters_before=letters_before,
-        ).deliver(actions)
-        return None
-
     async def _prune_history(self) -> None:
         """Delete events and journal entries past ``history`` retention: after a run, at
         most once per :data:`PRUNE_EVERY` per process (two indexed deletes). A failure is
@@ -852,61 +534,12 @@ class Engine:
         if not letters:
             return
         for target in built[2]:
-            await self._reconcile_intents(name, self.config.pipeline(name).source, target)
-        outcomes = await self._replay_pipeline(name, letters, result, built)
+            await reconcile_intents(self, name, self.config.pipeline(name).source, target)
+        outcomes = await Replay(self, name, result, built).letters(letters)
         waiting = [letter_id for letter_id, outcome, _ in outcomes if outcome != "delivered"]
         if waiting:  # tried now: the next run starts with the others
             await self._state(self.store.set_dead_letter_status, waiting, "open")
         log.info("references.retried", pipeline=name, retried=len(letters), delivered=len(letters) - len(waiting))
-
-    async def _probe_deletes(
-        self,
-        name: str,
-        pipeline: PipelineConfig,
-        source: Connector,
-        src_info: StreamInfo,
-        targets: list[_Target],
-        seen: set[str] | None,
-    ) -> list[Record]:
-        """Linked records the source may have deleted without a trace in its lists.
-
-        After a full pass (``seen``), the linked keys it did not see; otherwise the next
-        ``deletes.probe_max`` linked keys in key order, round the links run by run. Each is
-        fetched by key: gone (``None``) or marked deleted is a delete, planned like any other
-        (withheld unless ``deletes.enabled``)."""
-        budget = pipeline.deletes.probe_max
-        src_ref = pipeline.source
-        if seen is not None:
-            linked = sorted(
-                {k for t in targets for k in await self._state(self.store.linked_keys, src_ref, t.ref)} - seen
-            )
-            candidates = linked[:budget]
-        else:
-            place = (await self._state(self.store.get_checkpoint, name, PROBE_CHECKPOINT) or {}).get("after")
-            found: set[str] = set()
-            for target in targets:
-                found.update(await self._state(self.store.linked_keys, src_ref, target.ref, after=place, limit=budget))
-                if len(found) < budget and place is not None:  # wrap around
-                    found.update(
-                        await self._state(self.store.linked_keys, src_ref, target.ref, limit=budget - len(found))
-                    )
-            candidates = sorted(found)[:budget]
-            last = candidates[-1] if candidates else None
-            await self._state(self.store.set_checkpoint, name, PROBE_CHECKPOINT, {"after": last} if last else None)
-        gone: list[Record] = []
-        for key in candidates:
-            try:
-                record = await source.get(src_info.name, key)
-            except (NotSupportedError, NotImplementedError):
-                log.warning("deletes.probe_unsupported", pipeline=name, source=src_ref, reason="cannot get by key")
-                return gone
-            if record is None:
-                record = src_info.record_type.model_validate({"key": key, "updated_at": utcnow(), "deleted": True})
-            elif not record.deleted:
-                continue
-            gone.append(record)
-        log.info("deletes.probed", pipeline=name, probed=len(candidates), deleted=len(gone))
-        return gone
 
     async def _should_look_up(
         self, name: str, pipeline: PipelineConfig, src_ref: str, target: _Target, cursor: Cursor | None
@@ -952,44 +585,6 @@ class Engine:
         )
         return True
 
-    async def _reconcile_intents(self, name: str, src_ref: str, target: _Target) -> None:
-        """Creates that were started but never confirmed: look them up before creating again."""
-        pending = await self._state(self.store.intents, name, target.ref)
-        blocked = set()
-        for intent in pending:
-            if intent["state"] == "unresolved":
-                blocked.add(intent["src_key"])
-                continue
-            record = target.info.record_type.model_validate_json(intent["payload"])
-            try:
-                found = await target.connector.reconcile(target.stream, record, intent["created_at"])
-            except NotSupportedError:
-                await self._state(self.store.mark_intent_unresolved, intent["id"])
-                await self._state(
-                    self.store.add_dead_letters,
-                    name,
-                    [
-                        NewDeadLetter(
-                            src_ref,
-                            target.ref,
-                            intent["src_key"],
-                            f"a create in {target.ref} was interrupted and {target.ref} cannot look records up: "
-                            "check the target, then `ferryman dlq replay` to create it or `ferryman dlq drop`",
-                            src_key=intent["src_key"],
-                            kind="unresolved",
-                            payload=orjson.loads(intent["payload"]),
-                        )
-                    ],
-                )
-                blocked.add(intent["src_key"])
-                continue
-            link = Link(intent["src_key"], found.key, intent["fingerprint"], fingerprint(found)) if found else None
-            await self._state(self.store.resolve_intent, intent["id"], src=src_ref, dst=target.ref, link=link)
-            log.info(
-                "intent.reconciled", pipeline=name, target=target.ref, key=intent["src_key"], found=found is not None
-            )
-        target.blocked = frozenset(blocked)
-
     # -- dead-letter replay -------------------------------------------------------------
     async def replay(self, ids: list[int], *, assume_missing: bool = False) -> list[tuple[int, str, str]]:
         """Deliver dead letters again; returns (id, outcome, message) for each.
@@ -1010,173 +605,7 @@ class Engine:
                 results += [(x.id, "busy", "the pipeline is running; try again when it is done") for x in group]
                 continue
             try:
-                results += await self._replay_pipeline(name, group, assume_missing=assume_missing)
+                results += await Replay(self, name, assume_missing=assume_missing).letters(group)
             finally:
                 await self._state(self.store.release_lease, name)
         return results
-
-    async def _settle_unresolved(
-        self, name: str, src_ref: str, target: _Target, letter: Any, assume_missing: bool
-    ) -> str | None:
-        """Before replaying an interrupted create: link the record if the target has it.
-        Returns why the letter cannot be replayed safely, or ``None`` to go on."""
-        waiting = [
-            i
-            for i in await self._state(self.store.intents, name, target.ref, state="unresolved")
-            if i["src_key"] == letter.src_key
-        ]
-        started = waiting[0]["created_at"] if waiting else letter.created_at
-        found: Record | None = None
-        if letter.payload:
-            mapped = target.info.record_type.model_validate(letter.payload)
-            try:
-                found = await target.connector.reconcile(target.stream, mapped, started)
-            except NotSupportedError:
-                if not assume_missing:
-                    return (
-                        f"{target.ref} cannot look up whether the interrupted create of {letter.src_key} happened: "
-                        f"check {target.ref} for it, then `ferryman dlq replay --assume-missing {letter.id}` to "
-                        f"create it, or `ferryman dlq drop {letter.id}` if it is there"
-                    )
-        await self._state(self.store.resolve_intent_by_key, name, target.ref, letter.src_key)
-        target.blocked = target.blocked - {letter.src_key}
-        if found is not None and letter.src_key:
-            mapped_fp = fingerprint(target.info.record_type.model_validate(letter.payload))
-            await self._state(
-                self.store.commit_page,
-                PageCommit(
-                    name,
-                    links={(src_ref, target.ref): [Link(letter.src_key, found.key, mapped_fp, fingerprint(found))]},
-                ),
-            )
-            log.info("intent.reconciled", pipeline=name, target=target.ref, key=letter.src_key, found=True)
-        return None
-
-    async def _replay_pipeline(
-        self,
-        name: str,
-        letters: list[Any],
-        run: RunResult | None = None,
-        built: _Built | None = None,
-        *,
-        assume_missing: bool = False,
-    ) -> list[tuple[int, str, str]]:
-        """Deliver ``letters`` again. Within a ``run`` (its start-of-run reference retries,
-        on the run's own ``built`` targets), what they create, update or delete is counted in
-        the run, committed with its row."""
-        pipeline = self.config.pipeline(name)
-        source, src_info, targets = built or await self._targets(pipeline, f"pipelines.{name}")
-        await self._keyed(pipeline.source, targets)
-        out: list[tuple[int, str, str]] = []
-        for target in targets:
-            await target.connector.restore(
-                target.stream, await self._state(self.store.get_checkpoint, name, target.ref)
-            )
-        try:
-            for letter in letters:
-                chosen = [t for t in targets if letter.dst in (None, t.ref)]
-                record: Record | None = None
-                gone = False  # the source answered that it no longer has the record
-                try:
-                    if letter.src_key and src_info.can(Capability.READ):
-                        try:
-                            record = await source.get(src_info.name, letter.src_key)
-                            gone = record is None
-                        except NotImplementedError:
-                            record = None
-                        except FerrymanError as exc:
-                            if isinstance(exc, RecordRejected):
-                                raise
-                            record = None
-                    # An operator's replay may send the kept copy of a record the source lost;
-                    # a run's own retries do not bring a deleted record back.
-                    if record is None and letter.dst is not None and letter.payload and not (gone and run is not None):
-                        record = (
-                            src_info.record_type.model_validate(letter.payload) if letter.kind != "unresolved" else None
-                        )
-                        if record is None:
-                            record = chosen[0].info.record_type.model_validate(letter.payload)
-                except (RecordRejected, ValueError) as exc:
-                    await self._state(self.store.set_dead_letter_status, [letter.id], "open", f"still invalid: {exc}")
-                    out.append((letter.id, "invalid", redact(str(exc))))
-                    continue
-                if record is None:
-                    out.append(
-                        (
-                            letter.id,
-                            "missing",
-                            f"{letter.ref} is no longer in {letter.src}; `ferryman dlq drop {letter.id}`",
-                        )
-                    )
-                    continue
-                commit = PageCommit(name)
-                RunJournal(self.config.history, pipeline.journal).event(
-                    commit.events,
-                    pipeline.source,
-                    letter.src_key or letter.ref,
-                    "replay",
-                    target=letter.dst,
-                    detail=f"dead letter #{letter.id} ({letter.kind}) delivered again",
-                )
-                counts = _counts()
-                unchecked: str | None = None
-                for target in chosen:
-                    if letter.kind == "unresolved":
-                        # Look first: the interrupted create may have happened. Never create blindly.
-                        unchecked = await self._settle_unresolved(name, pipeline.source, target, letter, assume_missing)
-                        if unchecked:
-                            break
-                    await self._deliver(
-                        name,
-                        pipeline,
-                        pipeline.source,
-                        target,
-                        [record],
-                        commit,
-                        counts,
-                        False,
-                        None,
-                        force=letter.kind != "invalid",
-                    )
-                    if target.transactional:
-                        commit.checkpoints[target.ref] = await target.connector.checkpoint(target.stream)
-                if unchecked:
-                    out.append((letter.id, "needs-check", unchecked))
-                    continue
-                failed = [d for d in commit.dead_letters]
-                commit.dead_letters = []
-                written = {k: counts[k] for k in ("created", "updated", "deleted") if counts[k]}
-                if run is not None:
-                    commit.run_id, commit.counts = run.run_id, written
-                await self._state(self.store.commit_page, commit)
-                if run is not None:
-                    for key, value in written.items():
-                        run.counts[key] += value
-                if failed:
-                    # a reference found at last, then the record refused: no longer retried each run
-                    kind = failed[0].kind if letter.kind == "reference" else None
-                    await self._state(
-                        self.store.set_dead_letter_status, [letter.id], "open", failed[0].reason, kind=kind
-                    )
-                    out.append((letter.id, "rejected", failed[0].reason))
-                else:
-                    await self._state(self.store.set_dead_letter_status, [letter.id], "resolved")
-                    out.append((letter.id, "delivered", f"created {counts['created']}, updated {counts['updated']}"))
-        finally:
-            for target in targets:
-                if target.transactional:
-                    data = await target.connector.finish(target.stream)
-                    if data is not None:
-                        await self._state(self.store.set_checkpoint, name, target.ref, data)
-        return out
-
-
-def _counted(op: str) -> str:
-    return {
-        "create": "created",
-        "update": "updated",
-        "delete": "deleted",
-        "unlink": "deleted",
-        "skip": "skipped",
-        "withhold": "withheld",
-    }[op]

@@ -46,6 +46,7 @@ from ferryman.planning_twoway import (
 )
 from ferryman.records import Record, fingerprint
 from ferryman.redact import redact
+from ferryman.run.sinks import Sinks
 from ferryman.state import Link, NewDeadLetter, PageCommit
 from ferryman.timeutil import format_utc, utcnow
 
@@ -169,7 +170,7 @@ async def run_two_way(
     if not await _execute(engine, name, a, b, actions, dead, result, forward, journal, stop):
         result.outcome = "stopped"
         result.message = "stopped after committing the chunk in hand; the next run continues"
-        await engine._publish(name, (a, b))
+        await Sinks(engine, name, (a, b)).publish()
         return
     await _commit_run(engine, name, a, b, read, links, actions, dead, result, journal)
 
@@ -197,9 +198,7 @@ def _policy(pipeline: PipelineConfig) -> Policy:
 async def _recover(engine: Engine, name: str, a: _Side, b: _Side) -> None:
     """Before a run that writes: transactional sides go back to their committed checkpoint,
     and the creates a crash interrupted are linked or forgotten."""
-    for side in (a, b):
-        if side.transactional:
-            await side.connector.restore(side.stream, await engine._state(engine.store.get_checkpoint, name, side.ref))
+    await Sinks(engine, name, (a, b)).restore()
     await _reconcile(engine, name, a, b)
 
 
@@ -391,11 +390,10 @@ async def _commit_run(
     )
     journal.letters(commit)
     _echoes(journal, commit, actions, links, read.a_changed, read.b_changed)
-    for side in (a, b):
-        if side.transactional:
-            commit.checkpoints[side.ref] = await side.connector.checkpoint(side.stream)
+    sinks = Sinks(engine, name, (a, b))
+    await sinks.checkpoint(commit)
     await engine._state(engine.store.commit_page, commit)
-    await engine._publish(name, (a, b))
+    await sinks.publish()
     result.counts["dead_lettered"] += len(dead)
 
 

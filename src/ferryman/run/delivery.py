@@ -1,6 +1,6 @@
 """One page's planned actions written to one target: the write half of a one-way run.
 
-:class:`Delivery` is made by :meth:`ferryman.engine.Engine._deliver` after planning, for
+:class:`Delivery` is made by :func:`ferryman.run.oneway.deliver_page` after planning, for
 one page and one target, and writes the actions into the page's
 :class:`~ferryman.state.PageCommit` (links, unlinks, resolved intents, dead letters,
 events, journal entries). Nothing here commits a page except :meth:`Delivery.finish` after
