@@ -627,6 +627,11 @@ class CsvConnector(Connector):
             _close(old)
         sink = _Sink(self.path(stream), seed=checkpoint is not None)
         self._sinks[stream] = sink
+        # A publish that a crash cut short while it compacted: the published file is whole
+        # (it is only ever replaced by a rename), its half-made copy is garbage, as large as
+        # the file. Found by the 1,000,000-record kill test (tests/e2e/test_crash_million.py).
+        for stale in sink.path.parent.glob(glob_escape(sink.path.name) + ".compact.*"):
+            stale.unlink(missing_ok=True)
         if checkpoint and checkpoint.get("state") == "open":
             owner = checkpoint.get("token")  # the process whose partial holds the committed rows
             committed, updates = sink.partial_of(owner), sink.updates_of(owner)

@@ -261,3 +261,19 @@ async def test_a_process_that_took_over_and_died_before_committing_loses_no_comm
     assert sorted(r["key"] for r in published(tmp_path)) == ["0", "1", "2"]
     assert not list((tmp_path / "out").glob("*.partial*")), "published: no partial is needed any more"
     await engine.aclose()
+
+
+async def test_a_compaction_cut_short_by_a_crash_leaves_no_copy_behind(tmp_path: Path, state_url: str) -> None:
+    """kill -9 while a run compacted the published file on publishing (an update rewrites
+    it) left ``tickets.csv.compact.<token>`` of a process that is gone, for ever: a full copy
+    of the file per crash. The next run's restore removes it; the published file was whole."""
+    engine = setup(tmp_path, state_url, HEADER + "1,2026-01-01T10:00:00Z,a,open,a@example.com\n")
+    assert (await engine.run("p")).outcome == "ok"
+    before = (tmp_path / "out" / "tickets.csv").read_bytes()
+    stale = tmp_path / "out" / "tickets.csv.compact.4242-deadbeef"
+    stale.write_bytes(before[: len(before) // 2])  # half-written, as a kill leaves it
+    (tmp_path / "in" / "tickets.csv").write_text(HEADER + "1,2026-01-02T10:00:00Z,a2,open,a@example.com\n")
+    assert (await engine.run("p")).outcome == "ok"
+    assert not stale.exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tickets.csv"]
+    assert [(r["key"], r["subject"]) for r in published(tmp_path)] == [("1", "a2")]
