@@ -711,22 +711,29 @@ class CsvConnector(Connector):
         self._write(stream, rtype(key=key, updated_at=utcnow(), deleted=True), update=True)
 
     def _flush(self, sink: _Sink) -> None:
+        _fsync_all(self._write_out(sink))
+
+    def _write_out(self, sink: _Sink) -> list[int]:
+        """Write what the sink holds to its files; returns the files to fsync (duplicated
+        descriptors, closed by :func:`_fsync_all`), none when nothing was written."""
         if not sink.buffer and sink.fh is not None:
-            return
+            return []
         if sink.fh is None:
             self._open_partial(self._stream_of(sink), sink)
         assert sink.fh is not None and sink.updates_fh is not None
         if sink.buffer:
             sink.fh.write(self._encode(self._stream_of(sink), sink.buffer))
             sink.buffer.clear()
+        durable: list[int] = []
         if sink.updates:
             sink.updates_fh.write(b"".join(sink.updates))
             sink.updates.clear()
             sink.has_updates = True
             sink.updates_fh.flush()
-            os.fsync(sink.updates_fh.fileno())
+            durable.append(os.dup(sink.updates_fh.fileno()))
         sink.fh.flush()
-        os.fsync(sink.fh.fileno())
+        durable.append(os.dup(sink.fh.fileno()))
+        return durable
 
     def _stream_of(self, sink: _Sink) -> str:
         return next(s for s, v in self._sinks.items() if v is sink)
@@ -740,7 +747,10 @@ class CsvConnector(Connector):
         sink.checkpoints_given += 1
         if not sink.buffer and sink.fh is None:
             return {"state": "published"} if sink.published_pending or sink.seed else None
-        self._flush(sink)
+        # the fsyncs wait in a thread, not on the event loop (the next page is being read
+        # meanwhile); on duplicated descriptors, so a close of the sink cannot pull the file
+        # from under them
+        await asyncio.to_thread(_fsync_all, self._write_out(sink))
         assert sink.fh is not None and sink.updates_fh is not None
         return {
             "state": "open",
@@ -854,6 +864,16 @@ def _copy_prefix(source: Path, dest: Path, size: int) -> None:
             left -= len(chunk)
         dst.flush()
         os.fsync(dst.fileno())
+
+
+def _fsync_all(fds: list[int]) -> None:
+    """fsync then close each descriptor (all are closed, even when one fsync fails)."""
+    try:
+        for fd in fds:
+            os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

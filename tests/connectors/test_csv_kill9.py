@@ -36,7 +36,7 @@ from ferryman.state import StateStore
 
 config_file, state_url, point, page = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 seen = {"flush": 0, "commit": 0}
-real_flush = csv_connector.CsvConnector._flush
+real_write_out = csv_connector.CsvConnector._write_out  # where a page's rows are written
 real_commit = StateStore.commit_page
 
 def die():
@@ -55,7 +55,7 @@ def flush(self, sink):
             sink.fh.flush()
             os.fsync(sink.fh.fileno())
             die()
-    return real_flush(self, sink)
+    return real_write_out(self, sink)
 
 def commit(self, page_commit):
     if page_commit.checkpoints:
@@ -67,7 +67,7 @@ def commit(self, page_commit):
         die()
     return result
 
-csv_connector.CsvConnector._flush = flush
+csv_connector.CsvConnector._write_out = flush
 StateStore.commit_page = commit
 
 async def main():
