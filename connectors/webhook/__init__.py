@@ -8,8 +8,9 @@ writes to it becomes one event: ``POST url`` with the JSON body
 and the headers ``webhook-id`` (the same on every retry), ``webhook-timestamp`` (Unix
 seconds of the attempt) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>``, two
 while ``previous_secret`` is set). Events go through an outbox in the state store,
-written in the same step that commits the page's cursor, with ids derived from the
-change so that a crash never loses or re-mints one (see :mod:`ferryman.webhooks.outbox`).
+written in the same transaction that commits the page's cursor and links, with ids
+derived from the change so that a crash never loses or re-mints one (see
+:mod:`ferryman.webhooks.outbox`).
 ``ferryman sync`` ends with one delivery pass; the daemon delivers continuously.
 
 **An intake (a source)**, when it has ``intake``. The daemon serves ``POST
@@ -45,6 +46,7 @@ See ``README.md`` beside this file and ``config/webhook.example.yaml``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import orjson
@@ -79,14 +81,13 @@ class WebhookConnector(Connector):
     kind = "webhook"
     Options = WebhookOptions
     summary = "Standard Webhooks: signed POSTs per change through an outbox, or a verified intake"
-    #: writes are made durable by checkpoint() and committed with the cursor: no intents
+    #: writes are events staged for the page commit, durable with its cursor: no intents
     transactional_writes: ClassVar[bool] = True
 
     options: WebhookOptions
 
     def __init__(self, context: SystemContext) -> None:
         super().__init__(context)
-        self._buffer: list[outbox.OutboxEvent] = []
         self._checked = False
         self._config: Any = None
 
@@ -162,45 +163,62 @@ class WebhookConnector(Connector):
                 raise FatalError(self._disabled_message(state), system=self.name)
             self._checked = True
 
+    def _target(self, stream: str) -> str:
+        """The target a page commit names (``system.stream``): where this stream's events are staged."""
+        return f"{self.name}.{stream}"
+
+    def _stage(self, stream: str, record: Record, op: str, *, version: str | None = None) -> None:
+        """Hand the change's event to the state store, for the commit of the page being
+        written: this sink writes nothing itself (see :mod:`ferryman.state.outbox`)."""
+        schedule = self.options.retry_schedule
+        delay = schedule[0] if schedule else timedelta(0)
+        event = outbox.build_event(self.name, stream, record, op, version=version, delay=delay)
+        self.store.outbox.stage(self._target(stream), event)
+
     async def create(self, stream: str, record: Record) -> Record:
         await self._writable(stream)
-        self._buffer.append(outbox.build_event(self.name, stream, record, "created"))
+        self._stage(stream, record, "created")
         return record
 
     async def update(self, stream: str, key: str, record: Record) -> Record:
         await self._writable(stream)
         stored = record.model_copy(update={"key": key}) if record.key != key else record
-        self._buffer.append(outbox.build_event(self.name, stream, stored, "updated"))
+        self._stage(stream, stored, "updated")
         return stored
 
     async def delete(self, stream: str, key: str) -> None:
         await self._writable(stream)
+        staged = self.store.outbox.staged(self._target(stream))
         previous = next(
-            ((e.event_id, e.type) for e in reversed(self._buffer) if e.stream == stream and e.record_key == key),
+            ((e.event_id, e.type) for e in reversed(staged) if e.record_key == key),
             None,
         ) or await self.store.call(outbox.latest_event, self.store, self.name, stream, key)
         if previous is not None and previous[1].endswith(".deleted"):
             return  # already deleted: deleting a missing record is not an error, nor a new event
         rtype = self.stream(stream).record_type
         tombstone = rtype(key=key, updated_at=utcnow(), deleted=True)
-        version = previous[0] if previous is not None else ""
-        self._buffer.append(outbox.build_event(self.name, stream, tombstone, "deleted", version=version))
+        self._stage(stream, tombstone, "deleted", version=previous[0] if previous is not None else "")
 
     async def restore(self, stream: str, checkpoint: dict[str, Any] | None) -> None:
-        self._buffer.clear()
+        """A run begins, or one ended in a failure: events staged for this stream and never
+        committed belong to a page that will be read again."""
+        self.store.outbox.discard(self._target(stream))
         self._checked = False
 
     async def checkpoint(self, stream: str) -> dict[str, Any] | None:
-        """Write the page's events to the outbox before the engine commits its cursor."""
-        if self._buffer:
-            events, self._buffer = self._buffer, []
-            await self.store.call(outbox.insert_events, self.store, events, self.options.retry_schedule)
-            log.debug("webhook.queued", system=self.name, events=len(events))
+        """Nothing to keep but the page's events, which the page commit takes from the
+        store: the engine names this target in that commit by this very checkpoint."""
         return None
 
     async def finish(self, stream: str) -> dict[str, Any] | None:
-        """End of a run: queue what is left, then one bounded delivery pass."""
-        await self.checkpoint(stream)
+        """End of a run: one bounded delivery pass.
+
+        Every page commit took the events of its writes. Any still staged here were made
+        by writes no commit carried (a page cut short): their page was not committed and
+        will be read again, so they are dropped rather than written apart from it."""
+        left = self.store.outbox.discard(self._target(stream))
+        if left:
+            log.warning("webhook.uncommitted_events_dropped", system=self.name, stream=stream, events=left)
         if self.options.url is not None and self.options.deliver_after_sync:
             sent = await outbox.deliver_endpoint(
                 self.name,

@@ -103,6 +103,6 @@ def test_a_process_that_only_reads_learns_of_a_pair_made_keyed_elsewhere(
     assert reader.count_links("a.t", "out.t") == 1  # the keyed targets are read (none yet)
     runner.keyed_target("a.t", "out.t")  # moves the link to a fingerprint row
     assert reader.count_links("a.t", "out.t") == 0, "within KEYED_REFRESH the reader looks in links"
-    monkeypatch.setattr(state, "KEYED_REFRESH", 0.0)
+    monkeypatch.setattr(state.links, "KEYED_REFRESH", 0.0)
     assert reader.count_links("a.t", "out.t") == 1
     assert reader.links_for("a.t", "out.t", ["k1"])["k1"] == Link("k1", "k1", "f1", "f1")

@@ -19,7 +19,7 @@ from ferryman.connector import SystemContext
 from ferryman.engine import Engine
 from ferryman.errors import FatalError
 from ferryman.records import Ticket
-from ferryman.state import StateStore
+from ferryman.state import PageCommit, StateStore
 from ferryman.webhooks import OutboxWorker, build_event, endpoint_status, has_outbound, replay_dead_letters
 from ferryman.webhooks.outbox import T_OUTBOX, insert_events, jittered
 from ferryman_connectors.webhook import WebhookConnector
@@ -301,16 +301,22 @@ async def test_gateway_errors_without_retry_after_back_off_on_the_schedule(
 
 
 async def test_a_crash_replayed_page_inserts_no_second_event(tmp_path: Path, default_state_url: str) -> None:
-    """The engine processing a page again (the cursor was not committed) re-derives the ids."""
+    """The engine processing a page again (its commit did not happen, or a dead letter is
+    replayed through it) re-derives the ids: the page commit inserts nothing new."""
     config = outbound_config(tmp_path, default_state_url, "http://127.0.0.1:9/hook")
     store = StateStore.open(default_state_url)
     sink = WebhookConnector(SystemContext("hooks", config.system_options("hooks"), services={"state": store}))
+
+    async def commit() -> None:
+        # as the engine does: the sink's checkpoint names its target in the page commit
+        store.commit_page(PageCommit("out", checkpoints={"hooks.tickets": await sink.checkpoint("tickets")}))
+
     for _ in range(2):
         await sink.restore("tickets", None)
         await sink.create("tickets", ticket(1))
         await sink.update("tickets", "T2", ticket(2, "edited"))
         await sink.delete("tickets", "T3")
-        await sink.checkpoint("tickets")
+        await commit()
     rows = outbox_rows(store)
     assert [r["type"] for r in rows] == ["ticket.created", "ticket.updated", "ticket.deleted"]
     # a delete of a deleted record is no new event; a real new change is
@@ -319,7 +325,7 @@ async def test_a_crash_replayed_page_inserts_no_second_event(tmp_path: Path, def
     await sink.update(
         "tickets", "T1", ticket(1, "hello").model_copy(update={"updated_at": datetime(2026, 2, 1, tzinfo=UTC)})
     )
-    await sink.checkpoint("tickets")
+    await commit()
     rows = outbox_rows(store)
     assert [r["type"] for r in rows][3:] == ["ticket.updated", "ticket.updated"]
     assert len({r["event_id"] for r in rows}) == 5  # A -> B -> A: three distinct events for T1

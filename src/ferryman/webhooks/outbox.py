@@ -2,25 +2,30 @@
 
 The ``webhook`` sink never POSTs from inside a run. Its ``create``/``update``/``delete``
 turn a record change into an *event* (a ``webhook-id``, a type like ``ticket.updated``
-and the exact JSON body) and the sink's ``checkpoint`` writes the page's events into the
-``webhook_outbox`` table, in one transaction, *before* the engine commits the page's
-cursor. A delivery pass (:class:`OutboxWorker` in the daemon, or the sink's ``finish``
-at the end of ``ferryman sync``) then sends what is due, one endpoint at a time under a
-lease, and records each outcome in the same table.
+and the exact JSON body) and stage it in the state store (:mod:`ferryman.state.outbox`);
+the engine's commit of the page (:meth:`ferryman.state.StateStore.commit_page`) writes
+the page's events into the ``webhook_outbox`` table in the SAME transaction as the page's
+cursor and links. An event row exists exactly when its page is committed: a crash before
+the commit leaves neither, and the page is read and written again. A delivery pass
+(:class:`OutboxWorker` in the daemon, or the sink's ``finish`` at the end of ``ferryman
+sync``) then sends what is due, one endpoint at a time under a lease, and records each
+outcome in the same table.
 
 Why an event id is derived, not minted
 --------------------------------------
-A crash between the outbox write and the cursor commit makes the engine process the
-same page again. If ids were random, every such crash would mint a second event for
-the same change, and the receiver (which de-duplicates by ``webhook-id``) would apply
-it twice. So the id is a digest of *what happened*::
+A page is processed again whenever its commit did not happen (a crash, a lost lease),
+and an event can be sent and its outcome not recorded (a crash mid-delivery). If ids were
+random, a page written twice would mint a second event for the same change, and the
+receiver (which de-duplicates by ``webhook-id``) would apply it twice. So the id is a
+digest of *what happened*::
 
     event_id = "msg_" + base32(blake2b(system, stream, record key, record version, op))
 
 where the record version is a digest of the complete canonical record as written
 (``updated_at`` included, so a record that changes A → B → A gets three distinct ids),
-and the insert is *insert-if-absent* on ``event_id``. Re-processing a page therefore
-re-derives the same ids and inserts nothing new; a real new change gets a new id. A
+and the insert is *insert-if-absent* on ``event_id``. Writing a change again (a page
+re-read, a dead letter replayed) therefore re-derives the same id and inserts nothing
+new; a real new change gets a new id. A
 delete has no record to digest (the engine passes only the key), so its version is the
 id of the key's previous event, and a delete following a delete is a no-op. The body is
 built once, at the first insert, and every attempt (and every replay) sends exactly
@@ -64,7 +69,7 @@ import hashlib
 import random
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -79,7 +84,8 @@ from ferryman.http import HttpRegistry, parse_retry_after
 from ferryman.records import Record
 from ferryman.redact import redact, redact_cut, redact_url
 from ferryman.state import NewDeadLetter, StateStore
-from ferryman.state.models import WebhookEndpointRow, WebhookOutboxRow
+from ferryman.state.models import WebhookEndpointRow
+from ferryman.state.outbox import T_OUTBOX, OutboxEvent
 from ferryman.timeutil import format_utc, utcnow
 from ferryman.webhooks.inbox import printable
 from ferryman.webhooks.options import WebhookOptions
@@ -101,7 +107,6 @@ __all__ = [
 
 log = structlog.get_logger("ferryman.webhooks")
 
-T_OUTBOX = WebhookOutboxRow.__table__  # type: ignore[attr-defined]
 T_ENDPOINTS = WebhookEndpointRow.__table__  # type: ignore[attr-defined]
 
 _BATCH = 50  # outcomes recorded per state transaction
@@ -118,18 +123,6 @@ _last_prune: dict[str, float] = {}
 # -- events ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """One record change, ready to send: every attempt sends ``body`` as ``event_id``."""
-
-    event_id: str
-    system: str
-    stream: str
-    record_key: str
-    type: str
-    body: str
-
-
 def event_id(system: str, stream: str, key: str, version: str, op: str) -> str:
     """The ``webhook-id`` of a change: the same change always gets the same id."""
     blob = "\x1f".join((system, stream, key, version, op)).encode()
@@ -144,9 +137,17 @@ def record_version(record: Record) -> str:
 
 
 def build_event(
-    system: str, stream: str, record: Record, op: str, *, version: str | None = None, now: datetime | None = None
+    system: str,
+    stream: str,
+    record: Record,
+    op: str,
+    *,
+    version: str | None = None,
+    now: datetime | None = None,
+    delay: timedelta = timedelta(0),
 ) -> OutboxEvent:
-    """The event for ``op`` (created, updated, deleted) of ``record``.
+    """The event for ``op`` (created, updated, deleted) of ``record``, its first attempt
+    due ``delay`` after it is stored (``retry_schedule[0]``).
 
     The body is ``{"type": "<kind>.<op>", "timestamp": "<UTC Z>", "data": <record>}``.
     """
@@ -156,53 +157,20 @@ def build_event(
         default=str,
     ).decode()
     ident = event_id(system, stream, record.key, version if version is not None else record_version(record), op)
-    return OutboxEvent(ident, system, stream, record.key, kind, body)
+    return OutboxEvent(ident, system, stream, record.key, kind, body, delay)
 
 
 def insert_events(store: StateStore, events: Sequence[OutboxEvent], schedule: Sequence[timedelta]) -> None:
-    """Insert-if-absent on ``event_id``, in one transaction."""
-    if not events:
-        return
-    now = utcnow()
-    first = now + (schedule[0] if schedule else timedelta(0))
-    rows = [
-        {
-            "event_id": e.event_id,
-            "system": e.system,
-            "stream": e.stream,
-            "record_key": e.record_key,
-            "type": e.type,
-            "body": e.body,
-            "state": "pending",
-            "attempts": 0,
-            "created_at": now,
-            "next_attempt_at": first,
-        }
-        for e in events
-    ]
-    if store.dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(T_OUTBOX).on_conflict_do_nothing(index_elements=["event_id"])
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(T_OUTBOX).on_conflict_do_nothing(index_elements=["event_id"])  # type: ignore[assignment]
-    with store.transaction() as conn:
-        for start in range(0, len(rows), 500):
-            conn.execute(stmt, rows[start : start + 500])
+    """Insert-if-absent on ``event_id``, in a transaction of their own, the first attempt
+    due ``schedule[0]`` from now: for events that belong to no page (a dead letter
+    replayed). A sink's events go through the page commit instead (see the module doc)."""
+    first = schedule[0] if schedule else timedelta(0)
+    store.outbox.insert([replace(e, delay=first) for e in events])
 
 
 def latest_event(store: StateStore, system: str, stream: str, key: str) -> tuple[str, str] | None:
-    """``(event_id, type)`` of the newest event for one record, if any."""
-    with store.engine.connect() as conn:
-        row = conn.execute(
-            sa.select(T_OUTBOX.c.event_id, T_OUTBOX.c.type)
-            .where(T_OUTBOX.c.system == system, T_OUTBOX.c.stream == stream, T_OUTBOX.c.record_key == key)
-            .order_by(T_OUTBOX.c.seq.desc())
-            .limit(1)
-        ).first()
-    return (row[0], row[1]) if row else None
+    """``(event_id, type)`` of the newest stored event for one record, if any."""
+    return store.outbox.latest(system, stream, key)
 
 
 # -- endpoints ------------------------------------------------------------------------------
