@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ferryman.records import Record, outdated, same_content
-from ferryman.state import Link
+
+if TYPE_CHECKING:
+    # a type only: the rules read links, never the store (Link lives beside it)
+    from ferryman.state import Link
 
 Op = Literal["create", "update", "delete", "unlink", "skip", "withhold"]
 
