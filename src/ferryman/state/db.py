@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,10 @@ DEFAULT_BUSY_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
+#: the GIL switch interval of a process with a state pool (see StatePool)
+SWITCH_INTERVAL = 0.001
+
+
 class StatePool:
     """Worker threads for state calls made from the event loop (:meth:`StateStore.call`).
 
@@ -42,6 +47,12 @@ class StatePool:
     loop's default executor, so that stuck state calls never starve anything else."""
 
     def __init__(self, workers: int, name: str = "state") -> None:
+        # A state call gives up the GIL around each statement step and must take it back
+        # after, while the event loop (mapping the next page) holds it: by default it waits
+        # the loop's full switch interval (5 ms) every time. A millisecond is plenty for the
+        # loop and keeps a page's commit from queueing a dozen such waits.
+        if sys.getswitchinterval() > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
         self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None] = (
             queue.SimpleQueue()
         )

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ferryman.redact import SECRET_FIELDS, mask_field, redact, redact_obj
 from ferryman.state.models import ConflictRow, RecordEventRow
+from ferryman.state.sql import insert_rows
 from ferryman.timeutil import sqlite_text, utcnow
 
 __all__ = [
@@ -42,10 +43,11 @@ T_CONFLICTS = ConflictRow.__table__  # type: ignore[attr-defined]
 #: how long a detail may be in the event table
 DETAIL_LIMIT = 500
 
-_INSERT_EVENT = (
-    "INSERT INTO record_events (pipeline, run_id, at, source, src_key, target, target_key, action, "
-    "fingerprint, fields, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_EVENT_HEAD = (
+    "INSERT INTO record_events (pipeline, run_id, at, source, src_key, target, target_key, action, fingerprint, "
+    "fields, detail)"
 )
+_EVENT_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 
 @dataclass(slots=True)  # not frozen: a first pull makes one per record, and frozen costs per field
@@ -220,36 +222,34 @@ class History:
         per table, however many rows)."""
         now = utcnow()
         if events:
-            # at driver level, one executemany: a first pull creates a row per record, and
-            # SQLAlchemy's per-row parameter processing cost more than the insert itself.
+            # at driver level, a page in one statement (state.sql.insert_rows): a first pull
+            # creates a row per record, and SQLAlchemy's per-row parameter processing cost more
+            # than the insert itself.
             # Keys are stored as the links table stores them; details (reasons, app answers)
             # are redacted.
             sqlite = conn.dialect.name == "sqlite"
             at: Any = sqlite_text(now) if sqlite else now
-            sql = _INSERT_EVENT.replace("%s", "?") if sqlite else _INSERT_EVENT
             # keys redacted too: a record the source could not read is named by its ref, which
             # may be the URL it came from (with a key in its query); one pass for the page
             src_keys = _redacted_all([e.src_key for e in events])
             dst_keys = _redacted_all([e.target_key or "" for e in events])
-            conn.exec_driver_sql(
-                sql,
-                [
-                    (
-                        pipeline,
-                        run_id,
-                        at,
-                        e.source,
-                        src_key,
-                        e.target,
-                        dst_key if e.target_key is not None else None,
-                        e.action,
-                        e.fingerprint,
-                        None if e.fields is None else json.dumps(e.fields),
-                        None if e.detail is None else _detail(e.detail),
-                    )
-                    for e, src_key, dst_key in zip(events, src_keys, dst_keys, strict=True)
-                ],
-            )
+            rows = [
+                (
+                    pipeline,
+                    run_id,
+                    at,
+                    e.source,
+                    src_key,
+                    e.target,
+                    dst_key if e.target_key is not None else None,
+                    e.action,
+                    e.fingerprint,
+                    None if e.fields is None else json.dumps(e.fields),
+                    None if e.detail is None else _detail(e.detail),
+                )
+                for e, src_key, dst_key in zip(events, src_keys, dst_keys, strict=True)
+            ]
+            insert_rows(conn, conn.dialect.name, _EVENT_HEAD, _EVENT_ROW, rows)
         for c in conflicts:
             conn.execute(
                 sa.insert(T_CONFLICTS).values(

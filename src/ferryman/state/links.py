@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ferryman.state.models import FingerprintRow, KeyedTargetRow, LinkRow
-from ferryman.state.sql import chunks, db_time, driver_sql, reading
+from ferryman.state.sql import chunks, db_time, insert_rows, reading
 from ferryman.timeutil import from_db_time, utcnow
 
 __all__ = ["KEYED_REFRESH", "T_FINGERPRINTS", "T_KEYED", "T_LINKS", "Link", "Links"]
@@ -30,17 +30,15 @@ T_FINGERPRINTS = FingerprintRow.__table__  # type: ignore[attr-defined]
 #: seconds between two reads of the keyed targets (see :meth:`Links.keyed_pairs`)
 KEYED_REFRESH = 30.0
 
-_UPSERT_LINKS = (
-    "INSERT INTO links (src, dst, src_key, dst_key, src_fp, dst_fp, written_at, write_count, window_start) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (src, dst, src_key) DO UPDATE SET dst_key = excluded.dst_key, src_fp = excluded.src_fp, "
+_LINKS_HEAD = "INSERT INTO links (src, dst, src_key, dst_key, src_fp, dst_fp, written_at, write_count, window_start)"
+_LINKS_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_LINKS_TAIL = (
+    " ON CONFLICT (src, dst, src_key) DO UPDATE SET dst_key = excluded.dst_key, src_fp = excluded.src_fp, "
     "dst_fp = excluded.dst_fp, written_at = excluded.written_at, write_count = excluded.write_count, "
     "window_start = excluded.window_start"
 )
-_UPSERT_FINGERPRINTS = (
-    "INSERT INTO fingerprints (src, dst, src_key, fp) VALUES (%s, %s, %s, %s) "
-    "ON CONFLICT (src, dst, src_key) DO UPDATE SET fp = excluded.fp"
-)
+_FINGERPRINTS_HEAD = "INSERT INTO fingerprints (src, dst, src_key, fp)"
+_FINGERPRINTS_TAIL = " ON CONFLICT (src, dst, src_key) DO UPDATE SET fp = excluded.fp"
 _SELECT_FINGERPRINTS = "SELECT src_key, fp FROM fingerprints WHERE src = %s AND dst = %s AND src_key IN ({keys})"
 _SELECT_LINKS = (
     "SELECT src_key, dst_key, src_fp, dst_fp, write_count, window_start FROM links "
@@ -170,13 +168,13 @@ class Links:
 
     # -- writes, in the caller's transaction -----------------------------------------------
     def upsert_in(self, conn: Connection, src: str, dst: str, links: list[Link]) -> None:
-        """Insert or update links with one driver-level executemany (the hot path of a big sync)."""
+        """Insert or update links at driver level, a page in one statement (the hot path of a
+        big sync: see :func:`~ferryman.state.sql.insert_rows`)."""
         if not links:
             return
         if (src, dst) in self.keyed_pairs():
             slim = [(src, dst, x.src_key, x.src_fp) for x in links if x.dst_key == x.src_key]
-            if slim:
-                conn.exec_driver_sql(driver_sql(self.dialect, _UPSERT_FINGERPRINTS), slim)
+            insert_rows(conn, self.dialect, _FINGERPRINTS_HEAD, "(%s, %s, %s, %s)", slim, _FINGERPRINTS_TAIL)
             links = [x for x in links if x.dst_key != x.src_key]  # a key of its own there: a full link
             if not links:
                 return
@@ -197,7 +195,7 @@ class Links:
             )
             for link in links
         ]
-        conn.exec_driver_sql(driver_sql(dialect, _UPSERT_LINKS), rows)
+        insert_rows(conn, dialect, _LINKS_HEAD, _LINKS_ROW, rows, _LINKS_TAIL)
 
     def unlink_in(self, conn: Connection, src: str, dst: str, keys: Sequence[str]) -> None:
         tables = (T_LINKS, T_FINGERPRINTS) if (src, dst) in self.keyed_pairs() else (T_LINKS,)

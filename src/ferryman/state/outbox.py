@@ -23,18 +23,19 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ferryman.state.models import WebhookOutboxRow
-from ferryman.state.sql import db_time, driver_sql, reading
+from ferryman.state.sql import db_time, insert_rows, reading
 from ferryman.timeutil import utcnow
 
 __all__ = ["T_OUTBOX", "Outbox", "OutboxEvent"]
 
 T_OUTBOX = WebhookOutboxRow.__table__  # type: ignore[attr-defined]
 
-_INSERT_IF_ABSENT = (
+_OUTBOX_HEAD = (
     "INSERT INTO webhook_outbox (event_id, system, stream, record_key, type, body, state, attempts, "
-    "created_at, next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, 'pending', 0, %s, %s) "
-    "ON CONFLICT (event_id) DO NOTHING"
+    "created_at, next_attempt_at)"
 )
+_OUTBOX_ROW = "(%s, %s, %s, %s, %s, %s, 'pending', 0, %s, %s)"
+_OUTBOX_TAIL = " ON CONFLICT (event_id) DO NOTHING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class Outbox:
     # -- rows --------------------------------------------------------------------------------
     def write_in(self, conn: Connection, events: Sequence[OutboxEvent]) -> None:
         """Insert-if-absent on ``event_id``, in the caller's transaction, with one
-        driver-level executemany: a page re-read after a crash derives the same ids and adds
+        driver-level statement (:func:`~ferryman.state.sql.insert_rows`): a page re-read after a crash derives the same ids and adds
         nothing, a real new change has a new id."""
         if not events:
             return
@@ -99,7 +100,7 @@ class Outbox:
             (e.event_id, e.system, e.stream, e.record_key, e.type, e.body, at, db_time(self.dialect, now + e.delay))
             for e in events
         ]
-        conn.exec_driver_sql(driver_sql(self.dialect, _INSERT_IF_ABSENT), rows)
+        insert_rows(conn, self.dialect, _OUTBOX_HEAD, _OUTBOX_ROW, rows, _OUTBOX_TAIL)
 
     def insert(self, events: Sequence[OutboxEvent]) -> None:
         """:meth:`write_in` in a transaction of its own: for an event that belongs to no
