@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ferryman.state.models import FingerprintRow, KeyedTargetRow, LinkRow
-from ferryman.state.sql import chunks, db_time, insert_rows, reading
+from ferryman.state.sql import chunks, db_time, insert_rows, reading, select_rows
 from ferryman.timeutil import from_db_time, utcnow
 
 __all__ = ["KEYED_REFRESH", "T_FINGERPRINTS", "T_KEYED", "T_LINKS", "Link", "Links"]
@@ -39,11 +39,10 @@ _LINKS_TAIL = (
 )
 _FINGERPRINTS_HEAD = "INSERT INTO fingerprints (src, dst, src_key, fp)"
 _FINGERPRINTS_TAIL = " ON CONFLICT (src, dst, src_key) DO UPDATE SET fp = excluded.fp"
-_SELECT_FINGERPRINTS = "SELECT src_key, fp FROM fingerprints WHERE src = %s AND dst = %s AND src_key IN ({keys})"
-_SELECT_LINKS = (
-    "SELECT src_key, dst_key, src_fp, dst_fp, write_count, window_start FROM links "
-    "WHERE src = %s AND dst = %s AND src_key IN ({keys})"
-)
+_FINGERPRINT_COLUMNS = "src_key, fp"
+_FINGERPRINTS_WHERE = "FROM fingerprints WHERE src = %s AND dst = %s AND src_key IN ({keys})"
+_LINK_COLUMNS = "src_key, dst_key, src_fp, dst_fp, write_count, window_start"
+_LINKS_WHERE = "FROM links WHERE src = %s AND dst = %s AND src_key IN ({keys})"
 
 
 @dataclass(slots=True)
@@ -100,11 +99,10 @@ class Links:
 
     def _fingerprints(self, src: str, dst: str, keys: Sequence[str]) -> dict[str, Link]:
         found: dict[str, Link] = {}
-        mark = "?" if self.dialect == "sqlite" else "%s"
         with reading(self.engine) as conn:
             for chunk in chunks(list(dict.fromkeys(keys)), 500):
-                sql = _SELECT_FINGERPRINTS.format(keys=", ".join([mark] * len(chunk))).replace("%s", mark)
-                for key, fp in conn.exec_driver_sql(sql, (src, dst, *chunk)):
+                rest = _FINGERPRINTS_WHERE.format(keys=", ".join(["%s"] * len(chunk)))
+                for key, fp in select_rows(conn, self.dialect, _FINGERPRINT_COLUMNS, rest, (src, dst, *chunk)):
                     found[key] = Link(key, key, fp, fp)
         return found
 
@@ -116,11 +114,10 @@ class Links:
             return found
         if (src, dst) in self.keyed_pairs():
             return self._fingerprints(src, dst, src_keys)
-        mark = "?" if self.dialect == "sqlite" else "%s"
         with reading(self.engine) as conn:
             for chunk in chunks(list(dict.fromkeys(src_keys)), 500):
-                sql = _SELECT_LINKS.format(keys=", ".join([mark] * len(chunk))).replace("%s", mark)
-                for row in conn.exec_driver_sql(sql, (src, dst, *chunk)):
+                rest = _LINKS_WHERE.format(keys=", ".join(["%s"] * len(chunk)))
+                for row in select_rows(conn, self.dialect, _LINK_COLUMNS, rest, (src, dst, *chunk)):
                     found[row[0]] = Link(row[0], row[1], row[2], row[3], row[4], from_db_time(row[5]))
         return found
 

@@ -8,11 +8,13 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from ferryman.timeutil import sqlite_text
 
-__all__ = ["READ_OPTION", "chunks", "db_time", "driver_sql", "insert_rows", "reading"]
+__all__ = ["READ_OPTION", "chunks", "db_time", "driver_sql", "insert_rows", "reading", "select_rows"]
 
 #: the execution option of a read-only connection (see :func:`reading`)
 READ_OPTION = "ferryman_read"
@@ -68,3 +70,27 @@ def insert_rows(
     for chunk in chunks(rows, per):
         values = ", ".join([one] * len(chunk))
         conn.exec_driver_sql(f"{head} VALUES {values}{tail}", tuple(v for r in chunk for v in r))
+
+
+_JSON_ROWS: dict[str, bool] = {}  # whether this SQLite has its JSON functions (3.38+ always)
+
+
+def select_rows(conn: Connection, dialect: str, columns: str, rest: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+    """``SELECT columns rest``'s rows (``rest`` with ``%s`` placeholders).
+
+    On SQLite the rows come back as one JSON value (``json_group_array``): one statement
+    step, instead of one per row, each of which gives up the GIL and waits to take it back
+    from a busy event loop (see :func:`insert_rows`). For text, integers and NULL (what
+    the link and fingerprint columns hold) the values are exactly the row's."""
+    if dialect == "sqlite" and _JSON_ROWS.get("ok", True):
+        sql = f"SELECT json_group_array(json_array({columns})) {rest}".replace("%s", "?")
+        try:
+            value = conn.exec_driver_sql(sql, tuple(params)).scalar()
+        except OperationalError as exc:
+            if "no such function" not in str(exc):
+                raise
+            _JSON_ROWS["ok"] = False  # an SQLite built without JSON: row by row
+        else:
+            rows: list[Sequence[Any]] = orjson.loads(value) if value else []
+            return rows
+    return list(conn.exec_driver_sql(driver_sql(dialect, f"SELECT {columns} {rest}"), tuple(params)))
