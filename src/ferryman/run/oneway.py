@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import orjson
@@ -93,6 +94,18 @@ class OneWayRun:
         self.order = OrderGuard(system=self.source.name, stream=self.src_info.name) if self.src_info.ordered else None
         self.guard = PageGuard(system=self.source.name, stream=self.src_info.name, cap=pipeline.max_pages)
         self.last_lease = time.monotonic()
+        # Pipelined commits: a page's commit runs while the next page is delivered. Only
+        # for targets that keep rows under the source key and publish nothing before the
+        # run ends (CSV files): what the next page writes stays in the file past the
+        # committed checkpoint until its own commit, so a commit that fails loses nothing
+        # (restore cuts the rest back). The next page reads its links beside the commit in
+        # flight (StateStore.read) and sees that commit's links through an overlay.
+        self.pipelined = observer.writes and all(
+            getattr(t.connector, "keyed_by_source", False) and t.transactional and not t.references
+            for t in self.targets
+        )
+        self.in_flight: asyncio.Task[None] | None = None
+        self.overlay: dict[str, dict[str, Link | None]] = {}  # target ref -> src key -> link
 
     async def run(self) -> None:
         """Read, deliver and commit every page; raises what stopped the run (after keeping
@@ -102,8 +115,10 @@ class OneWayRun:
         failure: BaseException | None = None
         try:
             await self._read(since)
+            await self._drain()
         except (OrderViolation, PagingError) as exc:
             failure = exc
+            await self._drain(quiet=True)  # the page before is whole: it commits, then the cursor is held
             if self.observer.writes:
                 # Records before the pages this run committed may be unread: the cursor goes
                 # back to where the run began (re-reading what arrived is skipped by fingerprint).
@@ -114,6 +129,8 @@ class OneWayRun:
             raise
         finally:
             MAX_PAGES.reset(cap)
+            if failure is not None:
+                await self._drain(quiet=True)
             if self.observer.writes:
                 await self.sinks.end(failure)
 
@@ -170,9 +187,16 @@ class OneWayRun:
             commit.cursor = self.best
         commit.resolved_refs = [r.key for r in page.records]
         if self.observer.writes:
+            # a sink is asked for a checkpoint only once the one before is committed (the CSV
+            # sink then lets go of what a crashed process left): the commit in flight has had
+            # the delivery of this page to run beside
+            await self._drain()
             await self.sinks.checkpoint(commit)
-        await commit_page(self.engine, commit, counts, self.result, self.observer.dry_run)
-        self.observer.page_committed(len(page.records), self.result.counts, page.total)
+        if self.pipelined:
+            await self._hand_off(commit, counts, len(page.records), page.total)
+        else:
+            await commit_page(self.engine, commit, counts, self.result, self.observer.dry_run)
+            self.observer.page_committed(len(page.records), self.result.counts, page.total)
         await self._renew_lease()
         # Give the event loop a turn between pages: in the daemon, signals, the watchdog and
         # the control API wait on it, and a run whose connectors do no network I/O (CSV to
@@ -187,16 +211,64 @@ class OneWayRun:
     async def _deliver(self, records: list[Record], commit: PageCommit, counts: dict[str, int]) -> bool:
         """The page to every target; False (after committing what was done) when the run
         must halt (a share of deletes over ``deletes.max_share``)."""
+        if self.pipelined and any(r.deleted for r in records):
+            await self._drain()  # a delete's share is judged against every committed link
         for target in self.targets:
             halted = await deliver_page(
-                self.engine, self.name, self.pipeline, target, records, commit, counts, self.observer
+                self.engine,
+                self.name,
+                self.pipeline,
+                target,
+                records,
+                commit,
+                counts,
+                self.observer,
+                overlay=self.overlay.get(target.ref),
             )
             if halted:
                 self.result.outcome, self.result.message = "halted", halted
                 log.error("run.halted", pipeline=self.name, reason=halted)
+                await self._drain()
                 await commit_page(self.engine, commit, counts, self.result, self.observer.dry_run)
                 return False
         return True
+
+    async def _hand_off(self, commit: PageCommit, counts: dict[str, int], read: int, total: int | None) -> None:
+        """Start the page's commit once the one before has ended, and go on to the next
+        page meanwhile; the commit's links stand over the stored ones until it is done."""
+        await self._drain()
+        overlay: dict[str, dict[str, Link | None]] = {}
+        for (_, dst), links in commit.links.items():
+            overlay.setdefault(dst, {}).update((x.src_key, x) for x in links)
+        for (_, dst), keys in commit.unlinks.items():
+            overlay.setdefault(dst, {}).update(dict.fromkeys(keys))
+        self.overlay = overlay
+
+        async def commit_it() -> None:
+            await commit_page(self.engine, commit, counts, self.result, False)
+            self.observer.page_committed(read, self.result.counts, total)
+
+        self.in_flight = asyncio.ensure_future(commit_it())
+
+    async def _drain(self, *, quiet: bool = False) -> None:
+        """Wait for the commit in flight, if any (a cancellation waits for it too: it is
+        the state thread's, and ends either way); its failure is raised unless ``quiet``
+        (another failure is already on its way)."""
+        task, self.in_flight = self.in_flight, None
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                with contextlib.suppress(BaseException):
+                    await task
+            raise
+        except BaseException:
+            if not quiet:
+                raise
+        finally:
+            self.overlay = {}
 
     def _rejects(self, page: Page, commit: PageCommit, counts: dict[str, int]) -> None:
         """What the source could not read: a dead letter each, named by the source's ref."""
@@ -241,6 +313,7 @@ class OneWayRun:
         """After the last page: an unordered source's cursor (only now, after a complete
         pass), then the deletes the source hides from its lists (``deletes.probe``)."""
         dry_run = self.observer.dry_run
+        await self._drain()
         if not self.src_info.ordered and self.best is not None and not dry_run:
             await commit_page(self.engine, PageCommit(self.name, cursor=self.best), new_counts(), self.result, dry_run)
         if not (self.pipeline.deletes.probe and not dry_run and self.src_info.can(Capability.READ)):
@@ -332,13 +405,24 @@ async def deliver_page(
     observer: Observer,
     *,
     force: bool = False,
+    overlay: Mapping[str, Link | None] | None = None,
 ) -> str | None:
     """Plan and write one page to one target; returns why the run must halt, if it must.
-    ``force``: plan as if the target held nothing of these records' content (a replay)."""
+    ``force``: plan as if the target held nothing of these records' content (a replay).
+    ``overlay``: links not committed yet (None: unlinked) that stand over the stored ones."""
     src_ref = pipeline.source
     letters_before = len(commit.dead_letters)
     items = await _mapped(engine, src_ref, target, records, commit, counts)
-    links = await engine._state(engine.store.links_for, src_ref, target.ref, [r.key for r, _ in items])
+    keys = [r.key for r, _ in items]
+    links = await engine.store.read(engine.store.links_for, src_ref, target.ref, keys)
+    if overlay:  # the links of the page whose commit is in flight (see OneWayRun._hand_off)
+        for key in keys:
+            if key in overlay:
+                link = overlay[key]
+                if link is None:
+                    links.pop(key, None)
+                else:
+                    links[key] = link
     if force:
         links = {k: Link(v.src_key, v.dst_key, None, v.dst_fp, v.write_count, v.window_start) for k, v in links.items()}
     actions = plan_one_way(

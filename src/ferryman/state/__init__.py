@@ -174,6 +174,7 @@ class StateStore:
         #: the leases this process holds, by pipeline (see :meth:`self_fence`)
         self.tenures: dict[str, Tenure] = {}
         self._pool: StatePool | None = None
+        self._reader: StatePool | None = None
         self._pool_lock = threading.Lock()
         self._translate_outages()
 
@@ -261,11 +262,27 @@ class StateStore:
         future = pool.submit(lambda: context.run(fn, *args, **kwargs))
         return await asyncio.wrap_future(future)
 
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """:meth:`call` for a read that must not queue behind a commit in flight (a run's
+        link lookup while the previous page commits): on SQLite a reader thread of its own
+        (WAL lets it read beside the writer, and it sees only what is committed)."""
+        if self.dialect != "sqlite":
+            return await self.call(fn, *args, **kwargs)
+        with self._pool_lock:
+            if self._reader is None:
+                self._reader = StatePool(1, name="state-read")
+            pool = self._reader
+        context = contextvars.copy_context()
+        future = pool.submit(lambda: context.run(fn, *args, **kwargs))
+        return await asyncio.wrap_future(future)
+
     def close(self) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown()
+            reader, self._reader = self._reader, None
+        for one in (pool, reader):
+            if one is not None:
+                one.shutdown()
         self.engine.dispose()
 
     @contextmanager
