@@ -47,6 +47,10 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 #: bound values in one SQLite statement: the default limit of SQLite 3.32 and later (older
 #: builds allow 999: the statement then fails loudly, never writes half)
 SQLITE_VARIABLES = 32766
+#: rows in one SQLite statement: a prepared statement grows with its rows, and sqlite3 keeps
+#: the ones it prepared (1,000-row statements cost a sync process 17 MB); a few statements
+#: a page still take the GIL back only a few times (see insert_rows)
+SQLITE_ROWS = 100
 
 
 def insert_rows(
@@ -66,7 +70,7 @@ def insert_rows(
         conn.exec_driver_sql(f"{head} VALUES {row}{tail}", list(rows))
         return
     one = row.replace("%s", "?")
-    per = max(1, SQLITE_VARIABLES // max(1, row.count("%s")))
+    per = max(1, min(SQLITE_ROWS, SQLITE_VARIABLES // max(1, row.count("%s"))))
     for chunk in chunks(rows, per):
         values = ", ".join([one] * len(chunk))
         conn.exec_driver_sql(f"{head} VALUES {values}{tail}", tuple(v for r in chunk for v in r))
