@@ -160,5 +160,16 @@ def put(store: str, stream: str, record: Record) -> None:
     STORES.setdefault(store, {}).setdefault(stream, {})[record.key] = record
 
 
+def seed_tickets(store: str, n: int) -> None:
+    """``n`` tickets ``t000``... in ``store``, a second apart, the last an hour ago."""
+    from datetime import timedelta
+
+    from ferryman.records import Ticket
+
+    start = utcnow() - timedelta(hours=1)
+    for i in range(n):
+        put(store, "tickets", Ticket(key=f"t{i:03d}", updated_at=start + timedelta(seconds=i), subject=f"s{i}"))
+
+
 def options(**extra: Any) -> dict[str, Any]:
     return {"connector": "memory", **extra}

@@ -4,7 +4,6 @@ is looked up before anything is created again. In-memory apps whose writes take 
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import yaml
 
 from ferryman.config import load_config
 from ferryman.engine import Engine
-from ferryman.records import Ticket
 from ferryman.state import StateStore
 from ferryman.timeutil import utcnow
 from tests import fakes
@@ -33,9 +31,7 @@ def engine_for(tmp_path: Path, state_url: str, concurrency: int, **dst: Any) -> 
 
 
 def seed(n: int) -> None:
-    start = utcnow() - timedelta(hours=1)
-    for i in range(n):
-        fakes.put("a", "tickets", Ticket(key=f"t{i:03d}", updated_at=start + timedelta(seconds=i), subject=f"s{i}"))
+    fakes.seed_tickets("a", n)
 
 
 def subjects(store: str) -> list[str]:

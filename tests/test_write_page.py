@@ -5,7 +5,6 @@ the cursor stays after the last whole page (the sink's restore() cuts its rows b
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +16,7 @@ from ferryman.config import load_config
 from ferryman.connector import Connector
 from ferryman.engine import Engine
 from ferryman.errors import RecordRejected
-from ferryman.records import Record, Ticket
+from ferryman.records import Record
 from ferryman.state import StateStore
 from ferryman.timeutil import utcnow
 from tests import fakes
@@ -59,9 +58,7 @@ def engine_for(tmp_path: Path, state_url: str, **dst: Any) -> Engine:
 
 
 def seed(n: int) -> None:
-    start = utcnow() - timedelta(hours=1)
-    for i in range(n):
-        fakes.put("a", "tickets", Ticket(key=f"t{i:03d}", updated_at=start + timedelta(seconds=i), subject=f"s{i}"))
+    fakes.seed_tickets("a", n)
 
 
 async def test_a_page_goes_in_one_call_and_a_refused_record_is_a_dead_letter(tmp_path: Path, state_url: str) -> None:

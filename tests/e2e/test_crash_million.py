@@ -59,7 +59,7 @@ import pytest
 
 from bench._baseline import client, pages
 from bench._common import KEY, Sandbox
-from bench.pull import sync_cmd, write_config
+from bench.pull import contacts_stream, sync_cmd, write_config
 
 N = int(os.environ.get("FERRYMAN_CRASH_RECORDS") or 0)
 KILLS = int(os.environ.get("FERRYMAN_CRASH_KILLS") or 20)
@@ -68,16 +68,7 @@ EDITS = 200  # contacts changed before each --full pass
 PAGE = 1000  # records a page, as bench.pull.write_config asks
 # The CSV column (Ferryman's canonical field) and the app's field it comes from: every
 # field the bench config maps, so a row is compared whole.
-COMPARED = {
-    "key": "id",
-    "updated_at": "updated_at",
-    "email": "email",
-    "first_name": "first_name",
-    "last_name": "last_name",
-    "phone": "phone",
-    "organisation": "company",
-    "created_at": "created_at",
-}
+COMPARED = {"key": "id", "updated_at": "updated_at", **contacts_stream()["fields"]}
 
 Content = tuple[str, ...]
 

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ferryman.redact import SECRET_FIELDS, mask_field, redact, redact_obj
 from ferryman.state.models import ConflictRow, RecordEventRow
-from ferryman.state.sql import insert_rows
+from ferryman.state.sql import insert_rows, reading
 from ferryman.timeutil import sqlite_text, utcnow
 
 __all__ = [
@@ -305,7 +305,7 @@ class History:
         source key, or with ``by="target"`` a key it has in a target: then the events of
         the source key(s) that were written there. (The two are kept apart: an app's ids
         often collide with the other side's, ``1`` on both.)"""
-        with self.engine.connect().execution_options(ferryman_read=True) as conn:  # a read: no write lock
+        with reading(self.engine) as conn:
             keys = {key}
             if by == "target":
                 keys = {
@@ -368,7 +368,7 @@ class History:
             query = query.where(T_CONFLICTS.c.id.in_(list(ids)))
         if limit:
             query = query.limit(limit)
-        with self.engine.connect().execution_options(ferryman_read=True) as conn:  # a read: no write lock
+        with reading(self.engine) as conn:
             rows = conn.execute(query).mappings().all()
         return [
             Conflict(
@@ -396,7 +396,7 @@ class History:
 
     def count_open_conflicts(self) -> dict[str, int]:
         """Open journal entries per pipeline."""
-        with self.engine.connect().execution_options(ferryman_read=True) as conn:  # a read: no write lock
+        with reading(self.engine) as conn:
             rows = conn.execute(
                 sa.select(T_CONFLICTS.c.pipeline, sa.func.count())
                 .where(T_CONFLICTS.c.status == "open")
